@@ -1,0 +1,951 @@
+//! [`Manifest`] → [`Workspace`]: checks names and values, expands variants, renders every
+//! template of every variant, resolves floating tags. All mistakes are collected; the workspace
+//! is returned only when there are none.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::LazyLock;
+
+use indexmap::IndexMap;
+use minijinja::value::Value;
+use minijinja::Environment;
+use miette::SourceSpan;
+use regex::Regex;
+
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::files::Files;
+use crate::manifest::*;
+use crate::template::{self, AxisValueObject, Origin};
+use crate::workspace::*;
+
+static AXIS_VALUE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$").unwrap());
+static IDENTIFIER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").unwrap());
+static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]*$").unwrap());
+static LABEL_KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$").unwrap());
+
+/// Names an axis may not take: template variables of their own, or Jinja keywords.
+const RESERVED_AXIS_NAMES: &[&str] =
+    &["image", "axes", "true", "false", "none", "True", "False", "None", "loop", "self", "super", "namespace"];
+/// Fields of an axis value that attributes may not shadow.
+const RESERVED_ATTRIBUTES: &[&str] = &["value", "major", "minor", "patch"];
+
+pub(crate) fn compile(
+    root: &Path,
+    source: &SourceFile,
+    manifest: Manifest,
+    files: &dyn Files,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Workspace> {
+    let before = diags.len();
+    let settings = settings(&manifest.settings, source, diags);
+    let axes = axes(&manifest.axes, source, diags);
+    let mut compiler = Compiler {
+        source,
+        files,
+        diags,
+        env: template::environment(),
+        file_env: template::environment(),
+        file_templates: HashMap::new(),
+        template_sources: Vec::new(),
+        dockerfiles_dir: settings.dockerfiles.clone(),
+    };
+    let valid = compiler.check_images(&manifest, &axes);
+    let templates: Vec<Option<ImageTemplates<'_>>> = manifest
+        .images
+        .iter()
+        .zip(&valid)
+        .map(|(image, ok)| ok.then(|| compiler.register(image)))
+        .collect();
+    let mut drafts = Vec::new();
+    for (index, (image, templates)) in manifest.images.iter().zip(&templates).enumerate() {
+        if let Some(templates) = templates {
+            compiler.expand(index, image, templates, &axes, &mut drafts);
+        }
+    }
+    let variants = compiler.resolve_tags(drafts, &manifest);
+    check_render_paths(&variants, source, compiler.diags);
+    let mut names: Vec<String> = vec![source.name().to_owned()];
+    names.extend(compiler.template_sources.iter().map(|f| f.name().to_owned()));
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tidy = crate::diagnostic::tidy(compiler.diags.split_off(before), &name_refs);
+    compiler.diags.extend(tidy);
+    if compiler.diags.len() > before {
+        return None;
+    }
+    let images = manifest
+        .images
+        .iter()
+        .map(|decl| Image {
+            name: decl.name.value.clone(),
+            matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
+            dockerfile_decl: decl.dockerfile.clone().expect("checked: dockerfile present"),
+        })
+        .collect();
+    Some(Workspace {
+        root: root.to_path_buf(),
+        manifest: source.clone(),
+        settings,
+        axes: axes.into_iter().map(|a| a.axis).collect(),
+        images,
+        variants: variants.into_iter().map(|v| v.variant).collect(),
+    })
+}
+
+fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> WorkspaceSettings {
+    if !decl.name.value.is_empty() && !NAME.is_match(&decl.name.value) {
+        diags.push(
+            Diagnostic::new("trellis::schema::bad_name", format!("`{}` is not a valid workspace name", decl.name.value))
+                .at(source, decl.name.span, "used in image labels")
+                .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
+        );
+    }
+    let dockerfiles = relative_path(&decl.dockerfiles, "the dockerfiles directory", source, diags);
+    let state = relative_path(&decl.state, "the state directory", source, diags);
+    if let Some(registry) = &decl.registry {
+        let probe = format!("{}/probe:latest", registry.value);
+        if registry.value.contains("://") || oci_spec::distribution::Reference::try_from(probe.as_str()).is_err() {
+            diags.push(
+                Diagnostic::new("trellis::reference::bad_registry", format!("`{}` is not a registry host", registry.value))
+                    .at(source, registry.span, "not host[:port]")
+                    .help("write the registry as host[:port], e.g. \"localhost:5000\""),
+            );
+        }
+    }
+    WorkspaceSettings {
+        name: decl.name.value.clone(),
+        dockerfiles: dockerfiles.unwrap_or_else(|| PathBuf::from("dockerfiles")),
+        state: state.unwrap_or_else(|| PathBuf::from(".trellis")),
+        registry: decl.registry.as_ref().map(|r| r.value.clone()),
+        jobs: decl.jobs,
+        retries: decl.retries,
+        backoff: decl.backoff,
+        pull: decl.pull,
+    }
+}
+
+/// An axis together with the template value of each of its values.
+struct CompiledAxis {
+    axis: Axis,
+    objects: Vec<Value>,
+}
+
+fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<CompiledAxis> {
+    let mut out = Vec::new();
+    for decl in decls {
+        let name = &decl.name;
+        if RESERVED_AXIS_NAMES.contains(&name.value.as_str()) {
+            diags.push(
+                Diagnostic::new("trellis::axis::reserved_name", format!("`{}` cannot name an axis", name.value))
+                    .at(source, name.span, "reserved")
+                    .help("`image` and `axes` are template variables of their own; pick another name"),
+            );
+        } else if !IDENTIFIER.is_match(&name.value) {
+            diags.push(
+                Diagnostic::new("trellis::axis::bad_name", format!("`{}` is not a valid axis name", name.value))
+                    .at(source, name.span, "axis names are template variables")
+                    .help("use letters, digits and `_`, not starting with a digit (e.g. `node_version`)"),
+            );
+        }
+        let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+        let mut values = Vec::new();
+        for value in &decl.values {
+            let text = &value.value;
+            if let Some(first) = seen.get(text.value.as_str()) {
+                diags.push(
+                    Diagnostic::new("trellis::axis::duplicate_value", format!("axis `{}` lists `{}` twice", name.value, text.value))
+                        .at(source, text.span, "listed again")
+                        .at(source, *first, "first listed here")
+                        .help("remove one of them"),
+                );
+                continue;
+            }
+            seen.insert(&text.value, text.span);
+            if !AXIS_VALUE.is_match(&text.value) {
+                diags.push(
+                    Diagnostic::new("trellis::axis::bad_value", format!("`{}` is not a valid axis value", text.value.escape_debug()))
+                        .at(source, text.span, "axis values end up in tags, paths and Dockerfiles")
+                        .help("use letters, digits, `.`, `_`, `+` and `-`, starting with a letter or digit"),
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (attr, attr_value) in &value.attributes {
+                if RESERVED_ATTRIBUTES.contains(&attr.as_str()) {
+                    diags.push(
+                        Diagnostic::new("trellis::axis::reserved_attribute", format!("attribute `{attr}` is reserved"))
+                            .at(source, attr_value.span, "shadows a built-in field")
+                            .help("`value`, `major`, `minor` and `patch` are computed from the value; rename the attribute"),
+                    );
+                    ok = false;
+                } else if !IDENTIFIER.is_match(attr) {
+                    diags.push(
+                        Diagnostic::new("trellis::axis::bad_attribute", format!("`{attr}` is not a valid attribute name"))
+                            .at(source, attr_value.span, "attributes are template fields")
+                            .help("use letters, digits and `_`, not starting with a digit"),
+                    );
+                    ok = false;
+                } else if let AttributeValue::String(s) = &attr_value.value
+                    && let Some(bad) = s.chars().find(|c| c.is_control() || *c == '\\')
+                {
+                    diags.push(
+                        Diagnostic::new("trellis::axis::unsafe_attribute", format!("attribute `{attr}` contains {}", bad.escape_debug()))
+                            .at(source, attr_value.span, "could add a line or an instruction to a Dockerfile")
+                            .help("attribute strings may not contain control characters, line breaks or backslashes"),
+                    );
+                    ok = false;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let version = loose_version(&text.value);
+            values.push((
+                AxisValue {
+                    value: text.value.clone(),
+                    attributes: value.attributes.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
+                    version,
+                },
+                text,
+            ));
+        }
+        if decl.sort_by_version {
+            let mut sortable = Vec::new();
+            for (value, text) in values {
+                match versions::Versioning::new(&value.value) {
+                    Some(v) if !value.version.is_empty() => sortable.push((v, value)),
+                    _ => diags.push(
+                        Diagnostic::new("trellis::axis::not_a_version", format!("`{}` is not a version", value.value))
+                            .at(source, text.span, "axis is sorted by version")
+                            .help("remove sort=\"version\" from the axis, or write the value as a version (e.g. 22.20.0)"),
+                    ),
+                }
+            }
+            // Highest first; `sort_by` is stable, so equal versions keep the written order.
+            sortable.sort_by(|a, b| b.0.cmp(&a.0));
+            values = sortable.into_iter().map(|(_, v)| (v, &decl.name)).collect();
+        }
+        let values: Vec<AxisValue> = values.into_iter().map(|(v, _)| v).collect();
+        let objects = values.iter().map(|v| AxisValueObject::new(&v.value, &v.version, &v.attributes)).collect();
+        out.push(CompiledAxis { axis: Axis { name: name.value.clone(), values }, objects });
+    }
+    out
+}
+
+/// `[major, minor, patch]` (as many as present) when `value` reads as a loose version.
+fn loose_version(value: &str) -> Vec<u32> {
+    let Some(version) = versions::Versioning::new(value) else { return Vec::new() };
+    if !value.starts_with(|c: char| c.is_ascii_digit()) {
+        return Vec::new();
+    }
+    (0..3).map_while(|n| version.nth(n)).collect()
+}
+
+/// A checked, rooted path relative to the workspace root, or a diagnostic.
+fn relative_path(path: &Spanned<String>, what: &str, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Option<PathBuf> {
+    relative(&path.value).map_err(|why| {
+        diags.push(
+            Diagnostic::new("trellis::path::outside_workspace", format!("{what} `{}` {why}", path.value))
+                .at(source, path.span, "must stay inside the workspace")
+                .help("paths are relative to the directory of matrix.kdl and may not leave it"),
+        );
+    })
+    .ok()
+}
+
+/// Normalises a relative path: no root, no `..` that climbs out, no empty result.
+pub(crate) fn relative(path: &str) -> Result<PathBuf, &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path.contains(['\n', '\r', '\0']) {
+        return Err("contains a line break or NUL");
+    }
+    let mut out = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err("climbs out of the workspace");
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+        }
+    }
+    Ok(out)
+}
+
+
+/// An inline template registered in the environment, and the string it came from.
+struct Tmpl<'m> {
+    name: String,
+    decl: &'m Spanned<String>,
+    /// Characters the template source has before the user's text (`when` is wrapped).
+    prefix: usize,
+}
+
+/// Per-image templates, registered once and rendered for each variant.
+struct ImageTemplates<'m> {
+    repository: Option<Tmpl<'m>>,
+    dockerfile: Option<Tmpl<'m>>,
+    context: Option<Tmpl<'m>>,
+    path: Option<Tmpl<'m>>,
+    target: Option<Tmpl<'m>>,
+    args: Vec<(String, Option<Tmpl<'m>>)>,
+    labels: Vec<(String, Option<Tmpl<'m>>)>,
+    tags: Vec<(Option<Tmpl<'m>>, Option<Tmpl<'m>>)>,
+    tests: Vec<TestTemplates<'m>>,
+    excludes: Vec<Option<Tmpl<'m>>>,
+    /// False when any template failed to compile: the image is not expanded.
+    complete: bool,
+}
+
+struct TestTemplates<'m> {
+    name: String,
+    when: Option<Tmpl<'m>>,
+    runs: Vec<Option<Tmpl<'m>>>,
+    dockerfile: Option<Tmpl<'m>>,
+    context: Option<Tmpl<'m>>,
+    network: NetworkMode,
+}
+
+struct Compiler<'a> {
+    source: &'a SourceFile,
+    files: &'a dyn Files,
+    diags: &'a mut Vec<Diagnostic>,
+    /// Inline templates of matrix.kdl, `when` expressions included.
+    env: Environment<'static>,
+    /// Template files, loaded on first use (a `dockerfile` path may itself be a template).
+    file_env: Environment<'static>,
+    /// Template path → index into `template_sources`, or `None` when it failed to load.
+    file_templates: HashMap<PathBuf, Option<usize>>,
+    template_sources: Vec<SourceFile>,
+    dockerfiles_dir: PathBuf,
+}
+
+/// A variant under construction, with the declarations its references came from.
+struct Draft {
+    variant: Variant,
+    /// (reference, index of the tag rule) for every tag the variant rendered.
+    produced: Vec<(Reference, usize)>,
+    /// Where the render path was declared (`path`, or the image name by default).
+    render_decl: SourceSpan,
+}
+
+/// The prefix wrapped around a `when` expression to evaluate it as a template.
+const WHEN_PREFIX: &str = "{% if ";
+
+impl<'a> Compiler<'a> {
+    fn check_images(&mut self, manifest: &Manifest, axes: &[CompiledAxis]) -> Vec<bool> {
+        let axis_names: Vec<&str> = axes.iter().map(|a| a.axis.name.as_str()).collect();
+        let mut valid = Vec::new();
+        for image in &manifest.images {
+            let mut ok = image.repository.is_some() && image.dockerfile.is_some() && !image.tags.is_empty();
+            if !NAME.is_match(&image.name.value) {
+                self.diags.push(
+                    Diagnostic::new("trellis::image::bad_name", format!("`{}` is not a valid image name", image.name.value))
+                        .at(self.source, image.name.span, "used in node ids and paths")
+                        .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
+                );
+                ok = false;
+            }
+            let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+            for axis in &image.matrix {
+                if let Some(first) = seen.get(axis.value.as_str()) {
+                    self.diags.push(
+                        Diagnostic::new("trellis::image::duplicate_axis", format!("axis `{}` appears twice in the matrix", axis.value))
+                            .at(self.source, axis.span, "again")
+                            .at(self.source, *first, "first here")
+                            .help("list each axis once"),
+                    );
+                    ok = false;
+                }
+                seen.insert(&axis.value, axis.span);
+                if !axis_names.contains(&axis.value.as_str()) {
+                    let help = match crate::decode::did_you_mean(&axis.value, &axis_names) {
+                        Some(close) => format!("did you mean `{close}`? declared axes: {}", axis_names.join(", ")),
+                        None if axis_names.is_empty() => "declare it with `axis \"name\" \"value\" …`".to_owned(),
+                        None => format!("declared axes: {}", axis_names.join(", ")),
+                    };
+                    self.diags.push(
+                        Diagnostic::new("trellis::image::unknown_axis", format!("no axis named `{}`", axis.value))
+                            .at(self.source, axis.span, "not declared")
+                            .help(help),
+                    );
+                    ok = false;
+                }
+            }
+            for exclude in &image.excludes {
+                for (axis, glob) in &exclude.globs {
+                    let Some(compiled) = axes.iter().find(|a| a.axis.name == axis.value)
+                        .filter(|_| image.matrix.iter().any(|m| m.value == axis.value))
+                    else {
+                        let matrix: Vec<&str> = image.matrix.iter().map(|m| m.value.as_str()).collect();
+                        self.diags.push(
+                            Diagnostic::new("trellis::image::exclude_axis", format!("`exclude` names `{}`, which is not in this image's matrix", axis.value))
+                                .at(self.source, axis.span, "not an axis of this image")
+                                .help(format!("this image varies over: {}", matrix.join(", "))),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    let pattern = wildmatch::WildMatch::new(&glob.value);
+                    if !compiled.axis.values.iter().any(|v| pattern.matches(&v.value)) {
+                        let values: Vec<&str> = compiled.axis.values.iter().map(|v| v.value.as_str()).collect();
+                        self.diags.push(
+                            Diagnostic::new("trellis::image::exclude_matches_nothing", format!("`{}` matches no value of axis `{}`", glob.value, axis.value))
+                                .at(self.source, glob.span, "matches nothing")
+                                .help(format!("values: {} (globs use * and ?)", values.join(", "))),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            valid.push(ok);
+        }
+        valid
+    }
+
+    fn add(&mut self, decl: &'a Spanned<String>, what: &str) -> Option<Tmpl<'a>> {
+        self.add_wrapped(decl, what, "", "")
+    }
+
+    fn add_when(&mut self, decl: &'a Spanned<String>, what: &str) -> Option<Tmpl<'a>> {
+        self.add_wrapped(decl, what, WHEN_PREFIX, " %}1{% endif %}")
+    }
+
+    fn add_wrapped(&mut self, decl: &'a Spanned<String>, what: &str, before: &str, after: &str) -> Option<Tmpl<'a>> {
+        let name = format!("{}@{}", self.source.name(), decl.span.offset());
+        let text = format!("{before}{}{after}", decl.value);
+        match self.env.add_template_owned(name.clone(), text) {
+            Ok(()) => Some(Tmpl { name, decl, prefix: before.len() }),
+            Err(error) => {
+                let origin = Origin::Inline(self.source, decl, before.len());
+                self.diags.push(template::diagnostic(&error, origin, &format!("in {what}"), ""));
+                None
+            }
+        }
+    }
+
+    fn check_identifier(&mut self, name: &Spanned<String>, pattern: &Regex, code: &'static str, what: &str, help: &str) -> bool {
+        if pattern.is_match(&name.value) {
+            return true;
+        }
+        self.diags.push(
+            Diagnostic::new(code, format!("`{}` is not a valid {what}", name.value.escape_debug()))
+                .at(self.source, name.span, format!("invalid {what}"))
+                .help(help.to_owned()),
+        );
+        false
+    }
+
+    fn register(&mut self, image: &'a ImageDecl) -> ImageTemplates<'a> {
+        let mut complete = true;
+        let mut opt = |this: &mut Self, decl: &'a Option<Spanned<String>>, what: &str| -> Option<Tmpl<'a>> {
+            let decl = decl.as_ref()?;
+            let t = this.add(decl, what);
+            complete &= t.is_some();
+            t
+        };
+        let repository = opt(self, &image.repository, "the repository");
+        let dockerfile = opt(self, &image.dockerfile, "the dockerfile path");
+        let context = opt(self, &image.context, "the context path");
+        let path = opt(self, &image.path, "the render path");
+        let target = opt(self, &image.target, "the target");
+        let mut args = Vec::new();
+        for (name, value) in &image.args {
+            complete &= self.check_identifier(name, &IDENTIFIER, "trellis::image::bad_arg_name", "build arg name", "build arg names are letters, digits and `_`, not starting with a digit");
+            let t = self.add(value, "a build arg");
+            complete &= t.is_some();
+            args.push((name.value.clone(), t));
+        }
+        let mut labels = Vec::new();
+        for (name, value) in &image.labels {
+            complete &= self.check_identifier(name, &LABEL_KEY, "trellis::image::bad_label_key", "label key", "label keys look like `org.opencontainers.image.version`");
+            if name.value.starts_with("dev.trellis.") {
+                self.diags.push(
+                    Diagnostic::new("trellis::image::reserved_label", format!("label `{}` is set by trellis", name.value))
+                        .at(self.source, name.span, "reserved")
+                        .help("dev.trellis.* labels record the workspace, variant and key; pick another key"),
+                );
+                complete = false;
+            }
+            let t = self.add(value, "a label");
+            complete &= t.is_some();
+            labels.push((name.value.clone(), t));
+        }
+        let mut tags = Vec::new();
+        for tag in &image.tags {
+            let t = self.add(&tag.template, "a tag");
+            let w = tag.when.as_ref().map(|w| self.add_when(w, "a when expression"));
+            complete &= t.is_some() && w.as_ref().is_none_or(Option::is_some);
+            tags.push((t, w.flatten()));
+        }
+        let mut tests = Vec::new();
+        for test in &image.tests {
+            complete &= self.check_identifier(&test.name, &NAME, "trellis::test::bad_name", "test name", "test names are letters, digits, `.`, `_` and `-`: they are part of node ids");
+            let when = test.when.as_ref().map(|w| self.add_when(w, "a when expression"));
+            complete &= when.as_ref().is_none_or(Option::is_some);
+            let mut compiled = TestTemplates {
+                name: test.name.value.clone(),
+                when: when.flatten(),
+                runs: Vec::new(),
+                dockerfile: None,
+                context: None,
+                network: test.network.as_ref().map(|n| n.value).or(image.network.as_ref().map(|n| n.value)).unwrap_or_default(),
+            };
+            match &test.body {
+                TestBody::Run(lines) => {
+                    for line in lines {
+                        let t = self.add(line, "a run line");
+                        complete &= t.is_some();
+                        compiled.runs.push(t);
+                    }
+                }
+                TestBody::Dockerfile { dockerfile, context } => {
+                    compiled.dockerfile = self.add(dockerfile, "a test dockerfile path");
+                    complete &= compiled.dockerfile.is_some();
+                    if let Some(context) = context {
+                        compiled.context = self.add(context, "a test context path");
+                        complete &= compiled.context.is_some();
+                    }
+                }
+            }
+            tests.push(compiled);
+        }
+        let mut excludes = Vec::new();
+        for exclude in &image.excludes {
+            let w = exclude.when.as_ref().map(|w| self.add_when(w, "a when expression"));
+            complete &= w.as_ref().is_none_or(Option::is_some);
+            excludes.push(w.flatten());
+        }
+        ImageTemplates {
+            repository,
+            dockerfile,
+            context,
+            path,
+            target,
+            args,
+            labels,
+            tags,
+            tests,
+            excludes,
+            complete,
+        }
+    }
+
+    /// Renders an inline template; `None` (with a diagnostic) when rendering fails.
+    fn render(&mut self, t: &Tmpl<'a>, ctx: &Value, variant: &str, variables: &str) -> Option<String> {
+        let result = self.env.get_template(&t.name).and_then(|tmpl| tmpl.render(ctx));
+        match result {
+            Ok(text) => Some(text),
+            Err(error) => {
+                let origin = Origin::Inline(self.source, t.decl, t.prefix);
+                self.diags.push(template::diagnostic(&error, origin, &format!("for {variant}"), variables));
+                None
+            }
+        }
+    }
+
+    fn holds(&mut self, when: Option<&Tmpl<'a>>, ctx: &Value, variant: &str, variables: &str) -> Option<bool> {
+        match when {
+            None => Some(true),
+            Some(t) => self.render(t, ctx, variant, variables).map(|s| s == "1"),
+        }
+    }
+
+    fn path(&mut self, rendered: String, decl: &Spanned<String>, what: &str, variant: &str) -> Option<PathBuf> {
+        match relative(&rendered) {
+            Ok(path) => Some(path),
+            Err(why) => {
+                self.diags.push(
+                    Diagnostic::new("trellis::path::outside_workspace", format!("{what} `{}` {why}", rendered.escape_debug()))
+                        .at(self.source, decl.span, format!("rendered for {variant}"))
+                        .help("paths are relative to the directory of matrix.kdl and may not leave it"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Loads (once) and compiles a template file; its index in `template_sources`.
+    fn template_file(&mut self, path: &Path, decl: &Spanned<String>) -> Option<usize> {
+        if let Some(known) = self.file_templates.get(path) {
+            return *known;
+        }
+        let display = path.to_string_lossy().into_owned();
+        let loaded = match self.files.read(path) {
+            Ok(text) => {
+                let file = SourceFile::new(display.clone(), text.clone());
+                match self.file_env.add_template_owned(display.clone(), text) {
+                    Ok(()) => {
+                        self.template_sources.push(file);
+                        Some(self.template_sources.len() - 1)
+                    }
+                    Err(error) => {
+                        self.diags.push(template::diagnostic(&error, Origin::File(&file), "in this template", ""));
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                self.diags.push(
+                    Diagnostic::new("trellis::template::unreadable", format!("cannot read template `{display}`: {error}"))
+                        .at(self.source, decl.span, "this file")
+                        .help("the path is relative to the directory of matrix.kdl"),
+                );
+                None
+            }
+        };
+        self.file_templates.insert(path.to_path_buf(), loaded);
+        loaded
+    }
+
+    fn expand(&mut self, index: usize, decl: &'a ImageDecl, t: &ImageTemplates<'a>, axes: &[CompiledAxis], out: &mut Vec<Draft>) {
+        if !t.complete {
+            return;
+        }
+        let matrix: Vec<&CompiledAxis> = decl
+            .matrix
+            .iter()
+            .filter_map(|m| axes.iter().find(|a| a.axis.name == m.value))
+            .collect();
+        let variables = describe_variables(&matrix);
+        let before = out.len();
+        let mut odometer = vec![0usize; matrix.len()];
+        'combinations: loop {
+            if matrix.iter().any(|a| a.axis.values.is_empty()) {
+                break;
+            }
+            self.variant(index, decl, t, &matrix, &odometer, &variables, out);
+            // Advance: the last axis turns fastest.
+            for position in (0..odometer.len()).rev() {
+                odometer[position] += 1;
+                if odometer[position] < matrix[position].axis.values.len() {
+                    continue 'combinations;
+                }
+                odometer[position] = 0;
+            }
+            break;
+        }
+        if out.len() == before && !self.diags.iter().any(|d| d.code().starts_with("trellis::template")) {
+            self.diags.push(
+                Diagnostic::new("trellis::image::no_variants", format!("image `{}` has no variants", decl.name.value))
+                    .at(self.source, decl.name.span, "every combination is excluded")
+                    .help("loosen its `exclude` rules or add axis values"),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn variant(
+        &mut self,
+        index: usize,
+        decl: &'a ImageDecl,
+        t: &ImageTemplates<'a>,
+        matrix: &[&CompiledAxis],
+        odometer: &[usize],
+        variables: &str,
+        out: &mut Vec<Draft>,
+    ) {
+        let mut values = IndexMap::new();
+        let mut id = decl.name.value.clone();
+        let mut ctx: IndexMap<String, Value> = IndexMap::new();
+        for (axis, &i) in matrix.iter().zip(odometer) {
+            let value = &axis.axis.values[i].value;
+            values.insert(axis.axis.name.clone(), value.clone());
+            ctx.insert(axis.axis.name.clone(), axis.objects[i].clone());
+            id.push('/');
+            id.push_str(value);
+        }
+        // Excludes first: an excluded combination is never rendered.
+        for (exclude, when) in decl.excludes.iter().zip(&t.excludes) {
+            let globs_match = exclude.globs.iter().all(|(axis, glob)| {
+                values.get(&axis.value).is_some_and(|v| wildmatch::WildMatch::new(&glob.value).matches(v))
+            });
+            if globs_match {
+                ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
+                ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
+                let context = Value::from_pairs(ctx.clone());
+                match self.holds(when.as_ref(), &context, &id, variables) {
+                    Some(true) => return,
+                    Some(false) => {}
+                    None => return,
+                }
+            }
+        }
+        ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
+        ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        let ctx = Value::from_pairs(ctx);
+        let Some(draft) = self.render_variant(index, decl, t, &ctx, id, values, variables) else { return };
+        out.push(draft);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn render_variant(
+        &mut self,
+        index: usize,
+        decl: &'a ImageDecl,
+        t: &ImageTemplates<'a>,
+        ctx: &Value,
+        id: String,
+        values: IndexMap<String, String>,
+        variables: &str,
+    ) -> Option<Draft> {
+        let repository = self.render(t.repository.as_ref()?, ctx, &id, variables)?;
+        let dockerfile_decl = t.dockerfile.as_ref()?;
+        let template_path = self.render(dockerfile_decl, ctx, &id, variables)?;
+        let template_path = self.path(template_path, dockerfile_decl.decl, "the dockerfile path", &id)?;
+        let context = match &t.context {
+            Some(c) => {
+                let rendered = self.render(c, ctx, &id, variables)?;
+                self.path(rendered, c.decl, "the context path", &id)?
+            }
+            None => template_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let (sub_path, render_decl) = match &t.path {
+            Some(p) => {
+                let rendered = self.render(p, ctx, &id, variables)?;
+                (self.path(rendered, p.decl, "the render path", &id)?, p.decl.span)
+            }
+            None => (values.values().collect::<PathBuf>(), decl.name.span),
+        };
+        let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
+        let target = match &t.target {
+            Some(target) => Some(self.render(target, ctx, &id, variables)?),
+            None => None,
+        };
+        let mut args = Vec::new();
+        for (name, value) in &t.args {
+            args.push((name.clone(), self.render(value.as_ref()?, ctx, &id, variables)?));
+        }
+        let mut labels = Vec::new();
+        for (name, value) in &t.labels {
+            labels.push((name.clone(), self.render(value.as_ref()?, ctx, &id, variables)?));
+        }
+        let mut produced = Vec::new();
+        let mut tags_ok = true;
+        for (rule, ((tag, when), tag_decl)) in t.tags.iter().zip(&decl.tags).enumerate() {
+            if !self.holds(when.as_ref(), ctx, &id, variables)? {
+                continue;
+            }
+            let rendered = self.render(tag.as_ref()?, ctx, &id, variables)?;
+            match check_reference(&repository, &rendered) {
+                Ok(()) => produced.push((
+                    Reference { repository: repository.clone(), tag: rendered, floating: tag_decl.float },
+                    rule,
+                )),
+                Err(why) => {
+                    tags_ok = false;
+                    self.diags.push(
+                        Diagnostic::new("trellis::reference::invalid", format!("`{repository}:{}` is not a valid image reference: {why}", rendered.escape_debug()))
+                            .at(self.source, tag_decl.template.span, format!("rendered for {id}"))
+                            .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`; a repository is lowercase path components"),
+                    );
+                }
+            }
+        }
+        let mut tests = Vec::new();
+        for test in &t.tests {
+            if !self.holds(test.when.as_ref(), ctx, &id, variables)? {
+                continue;
+            }
+            let body = match &test.dockerfile {
+                None => {
+                    let mut lines = Vec::new();
+                    for run in &test.runs {
+                        let run = run.as_ref()?;
+                        let line = self.render(run, ctx, &id, variables)?;
+                        if line.contains(['\n', '\r']) || line.trim().is_empty() {
+                            self.diags.push(
+                                Diagnostic::new("trellis::test::bad_run_line", "a run line must render to one non-empty line")
+                                    .at(self.source, run.decl.span, format!("rendered for {id}"))
+                                    .help("each `run` becomes one RUN instruction: write one command per `run`, or join them with &&"),
+                            );
+                            return None;
+                        }
+                        lines.push(line);
+                    }
+                    VariantTestBody::Run(lines)
+                }
+                Some(dockerfile) => {
+                    let rendered = self.render(dockerfile, ctx, &id, variables)?;
+                    let dockerfile_path = self.path(rendered, dockerfile.decl, "the test dockerfile", &id)?;
+                    let context = match &test.context {
+                        Some(c) => {
+                            let rendered = self.render(c, ctx, &id, variables)?;
+                            self.path(rendered, c.decl, "the test context", &id)?
+                        }
+                        None => dockerfile_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    };
+                    VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context }
+                }
+            };
+            tests.push(VariantTest { name: test.name.clone(), body, network: test.network });
+        }
+        let file = self.template_file(&template_path, dockerfile_decl.decl)?;
+        let rendered = self.file_env.get_template(self.template_sources[file].name()).and_then(|tmpl| tmpl.render(ctx));
+        let dockerfile = match rendered {
+            Ok(text) => with_header(&text, &template_path, &id),
+            Err(error) => {
+                let origin = Origin::File(&self.template_sources[file]);
+                self.diags.push(template::diagnostic(&error, origin, &format!("for {id}"), variables));
+                return None;
+            }
+        };
+        if !tags_ok {
+            return None;
+        }
+        Some(Draft {
+            variant: Variant {
+                id,
+                image: index,
+                values,
+                repository,
+                template: template_path,
+                dockerfile,
+                render_path,
+                context,
+                target,
+                args,
+                labels,
+                network: decl.network.as_ref().map(|n| n.value).unwrap_or_default(),
+                references: Vec::new(),
+                tests,
+            },
+            produced,
+            render_decl,
+        })
+    }
+
+    /// Floating tags go to the first producer in variant order; a reference produced by two
+    /// variants where any producer is not floating is an error naming both.
+    fn resolve_tags(&mut self, mut drafts: Vec<Draft>, manifest: &Manifest) -> Vec<Draft> {
+        let mut owners: HashMap<String, (usize, usize, bool)> = HashMap::new();
+        let mut won: Vec<Vec<usize>> = vec![Vec::new(); drafts.len()];
+        for (v, draft) in drafts.iter().enumerate() {
+            for (p, (reference, rule)) in draft.produced.iter().enumerate() {
+                let key = canonical(reference);
+                match owners.get(&key) {
+                    None => {
+                        owners.insert(key, (v, *rule, reference.floating));
+                        won[v].push(p);
+                    }
+                    // The same variant rendering one reference twice is harmless.
+                    Some((owner, _, _)) if *owner == v => {}
+                    Some(&(owner, owner_rule, owner_floats)) => {
+                        if owner_floats && reference.floating {
+                            continue;
+                        }
+                        let first = &drafts[owner];
+                        let first_decl = &manifest.images[first.variant.image].tags[owner_rule];
+                        let this_decl = &manifest.images[draft.variant.image].tags[*rule];
+                        let mut d = Diagnostic::new(
+                            "trellis::tag::collision",
+                            format!("`{reference}` is produced by {} and {}", first.variant.id, draft.variant.id),
+                        );
+                        if first_decl.template.span == this_decl.template.span {
+                            d = d.at(self.source, this_decl.template.span, "renders the same reference for both variants");
+                        } else {
+                            d = d
+                                .at(self.source, this_decl.template.span, format!("for {}", draft.variant.id))
+                                .at(self.source, first_decl.template.span, format!("for {}", first.variant.id));
+                        }
+                        self.diags.push(d.help(
+                            "mark every producing tag float=#true to give the reference to the first variant in variant order, or make the tag unique per variant",
+                        ));
+                    }
+                }
+            }
+        }
+        for (draft, won) in drafts.iter_mut().zip(won) {
+            let mut references: Vec<Reference> = Vec::new();
+            for p in won {
+                let reference = draft.produced[p].0.clone();
+                if !references.iter().any(|r| r.tag == reference.tag && r.repository == reference.repository) {
+                    references.push(reference);
+                }
+            }
+            draft.variant.references = references;
+        }
+        drafts
+    }
+}
+
+/// The docker-normalised form of a reference (`nginx:1` and `docker.io/library/nginx:1` are one).
+pub(crate) fn canonical(reference: &Reference) -> String {
+    let text = reference.to_string();
+    oci_spec::distribution::Reference::try_from(text.as_str()).map(|r| r.whole()).unwrap_or(text)
+}
+
+fn check_reference(repository: &str, tag: &str) -> Result<(), String> {
+    static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").unwrap());
+    if !TAG.is_match(tag) {
+        return Err(if tag.is_empty() { "the tag is empty".into() } else { "invalid tag format".into() });
+    }
+    if repository.contains('@') || repository.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        return Err("the repository must not carry a tag or digest".into());
+    }
+    let text = format!("{repository}:{tag}");
+    oci_spec::distribution::Reference::try_from(text.as_str()).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn describe_variables(matrix: &[&CompiledAxis]) -> String {
+    let mut parts = Vec::new();
+    for axis in matrix {
+        let mut fields: Vec<String> = Vec::new();
+        if axis.axis.values.iter().any(|v| !v.version.is_empty()) {
+            fields.push(".major .minor .patch".into());
+        }
+        let mut attributes: Vec<&str> = axis.axis.values.iter().flat_map(|v| v.attributes.keys().map(String::as_str)).collect();
+        attributes.sort_unstable();
+        attributes.dedup();
+        fields.extend(attributes.iter().map(|a| format!(".{a}")));
+        if fields.is_empty() {
+            parts.push(axis.axis.name.clone());
+        } else {
+            parts.push(format!("{} ({})", axis.axis.name, fields.join(" ")));
+        }
+    }
+    parts.push("image".into());
+    parts.push("axes".into());
+    parts.join(", ")
+}
+
+/// Puts the generated-by comment first, after any parser directives (`# syntax=`, `# escape=`),
+/// which Docker only honours at the very top.
+fn with_header(text: &str, template: &Path, variant: &str) -> String {
+    static DIRECTIVE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)^#\s*(syntax|escape|check)\s*=").unwrap());
+    let mut directives = 0;
+    for line in text.split_inclusive('\n') {
+        if DIRECTIVE.is_match(line) {
+            directives += line.len();
+        } else {
+            break;
+        }
+    }
+    let header = format!(
+        "# Generated by trellis from {} for {variant}. Do not edit: change the template and run `trellis render`.\n",
+        template.to_string_lossy()
+    );
+    format!("{}{header}{}", &text[..directives], &text[directives..])
+}
+
+fn check_render_paths(drafts: &[Draft], source: &SourceFile, diags: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<&Path, &Draft> = HashMap::new();
+    for draft in drafts {
+        if let Some(first) = seen.get(draft.variant.render_path.as_path()) {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::path::render_collision",
+                    format!("{} and {} render to the same file `{}`", first.variant.id, draft.variant.id, draft.variant.render_path.display()),
+                )
+                .at(source, draft.render_decl, "renders the same path for both")
+                .help("make `path` depend on every axis of the image, e.g. path \"{{ node }}/{{ os }}\""),
+            );
+            continue;
+        }
+        seen.insert(&draft.variant.render_path, draft);
+    }
+}

@@ -1,0 +1,68 @@
+//! trellis-model: `matrix.kdl` → a validated [`Workspace`] of variants, rendered templates and
+//! resolved references, or every [`Diagnostic`] that stands in the way.
+//!
+//! This crate is pure: it reads `matrix.kdl` and the Dockerfile templates it names, and knows
+//! nothing about Docker, the graph, keys or the terminal. Pipeline: KDL document (the `kdl`
+//! crate) → [`manifest::Manifest`] (`decode`: shapes and types, spans kept) → [`Workspace`]
+//! (`compile`: names, axes, variants, minijinja templates, floating tags, references).
+
+mod compile;
+mod decode;
+mod diagnostic;
+mod files;
+pub mod manifest;
+mod template;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{Diagnostic, SourceFile};
+pub use files::{DiskFiles, Files, MemoryFiles};
+pub use manifest::{AttributeValue, Jobs, NetworkMode, PullPolicy};
+pub use workspace::*;
+
+/// The mistakes that kept a workspace from loading, in reading order.
+#[derive(Debug)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.len() {
+            1 => write!(f, "1 error in the workspace"),
+            n => write!(f, "{n} errors in the workspace"),
+        }
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Compiles `text` (the contents of the file shown as `name`) with templates from `files`;
+/// `root` is recorded as the workspace root. Never panics on any input.
+pub fn compile(root: &Path, name: &str, text: &str, files: &dyn Files) -> Result<Workspace, Diagnostics> {
+    let source = SourceFile::new(name, text);
+    let mut diags = Vec::new();
+    let workspace = decode::decode(&source, &mut diags)
+        .and_then(|manifest| compile::compile(root, &source, manifest, files, &mut diags));
+    match workspace {
+        Some(workspace) if diags.is_empty() => Ok(workspace),
+        _ => Err(Diagnostics(diags)),
+    }
+}
+
+/// Reads and compiles the `matrix.kdl` at `path`; templates are read relative to its directory.
+pub fn load(path: &Path) -> Result<Workspace, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let root = if root.as_os_str().is_empty() { PathBuf::from(".") } else { root };
+    let name = path.file_name().map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy()).into_owned();
+    compile(&root, &name, &text, &DiskFiles { root: root.clone() }).map_err(LoadError::Invalid)
+}
+
+/// Why a workspace did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}

@@ -1,0 +1,140 @@
+//! minijinja in strict mode: the template variables of a variant, and template errors turned
+//! into diagnostics that point into `matrix.kdl` (inline strings) or the template file.
+
+use std::fmt;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use minijinja::value::{Enumerator, Object, Value};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use miette::SourceSpan;
+
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::manifest::{AttributeValue, Spanned};
+
+/// Upper bound on template work per render: a template is user input and must not hang us.
+const FUEL: u64 = 200_000;
+
+/// A strict environment: undefined is an error, no auto-escaping, output kept byte for byte.
+pub(crate) fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_debug(true);
+    env.set_fuel(Some(FUEL));
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("the default delimiters are valid");
+    env.set_syntax(syntax);
+    env
+}
+
+/// The template value of one axis value: renders as the value; has `.value`, `.major`,
+/// `.minor`, `.patch` (when the value reads as a loose version) and every declared attribute.
+#[derive(Debug)]
+pub(crate) struct AxisValueObject {
+    value: String,
+    fields: IndexMap<String, Value>,
+}
+
+impl AxisValueObject {
+    pub(crate) fn new(value: &str, version: &[u32], attributes: &IndexMap<String, AttributeValue>) -> Value {
+        let mut fields = IndexMap::new();
+        fields.insert("value".to_owned(), Value::from(value));
+        for (name, part) in ["major", "minor", "patch"].iter().zip(version) {
+            fields.insert((*name).to_owned(), Value::from(*part));
+        }
+        for (name, attribute) in attributes {
+            let v = match attribute {
+                AttributeValue::String(s) => Value::from(s.as_str()),
+                AttributeValue::Bool(b) => Value::from(*b),
+                AttributeValue::Integer(i) => Value::from(*i),
+                AttributeValue::Float(f) => Value::from(*f),
+            };
+            fields.insert(name.clone(), v);
+        }
+        Value::from_object(AxisValueObject { value: value.to_owned(), fields })
+    }
+}
+
+impl Object for AxisValueObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().and_then(|k| self.fields.get(k).cloned())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let keys: Vec<Value> = self.fields.keys().map(|k| Value::from(k.as_str())).collect();
+        Enumerator::Values(keys)
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}
+
+/// Where a template's text lives, for pointing at its errors.
+#[derive(Clone, Copy)]
+pub(crate) enum Origin<'a> {
+    /// A string in matrix.kdl, wrapped in a template source with `usize` leading characters.
+    Inline(&'a SourceFile, &'a Spanned<String>, usize),
+    /// A template file.
+    File(&'a SourceFile),
+}
+
+/// Turns a minijinja error into a diagnostic pointing at the failing expression.
+pub(crate) fn diagnostic(error: &minijinja::Error, origin: Origin<'_>, context: &str, variables: &str) -> Diagnostic {
+    let (code, what) = match error.kind() {
+        ErrorKind::UndefinedError => ("trellis::template::undefined", "undefined value"),
+        ErrorKind::SyntaxError => ("trellis::template::syntax", "template syntax error"),
+        ErrorKind::OutOfFuel => ("trellis::template::too_much_work", "template does too much work"),
+        _ => ("trellis::template::error", "template error"),
+    };
+    let range = error.range();
+    let (source, span, expression) = match origin {
+        Origin::Inline(file, string, prefix) => {
+            let len = string.value.len();
+            let range = range.as_ref().map(|r| r.start.saturating_sub(prefix).min(len)..r.end.saturating_sub(prefix).min(len));
+            let range = range.filter(|r| !r.is_empty());
+            let span = match (string.verbatim_at, &range) {
+                (Some(at), Some(r)) => SourceSpan::from(at + r.start..at + r.end),
+                _ => string.span,
+            };
+            let expression = range.as_ref().and_then(|r| string.value.get(r.clone()));
+            (file, span, expression)
+        }
+        Origin::File(file) => {
+            let span = match (&range, error.line()) {
+                (Some(r), _) => SourceSpan::from(r.clone()),
+                (None, Some(line)) => line_span(file.text(), line),
+                (None, None) => SourceSpan::from(0..0),
+            };
+            let expression = range.as_ref().and_then(|r| file.text().get(r.clone()));
+            (file, span, expression)
+        }
+    };
+    let message = match (error.kind(), expression) {
+        (ErrorKind::UndefinedError, Some(expression)) => format!("`{expression}` is undefined"),
+        _ => match error.detail() {
+            Some(detail) => format!("{what}: {detail}"),
+            None => what.to_owned(),
+        },
+    };
+    let help = match error.kind() {
+        ErrorKind::UndefinedError => format!("variables here: {variables}"),
+        ErrorKind::OutOfFuel => "templates are limited in work; simplify the loop".to_owned(),
+        _ => "templates use Jinja2 syntax: {{ variable }}, {% if … %}…{% endif %}".to_owned(),
+    };
+    Diagnostic::new(code, message).at(source, span, context).help(help)
+}
+
+fn line_span(text: &str, line: usize) -> SourceSpan {
+    let mut offset = 0;
+    for (n, l) in text.split_inclusive('\n').enumerate() {
+        if n + 1 == line {
+            return SourceSpan::from(offset..offset + l.trim_end().len());
+        }
+        offset += l.len();
+    }
+    SourceSpan::from(0..0)
+}
