@@ -1,1 +1,22 @@
-//! placeholder
+//! trellis-graph: a compiled [`trellis_model::Workspace`] as a petgraph DAG of
+//! render → build → test → tag → push nodes with blake3 content keys, plus what can be decided
+//! without an engine: context digests (`.dockerignore` applied with Docker's rules), parents
+//! from FROM lines, plans against a state view, FILTER selection and rendered files on disk.
+//!
+//! It never talks to Docker: external base images enter keys through [`BaseImageIds`], which
+//! the engine half resolves. It does not run anything: the executor consumes the graph.
+
+mod context;
+pub mod dockerfile;
+pub mod dockerignore;
+mod graph;
+mod key;
+mod plan;
+pub mod render;
+mod select;
+
+pub use context::{ContextDigest, ContextEntry, ContextError, ContextWalk, EntryKind};
+pub use graph::{BaseImageIds, Graph, GraphInputs, Node, NodeKind, VariantNodes};
+pub use key::{KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
+pub use plan::{Action, NoState, PlannedNode, StateView, plan};
+pub use select::{Selection, UnmatchedFilter};

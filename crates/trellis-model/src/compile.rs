@@ -79,6 +79,7 @@ pub(crate) fn compile(
             name: decl.name.value.clone(),
             matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
             dockerfile_decl: decl.dockerfile.clone().expect("checked: dockerfile present"),
+            context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
         })
         .collect();
     Some(Workspace {
@@ -303,6 +304,7 @@ struct ImageTemplates<'m> {
 
 struct TestTemplates<'m> {
     name: String,
+    span: SourceSpan,
     when: Option<Tmpl<'m>>,
     runs: Vec<Option<Tmpl<'m>>>,
     dockerfile: Option<Tmpl<'m>>,
@@ -489,6 +491,7 @@ impl<'a> Compiler<'a> {
             complete &= when.as_ref().is_none_or(Option::is_some);
             let mut compiled = TestTemplates {
                 name: test.name.value.clone(),
+                span: test.name.span,
                 when: when.flatten(),
                 runs: Vec::new(),
                 dockerfile: None,
@@ -782,7 +785,7 @@ impl<'a> Compiler<'a> {
                     VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context }
                 }
             };
-            tests.push(VariantTest { name: test.name.clone(), body, network: test.network });
+            tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network });
         }
         let file = self.template_file(&template_path, dockerfile_decl.decl)?;
         let rendered = self.file_env.get_template(self.template_sources[file].name()).and_then(|tmpl| tmpl.render(ctx));
@@ -876,7 +879,7 @@ impl<'a> Compiler<'a> {
 /// The docker-normalised form of a reference (`nginx:1` and `docker.io/library/nginx:1` are one).
 pub(crate) fn canonical(reference: &Reference) -> String {
     let text = reference.to_string();
-    oci_spec::distribution::Reference::try_from(text.as_str()).map(|r| r.whole()).unwrap_or(text)
+    crate::normalise_reference(&text).unwrap_or(text)
 }
 
 fn check_reference(repository: &str, tag: &str) -> Result<(), String> {

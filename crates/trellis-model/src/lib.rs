@@ -21,6 +21,12 @@ pub use files::{DiskFiles, Files, MemoryFiles};
 pub use manifest::{AttributeValue, Jobs, NetworkMode, PullPolicy};
 pub use workspace::*;
 
+/// Docker's normalised form of an image reference (`debian` → `docker.io/library/debian:latest`),
+/// or `None` when it is not a valid reference.
+pub fn normalise_reference(reference: &str) -> Option<String> {
+    oci_spec::distribution::Reference::try_from(reference).ok().map(|r| r.whole())
+}
+
 /// The mistakes that kept a workspace from loading, in reading order.
 #[derive(Debug)]
 pub struct Diagnostics(pub Vec<Diagnostic>);

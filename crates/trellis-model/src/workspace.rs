@@ -57,6 +57,8 @@ pub struct Image {
     pub matrix: Vec<String>,
     /// The `dockerfile` declaration, for diagnostics that concern the whole image.
     pub dockerfile_decl: Spanned<String>,
+    /// The `context` declaration, or the image name when the context is the default.
+    pub context_span: miette::SourceSpan,
 }
 
 /// One combination of an image's axes: one build, one image ID, many references.
@@ -103,6 +105,8 @@ impl fmt::Display for Reference {
 #[derive(Clone, Debug)]
 pub struct VariantTest {
     pub name: String,
+    /// Where the test was declared in matrix.kdl.
+    pub span: miette::SourceSpan,
     pub body: VariantTestBody,
     pub network: NetworkMode,
 }

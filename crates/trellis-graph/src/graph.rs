@@ -1,0 +1,365 @@
+//! Workspace → petgraph DAG of render → build → test → tag → push nodes, each with its content
+//! key. Parents come from the rendered Dockerfiles; everything else a `FROM` names is an
+//! external base whose image ID (supplied by the engine half, or "unresolved") enters the key.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use rayon::prelude::*;
+use trellis_model::{Diagnostic, Diagnostics, Variant, VariantTestBody, Workspace, normalise_reference as normalise};
+
+use crate::context::{ContextDigest, ContextWalk};
+use crate::dockerfile::image_uses;
+use crate::key::{KeyHasher, NodeKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Render,
+    Build,
+    Test,
+    Tag,
+    Push,
+}
+
+impl NodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Render => "render",
+            NodeKind::Build => "build",
+            NodeKind::Test => "test",
+            NodeKind::Tag => "tag",
+            NodeKind::Push => "push",
+        }
+    }
+}
+
+/// One unit of work.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `render:<variant>`, `build:<variant>`, `test:<variant>/<test>`, `tag:<variant>`, `push:<variant>`.
+    pub id: String,
+    pub kind: NodeKind,
+    /// Index into the workspace's variants.
+    pub variant: usize,
+    /// Index into the variant's tests, for test nodes.
+    pub test: Option<usize>,
+    pub key: NodeKey,
+}
+
+/// The nodes of one variant.
+#[derive(Debug, Clone)]
+pub struct VariantNodes {
+    pub render: NodeIndex,
+    pub build: NodeIndex,
+    pub tests: Vec<NodeIndex>,
+    pub tag: NodeIndex,
+    pub push: NodeIndex,
+}
+
+/// Image IDs of external base images, by reference as written in the Dockerfile. The engine
+/// half fills this in before planning; offline, bases are keyed as unresolved.
+#[derive(Debug, Clone, Default)]
+pub struct BaseImageIds(pub HashMap<String, String>);
+
+/// Inputs of the graph that are not in the workspace.
+#[derive(Debug, Clone, Default)]
+pub struct GraphInputs {
+    pub base_images: BaseImageIds,
+    /// Push target (settings' registry unless overridden on the command line).
+    pub registry: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Graph {
+    pub dag: DiGraph<Node, ()>,
+    pub variants: Vec<VariantNodes>,
+    /// Per variant: the variants its Dockerfile builds on, in Dockerfile order.
+    pub parents: Vec<Vec<usize>>,
+    /// Per variant: the external images its Dockerfile names, in Dockerfile order.
+    pub external_bases: Vec<Vec<String>>,
+    /// Per variant: the digest of its build context.
+    pub context_digests: Vec<ContextDigest>,
+    by_id: HashMap<String, NodeIndex>,
+}
+
+impl Graph {
+    /// Builds the graph and computes every key. Reads the build contexts and the test
+    /// Dockerfiles; reports every problem it finds as a diagnostic.
+    pub fn build(workspace: &Workspace, inputs: &GraphInputs) -> Result<Self, Diagnostics> {
+        let mut diags = Vec::new();
+        let (parents, external_bases) = dependencies(workspace, &mut diags);
+        let order = variant_order(workspace, &parents, &mut diags);
+        let contexts = context_digests(workspace, &mut diags);
+        if !diags.is_empty() {
+            return Err(Diagnostics(diags));
+        }
+        let Some(order) = order else { return Err(Diagnostics(diags)) };
+
+        // Build keys need the parents' keys: compute in dependency order.
+        let mut build_keys: Vec<Option<NodeKey>> = vec![None; workspace.variants.len()];
+        for &v in &order {
+            let variant = &workspace.variants[v];
+            let parent_keys: Vec<NodeKey> = parents[v].iter().map(|p| build_keys[*p].expect("parents come first")).collect();
+            let context = contexts[&workspace.root.join(&variant.context)];
+            build_keys[v] = Some(build_key(variant, &context, &parent_keys, &external_bases[v], &inputs.base_images));
+        }
+
+        let mut dag = DiGraph::new();
+        let mut variants = Vec::with_capacity(workspace.variants.len());
+        let mut by_id = HashMap::new();
+        let mut add = |dag: &mut DiGraph<Node, ()>, node: Node| {
+            let id = node.id.clone();
+            let index = dag.add_node(node);
+            by_id.insert(id, index);
+            index
+        };
+        let mut test_diags = Vec::new();
+        for (v, variant) in workspace.variants.iter().enumerate() {
+            let build_key = build_keys[v].expect("every variant has a key");
+            let node = |kind: NodeKind, id: String, key: NodeKey| Node { id, kind, variant: v, test: None, key };
+            let render = add(&mut dag, node(NodeKind::Render, format!("render:{}", variant.id), render_key(variant)));
+            let build = add(&mut dag, node(NodeKind::Build, format!("build:{}", variant.id), build_key));
+            dag.add_edge(render, build, ());
+            let mut tests = Vec::new();
+            for (t, test) in variant.tests.iter().enumerate() {
+                let key = match test_key(workspace, test, &build_key, &contexts) {
+                    Ok(key) => key,
+                    Err(why) => {
+                        test_diags.push(
+                            Diagnostic::new("trellis::test::unreadable", format!("test `{}` of {}: {why}", test.name, variant.id))
+                                .at(&workspace.manifest, test.span, "declared here")
+                                .help("the path is relative to the directory of matrix.kdl"),
+                        );
+                        NodeKey([0; 32])
+                    }
+                };
+                let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), key);
+                n.test = Some(t);
+                let index = add(&mut dag, n);
+                dag.add_edge(build, index, ());
+                tests.push(index);
+            }
+            let tag_key = tag_key(variant, &build_key);
+            let tag = add(&mut dag, node(NodeKind::Tag, format!("tag:{}", variant.id), tag_key));
+            if tests.is_empty() {
+                dag.add_edge(build, tag, ());
+            }
+            for &t in &tests {
+                dag.add_edge(t, tag, ());
+            }
+            let push_key = KeyHasher::new("push").key(&tag_key).option(inputs.registry.as_deref()).finish();
+            let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key));
+            dag.add_edge(tag, push, ());
+            variants.push(VariantNodes { render, build, tests, tag, push });
+        }
+        if !test_diags.is_empty() {
+            return Err(Diagnostics(test_diags));
+        }
+        for (child, parents) in parents.iter().enumerate() {
+            for &parent in parents {
+                // A child builds on its parent's tested, tagged image; registries get the
+                // parent before the child.
+                dag.add_edge(variants[parent].tag, variants[child].build, ());
+                dag.add_edge(variants[parent].push, variants[child].push, ());
+            }
+        }
+        let context_digests = workspace.variants.iter().map(|v| contexts[&workspace.root.join(&v.context)]).collect();
+        Ok(Self { dag, variants, parents, external_bases, context_digests, by_id })
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.by_id.get(id).map(|i| &self.dag[*i])
+    }
+
+    /// Every node in a deterministic topological order: among ready nodes, the one created
+    /// first (variant order, then render → build → tests → tag → push) goes first.
+    pub fn stable_order(&self) -> Vec<NodeIndex> {
+        let mut indegree: Vec<usize> = self.dag.node_indices().map(|n| self.dag.neighbors_directed(n, petgraph::Incoming).count()).collect();
+        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
+            indegree.iter().enumerate().filter(|(_, d)| **d == 0).map(|(i, _)| std::cmp::Reverse(i)).collect();
+        let mut order = Vec::with_capacity(indegree.len());
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            let index = NodeIndex::new(i);
+            order.push(index);
+            for next in self.dag.neighbors_directed(index, petgraph::Outgoing) {
+                indegree[next.index()] -= 1;
+                if indegree[next.index()] == 0 {
+                    ready.push(std::cmp::Reverse(next.index()));
+                }
+            }
+        }
+        order
+    }
+}
+
+/// Parents and external bases of every variant, from its rendered Dockerfile.
+fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> (Vec<Vec<usize>>, Vec<Vec<String>>) {
+    let mut producers: HashMap<String, usize> = HashMap::new();
+    for (v, variant) in workspace.variants.iter().enumerate() {
+        for reference in &variant.references {
+            producers.insert(normalise(&reference.to_string()).unwrap_or_default(), v);
+        }
+    }
+    let mut parents = Vec::with_capacity(workspace.variants.len());
+    let mut bases = Vec::with_capacity(workspace.variants.len());
+    for variant in &workspace.variants {
+        let mut mine: Vec<usize> = Vec::new();
+        let mut external: Vec<String> = Vec::new();
+        for image_use in image_uses(&variant.dockerfile, &variant.args) {
+            match normalise(&image_use.reference) {
+                Some(canonical) => match producers.get(&canonical) {
+                    Some(&parent) if !mine.contains(&parent) => mine.push(parent),
+                    Some(_) => {}
+                    None if !external.contains(&image_use.reference) => external.push(image_use.reference),
+                    None => {}
+                },
+                None => {
+                    let image = workspace.image_of(variant);
+                    diags.push(
+                        Diagnostic::new(
+                            "trellis::reference::bad_from",
+                            format!("{} uses `{}`, which is not a valid image reference", variant.id, image_use.reference),
+                        )
+                        .at(&workspace.manifest, image.dockerfile_decl.span, format!("line {} of the rendered Dockerfile", image_use.line))
+                        .help("check the FROM / COPY --from line of the template and the build args it substitutes"),
+                    );
+                }
+            }
+        }
+        parents.push(mine);
+        bases.push(external);
+    }
+    (parents, bases)
+}
+
+
+/// Variants with parents before children, or a diagnostic per dependency cycle.
+fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..parents.len()).map(|v| graph.add_node(v)).collect();
+    for (child, ps) in parents.iter().enumerate() {
+        for &p in ps {
+            graph.add_edge(nodes[p], nodes[child], ());
+        }
+    }
+    match petgraph::algo::toposort(&graph, None) {
+        Ok(order) => Some(order.into_iter().map(|n| graph[n]).collect()),
+        Err(_) => {
+            for component in petgraph::algo::tarjan_scc(&graph) {
+                let cyclic = component.len() > 1 || graph.contains_edge(component[0], component[0]);
+                if !cyclic {
+                    continue;
+                }
+                let mut members: Vec<usize> = component.iter().map(|n| graph[*n]).collect();
+                members.sort_unstable();
+                let ids: Vec<&str> = members.iter().map(|v| workspace.variants[*v].id.as_str()).collect();
+                let mut d = Diagnostic::new(
+                    "trellis::graph::cycle",
+                    format!("dependency cycle between {}", ids.join(" → ")),
+                );
+                let mut labelled = HashSet::new();
+                for v in &members {
+                    let image = workspace.image_of(&workspace.variants[*v]);
+                    if labelled.insert(image.dockerfile_decl.span) {
+                        d = d.at(&workspace.manifest, image.dockerfile_decl.span, format!("{} is built FROM another variant of the cycle", workspace.variants[*v].id));
+                    }
+                }
+                diags.push(d.help("an image cannot be built on itself: change the FROM line of one of these templates"));
+            }
+            None
+        }
+    }
+}
+
+/// The digest of every distinct context directory (variants' and Dockerfile tests'), in
+/// parallel, once each.
+fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMap<PathBuf, ContextDigest> {
+    let mut dirs: Vec<(PathBuf, miette::SourceSpan, String)> = Vec::new();
+    let mut seen = HashSet::new();
+    for variant in &workspace.variants {
+        let dir = workspace.root.join(&variant.context);
+        if seen.insert(dir.clone()) {
+            dirs.push((dir, workspace.image_of(variant).context_span, variant.id.clone()));
+        }
+        for test in &variant.tests {
+            if let VariantTestBody::Dockerfile { context, .. } = &test.body {
+                let dir = workspace.root.join(context);
+                if seen.insert(dir.clone()) {
+                    dirs.push((dir, test.span, variant.id.clone()));
+                }
+            }
+        }
+    }
+    let results: Vec<_> = dirs.par_iter().map(|(dir, _, _)| ContextWalk::new(dir).and_then(|w| w.digest())).collect();
+    let mut out = HashMap::new();
+    for ((dir, span, variant), result) in dirs.into_iter().zip(results) {
+        match result {
+            Ok(digest) => {
+                out.insert(dir, digest);
+            }
+            Err(error) => diags.push(
+                Diagnostic::new("trellis::context::unreadable", format!("build context of {variant}: {error}"))
+                    .at(&workspace.manifest, span, "context declared here")
+                    .help(format!("the context `{}` must be a readable directory", relative_display(&workspace.root, &dir))),
+            ),
+        }
+    }
+    out
+}
+
+fn relative_display(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}
+
+fn render_key(variant: &Variant) -> NodeKey {
+    KeyHasher::new("render").str(&variant.render_path.to_string_lossy()).str(&variant.dockerfile).finish()
+}
+
+fn build_key(variant: &Variant, context: &ContextDigest, parents: &[NodeKey], bases: &[String], ids: &BaseImageIds) -> NodeKey {
+    let mut h = KeyHasher::new("build");
+    h.str(&variant.dockerfile).key(context).pairs(&variant.args).pairs(&variant.labels).option(variant.target.as_deref());
+    h.count(parents.len());
+    for parent in parents {
+        h.key(parent);
+    }
+    h.count(bases.len());
+    for base in bases {
+        match ids.0.get(base) {
+            Some(id) => h.str(base).str(id),
+            None => h.str(base).str("unresolved"),
+        };
+    }
+    h.finish()
+}
+
+fn test_key(workspace: &Workspace, test: &trellis_model::VariantTest, build: &NodeKey, contexts: &HashMap<PathBuf, ContextDigest>) -> Result<NodeKey, String> {
+    let mut h = KeyHasher::new("test");
+    h.key(build).str(test.network.as_str());
+    match &test.body {
+        VariantTestBody::Run(lines) => {
+            h.u64(0).count(lines.len());
+            for line in lines {
+                h.str(line);
+            }
+        }
+        VariantTestBody::Dockerfile { dockerfile, context } => {
+            let text = std::fs::read(workspace.root.join(dockerfile)).map_err(|e| format!("cannot read `{}`: {e}", dockerfile.display()))?;
+            let digest = contexts.get(&workspace.root.join(context)).ok_or("context not hashed")?;
+            h.u64(1).bytes(&text).key(digest);
+        }
+    }
+    Ok(h.finish())
+}
+
+fn tag_key(variant: &Variant, build: &NodeKey) -> NodeKey {
+    let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
+    references.sort();
+    let mut h = KeyHasher::new("tag");
+    h.key(build).count(references.len());
+    for r in &references {
+        h.str(r);
+    }
+    h.finish()
+}
