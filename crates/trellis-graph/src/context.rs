@@ -95,7 +95,8 @@ impl ContextWalk {
                 }
                 continue;
             }
-            let meta = item.metadata().map_err(|e| ContextError::Io { path: item.path().to_path_buf(), source: e.into() })?;
+            let meta =
+                item.metadata().map_err(|e| ContextError::Io { path: item.path().to_path_buf(), source: e.into() })?;
             let (kind, mode, size, link_target) = if file_type.is_symlink() {
                 let target = fs::read_link(item.path()).map_err(io_error(item.path()))?;
                 (EntryKind::Symlink, 0o777, 0, Some(target.to_string_lossy().into_owned()))

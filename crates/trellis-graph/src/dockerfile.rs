@@ -54,7 +54,8 @@ pub fn image_uses(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
                 } else {
                     stages.push(String::new());
                 }
-                let is_stage = stages[..stages.len() - 1].iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&image));
+                let is_stage =
+                    stages[..stages.len() - 1].iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&image));
                 if !is_stage && !image.eq_ignore_ascii_case("scratch") && !image.is_empty() {
                     uses.push(ImageUse { reference: image, line });
                 }
@@ -63,7 +64,8 @@ pub fn image_uses(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
                 for flag in rest.iter().take_while(|w| w.starts_with("--")) {
                     let Some(from) = flag.strip_prefix("--from=") else { continue };
                     let from = substitute(from, &global_args);
-                    let is_stage = from.parse::<usize>().is_ok() || stages.iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&from));
+                    let is_stage = from.parse::<usize>().is_ok()
+                        || stages.iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&from));
                     if !is_stage && !from.is_empty() {
                         uses.push(ImageUse { reference: from, line });
                     }

@@ -9,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use rayon::prelude::*;
 use trellis_model::{Diagnostic, Diagnostics, Variant, VariantTestBody, Workspace, normalise_reference as normalise};
 
-use crate::context::{ContextDigest, ContextWalk};
+use crate::context::{ContextDigest, ContextError, ContextWalk};
 use crate::dockerfile::image_uses;
 use crate::key::{KeyHasher, NodeKey};
 
@@ -71,6 +71,30 @@ pub struct GraphInputs {
     pub registry: Option<String>,
 }
 
+/// What each variant builds on, from its rendered Dockerfile: no IO, no keys. Enough for
+/// FILTER selection and cycle checks.
+#[derive(Debug, Clone)]
+pub struct Dependencies {
+    /// Per variant: the variants its Dockerfile builds on, in Dockerfile order.
+    pub parents: Vec<Vec<usize>>,
+    /// Per variant: the external images its Dockerfile names, in Dockerfile order.
+    pub external_bases: Vec<Vec<String>>,
+    /// Variants with parents before children.
+    pub order: Vec<usize>,
+}
+
+impl Dependencies {
+    pub fn new(workspace: &Workspace) -> Result<Self, Diagnostics> {
+        let mut diags = Vec::new();
+        let (parents, external_bases) = dependencies(workspace, &mut diags);
+        let order = variant_order(workspace, &parents, &mut diags);
+        match order {
+            Some(order) if diags.is_empty() => Ok(Self { parents, external_bases, order }),
+            _ => Err(Diagnostics(diags)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Graph {
     pub dag: DiGraph<Node, ()>,
@@ -87,21 +111,24 @@ pub struct Graph {
 impl Graph {
     /// Builds the graph and computes every key. Reads the build contexts and the test
     /// Dockerfiles; reports every problem it finds as a diagnostic.
-    pub fn build(workspace: &Workspace, inputs: &GraphInputs) -> Result<Self, Diagnostics> {
+    pub fn build(
+        workspace: &Workspace,
+        dependencies: &Dependencies,
+        inputs: &GraphInputs,
+    ) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
-        let (parents, external_bases) = dependencies(workspace, &mut diags);
-        let order = variant_order(workspace, &parents, &mut diags);
         let contexts = context_digests(workspace, &mut diags);
         if !diags.is_empty() {
             return Err(Diagnostics(diags));
         }
-        let Some(order) = order else { return Err(Diagnostics(diags)) };
+        let Dependencies { parents, external_bases, order } = dependencies.clone();
 
         // Build keys need the parents' keys: compute in dependency order.
         let mut build_keys: Vec<Option<NodeKey>> = vec![None; workspace.variants.len()];
         for &v in &order {
             let variant = &workspace.variants[v];
-            let parent_keys: Vec<NodeKey> = parents[v].iter().map(|p| build_keys[*p].expect("parents come first")).collect();
+            let parent_keys: Vec<NodeKey> =
+                parents[v].iter().map(|p| build_keys[*p].expect("parents come first")).collect();
             let context = contexts[&workspace.root.join(&variant.context)];
             build_keys[v] = Some(build_key(variant, &context, &parent_keys, &external_bases[v], &inputs.base_images));
         }
@@ -128,9 +155,12 @@ impl Graph {
                     Ok(key) => key,
                     Err(why) => {
                         test_diags.push(
-                            Diagnostic::new("trellis::test::unreadable", format!("test `{}` of {}: {why}", test.name, variant.id))
-                                .at(&workspace.manifest, test.span, "declared here")
-                                .help("the path is relative to the directory of matrix.kdl"),
+                            Diagnostic::new(
+                                "trellis::test::unreadable",
+                                format!("test `{}` of {}: {why}", test.name, variant.id),
+                            )
+                            .at(&workspace.manifest, test.span, "declared here")
+                            .help("the path is relative to the directory of matrix.kdl"),
                         );
                         NodeKey([0; 32])
                     }
@@ -176,7 +206,8 @@ impl Graph {
     /// Every node in a deterministic topological order: among ready nodes, the one created
     /// first (variant order, then render → build → tests → tag → push) goes first.
     pub fn stable_order(&self) -> Vec<NodeIndex> {
-        let mut indegree: Vec<usize> = self.dag.node_indices().map(|n| self.dag.neighbors_directed(n, petgraph::Incoming).count()).collect();
+        let mut indegree: Vec<usize> =
+            self.dag.node_indices().map(|n| self.dag.neighbors_directed(n, petgraph::Incoming).count()).collect();
         let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
             indegree.iter().enumerate().filter(|(_, d)| **d == 0).map(|(i, _)| std::cmp::Reverse(i)).collect();
         let mut order = Vec::with_capacity(indegree.len());
@@ -220,9 +251,16 @@ fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> (Vec<Vec<
                     diags.push(
                         Diagnostic::new(
                             "trellis::reference::bad_from",
-                            format!("{} uses `{}`, which is not a valid image reference", variant.id, image_use.reference),
+                            format!(
+                                "{} uses `{}`, which is not a valid image reference",
+                                variant.id, image_use.reference
+                            ),
                         )
-                        .at(&workspace.manifest, image.dockerfile_decl.span, format!("line {} of the rendered Dockerfile", image_use.line))
+                        .at(
+                            &workspace.manifest,
+                            image.dockerfile_decl.span,
+                            format!("line {} of the rendered Dockerfile", image_use.line),
+                        )
                         .help("check the FROM / COPY --from line of the template and the build args it substitutes"),
                     );
                 }
@@ -233,7 +271,6 @@ fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> (Vec<Vec<
     }
     (parents, bases)
 }
-
 
 /// Variants with parents before children, or a diagnostic per dependency cycle.
 fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
@@ -255,18 +292,25 @@ fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<
                 let mut members: Vec<usize> = component.iter().map(|n| graph[*n]).collect();
                 members.sort_unstable();
                 let ids: Vec<&str> = members.iter().map(|v| workspace.variants[*v].id.as_str()).collect();
-                let mut d = Diagnostic::new(
-                    "trellis::graph::cycle",
-                    format!("dependency cycle between {}", ids.join(" → ")),
-                );
+                let message = match ids.as_slice() {
+                    [only] => format!("{only} is built FROM one of its own references"),
+                    _ => format!("dependency cycle between {}", ids.join(" → ")),
+                };
+                let mut d = Diagnostic::new("trellis::graph::cycle", message);
                 let mut labelled = HashSet::new();
                 for v in &members {
                     let image = workspace.image_of(&workspace.variants[*v]);
                     if labelled.insert(image.dockerfile_decl.span) {
-                        d = d.at(&workspace.manifest, image.dockerfile_decl.span, format!("{} is built FROM another variant of the cycle", workspace.variants[*v].id));
+                        let label = if members.len() == 1 {
+                            "its Dockerfile's FROM names this variant's own reference".to_owned()
+                        } else {
+                            format!("{} is built FROM another variant of the cycle", workspace.variants[*v].id)
+                        };
+                        d = d.at(&workspace.manifest, image.dockerfile_decl.span, label);
                     }
                 }
-                diags.push(d.help("an image cannot be built on itself: change the FROM line of one of these templates"));
+                diags
+                    .push(d.help("an image cannot be built on itself: change the FROM line of one of these templates"));
             }
             None
         }
@@ -299,27 +343,71 @@ fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMa
             Ok(digest) => {
                 out.insert(dir, digest);
             }
-            Err(error) => diags.push(
-                Diagnostic::new("trellis::context::unreadable", format!("build context of {variant}: {error}"))
-                    .at(&workspace.manifest, span, "context declared here")
-                    .help(format!("the context `{}` must be a readable directory", relative_display(&workspace.root, &dir))),
-            ),
+            Err(error) => diags.push(context_diagnostic(workspace, &dir, span, &variant, &error)),
         }
     }
     out
 }
 
+/// Paths in messages are relative to the root, so diagnostics read the same in every checkout.
 fn relative_display(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    let relative = path.strip_prefix(root).unwrap_or(path).display().to_string();
+    if relative.is_empty() { ".".to_owned() } else { relative }
+}
+
+fn context_diagnostic(
+    workspace: &Workspace,
+    dir: &Path,
+    span: miette::SourceSpan,
+    variant: &str,
+    error: &ContextError,
+) -> Diagnostic {
+    let shown = relative_display(&workspace.root, dir);
+    let (code, message, help) = match error {
+        ContextError::Ignore { source, .. } => (
+            "trellis::context::bad_dockerignore",
+            format!("`{}` {source}", Path::new(&shown).join(".dockerignore").display()),
+            "Docker refuses this pattern too: fix or remove the line".to_owned(),
+        ),
+        ContextError::NotADirectory { .. } => (
+            "trellis::context::not_a_directory",
+            format!("build context `{shown}` of {variant} is not a directory"),
+            "point `context` at a directory".to_owned(),
+        ),
+        ContextError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound && path == dir => (
+            "trellis::context::missing",
+            format!("build context `{shown}` of {variant} does not exist"),
+            "create the directory, or point `context` at an existing one (paths are relative to matrix.kdl)".to_owned(),
+        ),
+        ContextError::Io { path, source } => (
+            "trellis::context::unreadable",
+            format!(
+                "cannot read `{}` in the build context of {variant}: {source}",
+                relative_display(&workspace.root, path)
+            ),
+            "every file of a build context must be readable".to_owned(),
+        ),
+    };
+    Diagnostic::new(code, message).at(&workspace.manifest, span, "context declared here").help(help)
 }
 
 fn render_key(variant: &Variant) -> NodeKey {
     KeyHasher::new("render").str(&variant.render_path.to_string_lossy()).str(&variant.dockerfile).finish()
 }
 
-fn build_key(variant: &Variant, context: &ContextDigest, parents: &[NodeKey], bases: &[String], ids: &BaseImageIds) -> NodeKey {
+fn build_key(
+    variant: &Variant,
+    context: &ContextDigest,
+    parents: &[NodeKey],
+    bases: &[String],
+    ids: &BaseImageIds,
+) -> NodeKey {
     let mut h = KeyHasher::new("build");
-    h.str(&variant.dockerfile).key(context).pairs(&variant.args).pairs(&variant.labels).option(variant.target.as_deref());
+    h.str(&variant.dockerfile)
+        .key(context)
+        .pairs(&variant.args)
+        .pairs(&variant.labels)
+        .option(variant.target.as_deref());
     h.count(parents.len());
     for parent in parents {
         h.key(parent);
@@ -334,7 +422,12 @@ fn build_key(variant: &Variant, context: &ContextDigest, parents: &[NodeKey], ba
     h.finish()
 }
 
-fn test_key(workspace: &Workspace, test: &trellis_model::VariantTest, build: &NodeKey, contexts: &HashMap<PathBuf, ContextDigest>) -> Result<NodeKey, String> {
+fn test_key(
+    workspace: &Workspace,
+    test: &trellis_model::VariantTest,
+    build: &NodeKey,
+    contexts: &HashMap<PathBuf, ContextDigest>,
+) -> Result<NodeKey, String> {
     let mut h = KeyHasher::new("test");
     h.key(build).str(test.network.as_str());
     match &test.body {
@@ -345,7 +438,8 @@ fn test_key(workspace: &Workspace, test: &trellis_model::VariantTest, build: &No
             }
         }
         VariantTestBody::Dockerfile { dockerfile, context } => {
-            let text = std::fs::read(workspace.root.join(dockerfile)).map_err(|e| format!("cannot read `{}`: {e}", dockerfile.display()))?;
+            let text = std::fs::read(workspace.root.join(dockerfile))
+                .map_err(|e| format!("cannot read `{}`: {e}", dockerfile.display()))?;
             let digest = contexts.get(&workspace.root.join(context)).ok_or("context not hashed")?;
             h.u64(1).bytes(&text).key(digest);
         }

@@ -3,7 +3,7 @@
 
 use trellis_model::Workspace;
 
-use crate::graph::Graph;
+use crate::graph::Dependencies;
 
 /// A FILTER that matched no variant: almost always a typo, so it is an error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +24,11 @@ impl Selection {
     }
 
     /// Variants matching any filter, plus their ancestors. No filters selects everything.
-    pub fn new(workspace: &Workspace, graph: &Graph, filters: &[String]) -> Result<Self, UnmatchedFilter> {
+    pub fn new(
+        workspace: &Workspace,
+        dependencies: &Dependencies,
+        filters: &[String],
+    ) -> Result<Self, UnmatchedFilter> {
         if filters.is_empty() {
             return Ok(Self::all(workspace));
         }
@@ -43,7 +47,7 @@ impl Selection {
         }
         let mut stack: Vec<usize> = (0..selected.len()).filter(|v| selected[*v]).collect();
         while let Some(v) = stack.pop() {
-            for &parent in &graph.parents[v] {
+            for &parent in &dependencies.parents[v] {
                 if !selected[parent] {
                     selected[parent] = true;
                     stack.push(parent);

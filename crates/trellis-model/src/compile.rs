@@ -7,9 +7,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::LazyLock;
 
 use indexmap::IndexMap;
-use minijinja::value::Value;
-use minijinja::Environment;
 use miette::SourceSpan;
+use minijinja::Environment;
+use minijinja::value::Value;
 use regex::Regex;
 
 use crate::diagnostic::{Diagnostic, SourceFile};
@@ -50,12 +50,8 @@ pub(crate) fn compile(
         dockerfiles_dir: settings.dockerfiles.clone(),
     };
     let valid = compiler.check_images(&manifest, &axes);
-    let templates: Vec<Option<ImageTemplates<'_>>> = manifest
-        .images
-        .iter()
-        .zip(&valid)
-        .map(|(image, ok)| ok.then(|| compiler.register(image)))
-        .collect();
+    let templates: Vec<Option<ImageTemplates<'_>>> =
+        manifest.images.iter().zip(&valid).map(|(image, ok)| ok.then(|| compiler.register(image))).collect();
     let mut drafts = Vec::new();
     for (index, (image, templates)) in manifest.images.iter().zip(&templates).enumerate() {
         if let Some(templates) = templates {
@@ -69,17 +65,20 @@ pub(crate) fn compile(
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let tidy = crate::diagnostic::tidy(compiler.diags.split_off(before), &name_refs);
     compiler.diags.extend(tidy);
-    if compiler.diags.len() > before {
+    // Decoding mistakes count too: any diagnostic at all means no workspace.
+    if !compiler.diags.is_empty() {
         return None;
     }
     let images = manifest
         .images
         .iter()
-        .map(|decl| Image {
-            name: decl.name.value.clone(),
-            matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
-            dockerfile_decl: decl.dockerfile.clone().expect("checked: dockerfile present"),
-            context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
+        .filter_map(|decl| {
+            Some(Image {
+                name: decl.name.value.clone(),
+                matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
+                dockerfile_decl: decl.dockerfile.clone()?,
+                context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
+            })
         })
         .collect();
     Some(Workspace {
@@ -95,9 +94,12 @@ pub(crate) fn compile(
 fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> WorkspaceSettings {
     if !decl.name.value.is_empty() && !NAME.is_match(&decl.name.value) {
         diags.push(
-            Diagnostic::new("trellis::schema::bad_name", format!("`{}` is not a valid workspace name", decl.name.value))
-                .at(source, decl.name.span, "used in image labels")
-                .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
+            Diagnostic::new(
+                "trellis::schema::bad_name",
+                format!("`{}` is not a valid workspace name", decl.name.value),
+            )
+            .at(source, decl.name.span, "used in image labels")
+            .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
         );
     }
     let dockerfiles = relative_path(&decl.dockerfiles, "the dockerfiles directory", source, diags);
@@ -106,9 +108,12 @@ fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -
         let probe = format!("{}/probe:latest", registry.value);
         if registry.value.contains("://") || oci_spec::distribution::Reference::try_from(probe.as_str()).is_err() {
             diags.push(
-                Diagnostic::new("trellis::reference::bad_registry", format!("`{}` is not a registry host", registry.value))
-                    .at(source, registry.span, "not host[:port]")
-                    .help("write the registry as host[:port], e.g. \"localhost:5000\""),
+                Diagnostic::new(
+                    "trellis::reference::bad_registry",
+                    format!("`{}` is not a registry host", registry.value),
+                )
+                .at(source, registry.span, "not host[:port]")
+                .help("write the registry as host[:port], e.g. \"localhost:5000\""),
             );
         }
     }
@@ -153,19 +158,25 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
             let text = &value.value;
             if let Some(first) = seen.get(text.value.as_str()) {
                 diags.push(
-                    Diagnostic::new("trellis::axis::duplicate_value", format!("axis `{}` lists `{}` twice", name.value, text.value))
-                        .at(source, text.span, "listed again")
-                        .at(source, *first, "first listed here")
-                        .help("remove one of them"),
+                    Diagnostic::new(
+                        "trellis::axis::duplicate_value",
+                        format!("axis `{}` lists `{}` twice", name.value, text.value),
+                    )
+                    .at(source, text.span, "listed again")
+                    .at(source, *first, "first listed here")
+                    .help("remove one of them"),
                 );
                 continue;
             }
             seen.insert(&text.value, text.span);
             if !AXIS_VALUE.is_match(&text.value) {
                 diags.push(
-                    Diagnostic::new("trellis::axis::bad_value", format!("`{}` is not a valid axis value", text.value.escape_debug()))
-                        .at(source, text.span, "axis values end up in tags, paths and Dockerfiles")
-                        .help("use letters, digits, `.`, `_`, `+` and `-`, starting with a letter or digit"),
+                    Diagnostic::new(
+                        "trellis::axis::bad_value",
+                        format!("`{}` is not a valid axis value", text.value.escape_debug()),
+                    )
+                    .at(source, text.span, "axis values end up in tags, paths and Dockerfiles")
+                    .help("use letters, digits, `.`, `_`, `+` and `-`, starting with a letter or digit"),
                 );
                 continue;
             }
@@ -180,18 +191,24 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
                     ok = false;
                 } else if !IDENTIFIER.is_match(attr) {
                     diags.push(
-                        Diagnostic::new("trellis::axis::bad_attribute", format!("`{attr}` is not a valid attribute name"))
-                            .at(source, attr_value.span, "attributes are template fields")
-                            .help("use letters, digits and `_`, not starting with a digit"),
+                        Diagnostic::new(
+                            "trellis::axis::bad_attribute",
+                            format!("`{attr}` is not a valid attribute name"),
+                        )
+                        .at(source, attr_value.span, "attributes are template fields")
+                        .help("use letters, digits and `_`, not starting with a digit"),
                     );
                     ok = false;
                 } else if let AttributeValue::String(s) = &attr_value.value
                     && let Some(bad) = s.chars().find(|c| c.is_control() || *c == '\\')
                 {
                     diags.push(
-                        Diagnostic::new("trellis::axis::unsafe_attribute", format!("attribute `{attr}` contains {}", bad.escape_debug()))
-                            .at(source, attr_value.span, "could add a line or an instruction to a Dockerfile")
-                            .help("attribute strings may not contain control characters, line breaks or backslashes"),
+                        Diagnostic::new(
+                            "trellis::axis::unsafe_attribute",
+                            format!("attribute `{attr}` contains {}", bad.escape_debug()),
+                        )
+                        .at(source, attr_value.span, "could add a line or an instruction to a Dockerfile")
+                        .help("attribute strings may not contain control characters, line breaks or backslashes"),
                     );
                     ok = false;
                 }
@@ -217,7 +234,9 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
                     _ => diags.push(
                         Diagnostic::new("trellis::axis::not_a_version", format!("`{}` is not a version", value.value))
                             .at(source, text.span, "axis is sorted by version")
-                            .help("remove sort=\"version\" from the axis, or write the value as a version (e.g. 22.20.0)"),
+                            .help(
+                                "remove sort=\"version\" from the axis, or write the value as a version (e.g. 22.20.0)",
+                            ),
                     ),
                 }
             }
@@ -226,7 +245,7 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
             values = sortable.into_iter().map(|(_, v)| (v, &decl.name)).collect();
         }
         let values: Vec<AxisValue> = values.into_iter().map(|(v, _)| v).collect();
-        let objects = values.iter().map(|v| AxisValueObject::new(&v.value, &v.version, &v.attributes)).collect();
+        let objects = values.iter().map(|v| AxisValueObject::value(&v.value, &v.version, &v.attributes)).collect();
         out.push(CompiledAxis { axis: Axis { name: name.value.clone(), values }, objects });
     }
     out
@@ -242,15 +261,21 @@ fn loose_version(value: &str) -> Vec<u32> {
 }
 
 /// A checked, rooted path relative to the workspace root, or a diagnostic.
-fn relative_path(path: &Spanned<String>, what: &str, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Option<PathBuf> {
-    relative(&path.value).map_err(|why| {
-        diags.push(
-            Diagnostic::new("trellis::path::outside_workspace", format!("{what} `{}` {why}", path.value))
-                .at(source, path.span, "must stay inside the workspace")
-                .help("paths are relative to the directory of matrix.kdl and may not leave it"),
-        );
-    })
-    .ok()
+fn relative_path(
+    path: &Spanned<String>,
+    what: &str,
+    source: &SourceFile,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
+    relative(&path.value)
+        .map_err(|why| {
+            diags.push(
+                Diagnostic::new("trellis::path::outside_workspace", format!("{what} `{}` {why}", path.value))
+                    .at(source, path.span, "must stay inside the workspace")
+                    .help("paths are relative to the directory of matrix.kdl and may not leave it"),
+            );
+        })
+        .ok()
 }
 
 /// Normalises a relative path: no root, no `..` that climbs out, no empty result.
@@ -276,7 +301,6 @@ pub(crate) fn relative(path: &str) -> Result<PathBuf, &'static str> {
     }
     Ok(out)
 }
-
 
 /// An inline template registered in the environment, and the string it came from.
 struct Tmpl<'m> {
@@ -346,9 +370,12 @@ impl<'a> Compiler<'a> {
             let mut ok = image.repository.is_some() && image.dockerfile.is_some() && !image.tags.is_empty();
             if !NAME.is_match(&image.name.value) {
                 self.diags.push(
-                    Diagnostic::new("trellis::image::bad_name", format!("`{}` is not a valid image name", image.name.value))
-                        .at(self.source, image.name.span, "used in node ids and paths")
-                        .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
+                    Diagnostic::new(
+                        "trellis::image::bad_name",
+                        format!("`{}` is not a valid image name", image.name.value),
+                    )
+                    .at(self.source, image.name.span, "used in node ids and paths")
+                    .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
                 );
                 ok = false;
             }
@@ -356,10 +383,13 @@ impl<'a> Compiler<'a> {
             for axis in &image.matrix {
                 if let Some(first) = seen.get(axis.value.as_str()) {
                     self.diags.push(
-                        Diagnostic::new("trellis::image::duplicate_axis", format!("axis `{}` appears twice in the matrix", axis.value))
-                            .at(self.source, axis.span, "again")
-                            .at(self.source, *first, "first here")
-                            .help("list each axis once"),
+                        Diagnostic::new(
+                            "trellis::image::duplicate_axis",
+                            format!("axis `{}` appears twice in the matrix", axis.value),
+                        )
+                        .at(self.source, axis.span, "again")
+                        .at(self.source, *first, "first here")
+                        .help("list each axis once"),
                     );
                     ok = false;
                 }
@@ -380,14 +410,19 @@ impl<'a> Compiler<'a> {
             }
             for exclude in &image.excludes {
                 for (axis, glob) in &exclude.globs {
-                    let Some(compiled) = axes.iter().find(|a| a.axis.name == axis.value)
+                    let Some(compiled) = axes
+                        .iter()
+                        .find(|a| a.axis.name == axis.value)
                         .filter(|_| image.matrix.iter().any(|m| m.value == axis.value))
                     else {
                         let matrix: Vec<&str> = image.matrix.iter().map(|m| m.value.as_str()).collect();
                         self.diags.push(
-                            Diagnostic::new("trellis::image::exclude_axis", format!("`exclude` names `{}`, which is not in this image's matrix", axis.value))
-                                .at(self.source, axis.span, "not an axis of this image")
-                                .help(format!("this image varies over: {}", matrix.join(", "))),
+                            Diagnostic::new(
+                                "trellis::image::exclude_axis",
+                                format!("`exclude` names `{}`, which is not in this image's matrix", axis.value),
+                            )
+                            .at(self.source, axis.span, "not an axis of this image")
+                            .help(format!("this image varies over: {}", matrix.join(", "))),
                         );
                         ok = false;
                         continue;
@@ -396,9 +431,12 @@ impl<'a> Compiler<'a> {
                     if !compiled.axis.values.iter().any(|v| pattern.matches(&v.value)) {
                         let values: Vec<&str> = compiled.axis.values.iter().map(|v| v.value.as_str()).collect();
                         self.diags.push(
-                            Diagnostic::new("trellis::image::exclude_matches_nothing", format!("`{}` matches no value of axis `{}`", glob.value, axis.value))
-                                .at(self.source, glob.span, "matches nothing")
-                                .help(format!("values: {} (globs use * and ?)", values.join(", "))),
+                            Diagnostic::new(
+                                "trellis::image::exclude_matches_nothing",
+                                format!("`{}` matches no value of axis `{}`", glob.value, axis.value),
+                            )
+                            .at(self.source, glob.span, "matches nothing")
+                            .help(format!("values: {} (globs use * and ?)", values.join(", "))),
                         );
                         ok = false;
                     }
@@ -430,7 +468,14 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn check_identifier(&mut self, name: &Spanned<String>, pattern: &Regex, code: &'static str, what: &str, help: &str) -> bool {
+    fn check_identifier(
+        &mut self,
+        name: &Spanned<String>,
+        pattern: &Regex,
+        code: &'static str,
+        what: &str,
+        help: &str,
+    ) -> bool {
         if pattern.is_match(&name.value) {
             return true;
         }
@@ -457,19 +502,34 @@ impl<'a> Compiler<'a> {
         let target = opt(self, &image.target, "the target");
         let mut args = Vec::new();
         for (name, value) in &image.args {
-            complete &= self.check_identifier(name, &IDENTIFIER, "trellis::image::bad_arg_name", "build arg name", "build arg names are letters, digits and `_`, not starting with a digit");
+            complete &= self.check_identifier(
+                name,
+                &IDENTIFIER,
+                "trellis::image::bad_arg_name",
+                "build arg name",
+                "build arg names are letters, digits and `_`, not starting with a digit",
+            );
             let t = self.add(value, "a build arg");
             complete &= t.is_some();
             args.push((name.value.clone(), t));
         }
         let mut labels = Vec::new();
         for (name, value) in &image.labels {
-            complete &= self.check_identifier(name, &LABEL_KEY, "trellis::image::bad_label_key", "label key", "label keys look like `org.opencontainers.image.version`");
+            complete &= self.check_identifier(
+                name,
+                &LABEL_KEY,
+                "trellis::image::bad_label_key",
+                "label key",
+                "label keys look like `org.opencontainers.image.version`",
+            );
             if name.value.starts_with("dev.trellis.") {
                 self.diags.push(
-                    Diagnostic::new("trellis::image::reserved_label", format!("label `{}` is set by trellis", name.value))
-                        .at(self.source, name.span, "reserved")
-                        .help("dev.trellis.* labels record the workspace, variant and key; pick another key"),
+                    Diagnostic::new(
+                        "trellis::image::reserved_label",
+                        format!("label `{}` is set by trellis", name.value),
+                    )
+                    .at(self.source, name.span, "reserved")
+                    .help("dev.trellis.* labels record the workspace, variant and key; pick another key"),
                 );
                 complete = false;
             }
@@ -486,7 +546,13 @@ impl<'a> Compiler<'a> {
         }
         let mut tests = Vec::new();
         for test in &image.tests {
-            complete &= self.check_identifier(&test.name, &NAME, "trellis::test::bad_name", "test name", "test names are letters, digits, `.`, `_` and `-`: they are part of node ids");
+            complete &= self.check_identifier(
+                &test.name,
+                &NAME,
+                "trellis::test::bad_name",
+                "test name",
+                "test names are letters, digits, `.`, `_` and `-`: they are part of node ids",
+            );
             let when = test.when.as_ref().map(|w| self.add_when(w, "a when expression"));
             complete &= when.as_ref().is_none_or(Option::is_some);
             let mut compiled = TestTemplates {
@@ -496,7 +562,12 @@ impl<'a> Compiler<'a> {
                 runs: Vec::new(),
                 dockerfile: None,
                 context: None,
-                network: test.network.as_ref().map(|n| n.value).or(image.network.as_ref().map(|n| n.value)).unwrap_or_default(),
+                network: test
+                    .network
+                    .as_ref()
+                    .map(|n| n.value)
+                    .or(image.network.as_ref().map(|n| n.value))
+                    .unwrap_or_default(),
             };
             match &test.body {
                 TestBody::Run(lines) => {
@@ -523,19 +594,7 @@ impl<'a> Compiler<'a> {
             complete &= w.as_ref().is_none_or(Option::is_some);
             excludes.push(w.flatten());
         }
-        ImageTemplates {
-            repository,
-            dockerfile,
-            context,
-            path,
-            target,
-            args,
-            labels,
-            tags,
-            tests,
-            excludes,
-            complete,
-        }
+        ImageTemplates { repository, dockerfile, context, path, target, args, labels, tags, tests, excludes, complete }
     }
 
     /// Renders an inline template; `None` (with a diagnostic) when rendering fails.
@@ -563,9 +622,12 @@ impl<'a> Compiler<'a> {
             Ok(path) => Some(path),
             Err(why) => {
                 self.diags.push(
-                    Diagnostic::new("trellis::path::outside_workspace", format!("{what} `{}` {why}", rendered.escape_debug()))
-                        .at(self.source, decl.span, format!("rendered for {variant}"))
-                        .help("paths are relative to the directory of matrix.kdl and may not leave it"),
+                    Diagnostic::new(
+                        "trellis::path::outside_workspace",
+                        format!("{what} `{}` {why}", rendered.escape_debug()),
+                    )
+                    .at(self.source, decl.span, format!("rendered for {variant}"))
+                    .help("paths are relative to the directory of matrix.kdl and may not leave it"),
                 );
                 None
             }
@@ -594,9 +656,12 @@ impl<'a> Compiler<'a> {
             }
             Err(error) => {
                 self.diags.push(
-                    Diagnostic::new("trellis::template::unreadable", format!("cannot read template `{display}`: {error}"))
-                        .at(self.source, decl.span, "this file")
-                        .help("the path is relative to the directory of matrix.kdl"),
+                    Diagnostic::new(
+                        "trellis::template::unreadable",
+                        format!("cannot read template `{display}`: {error}"),
+                    )
+                    .at(self.source, decl.span, "this file")
+                    .help("the path is relative to the directory of matrix.kdl"),
                 );
                 None
             }
@@ -605,22 +670,28 @@ impl<'a> Compiler<'a> {
         loaded
     }
 
-    fn expand(&mut self, index: usize, decl: &'a ImageDecl, t: &ImageTemplates<'a>, axes: &[CompiledAxis], out: &mut Vec<Draft>) {
+    fn expand(
+        &mut self,
+        index: usize,
+        decl: &'a ImageDecl,
+        t: &ImageTemplates<'a>,
+        axes: &[CompiledAxis],
+        out: &mut Vec<Draft>,
+    ) {
         if !t.complete {
             return;
         }
-        let matrix: Vec<&CompiledAxis> = decl
-            .matrix
-            .iter()
-            .filter_map(|m| axes.iter().find(|a| a.axis.name == m.value))
-            .collect();
+        let matrix: Vec<&CompiledAxis> =
+            decl.matrix.iter().filter_map(|m| axes.iter().find(|a| a.axis.name == m.value)).collect();
+        // An axis left without valid values was already reported; expanding it says nothing new.
+        if matrix.len() != decl.matrix.len() || matrix.iter().any(|a| a.axis.values.is_empty()) {
+            return;
+        }
         let variables = describe_variables(&matrix);
         let before = out.len();
+        let diagnostics_before = self.diags.len();
         let mut odometer = vec![0usize; matrix.len()];
         'combinations: loop {
-            if matrix.iter().any(|a| a.axis.values.is_empty()) {
-                break;
-            }
             self.variant(index, decl, t, &matrix, &odometer, &variables, out);
             // Advance: the last axis turns fastest.
             for position in (0..odometer.len()).rev() {
@@ -632,7 +703,8 @@ impl<'a> Compiler<'a> {
             }
             break;
         }
-        if out.len() == before && !self.diags.iter().any(|d| d.code().starts_with("trellis::template")) {
+        // Only when nothing failed: variants that failed to render are not "excluded".
+        if out.len() == before && self.diags.len() == diagnostics_before {
             self.diags.push(
                 Diagnostic::new("trellis::image::no_variants", format!("image `{}` has no variants", decl.name.value))
                     .at(self.source, decl.name.span, "every combination is excluded")
@@ -849,11 +921,17 @@ impl<'a> Compiler<'a> {
                             format!("`{reference}` is produced by {} and {}", first.variant.id, draft.variant.id),
                         );
                         if first_decl.template.span == this_decl.template.span {
-                            d = d.at(self.source, this_decl.template.span, "renders the same reference for both variants");
+                            d = d.at(
+                                self.source,
+                                this_decl.template.span,
+                                "renders the same reference for both variants",
+                            );
                         } else {
-                            d = d
-                                .at(self.source, this_decl.template.span, format!("for {}", draft.variant.id))
-                                .at(self.source, first_decl.template.span, format!("for {}", first.variant.id));
+                            d = d.at(self.source, this_decl.template.span, format!("for {}", draft.variant.id)).at(
+                                self.source,
+                                first_decl.template.span,
+                                format!("for {}", first.variant.id),
+                            );
                         }
                         self.diags.push(d.help(
                             "mark every producing tag float=#true to give the reference to the first variant in variant order, or make the tag unique per variant",
@@ -901,7 +979,8 @@ fn describe_variables(matrix: &[&CompiledAxis]) -> String {
         if axis.axis.values.iter().any(|v| !v.version.is_empty()) {
             fields.push(".major .minor .patch".into());
         }
-        let mut attributes: Vec<&str> = axis.axis.values.iter().flat_map(|v| v.attributes.keys().map(String::as_str)).collect();
+        let mut attributes: Vec<&str> =
+            axis.axis.values.iter().flat_map(|v| v.attributes.keys().map(String::as_str)).collect();
         attributes.sort_unstable();
         attributes.dedup();
         fields.extend(attributes.iter().map(|a| format!(".{a}")));
@@ -942,7 +1021,12 @@ fn check_render_paths(drafts: &[Draft], source: &SourceFile, diags: &mut Vec<Dia
             diags.push(
                 Diagnostic::new(
                     "trellis::path::render_collision",
-                    format!("{} and {} render to the same file `{}`", first.variant.id, draft.variant.id, draft.variant.render_path.display()),
+                    format!(
+                        "{} and {} render to the same file `{}`",
+                        first.variant.id,
+                        draft.variant.id,
+                        draft.variant.render_path.display()
+                    ),
                 )
                 .at(source, draft.render_decl, "renders the same path for both")
                 .help("make `path` depend on every axis of the image, e.g. path \"{{ node }}/{{ os }}\""),

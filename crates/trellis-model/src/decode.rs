@@ -13,11 +13,20 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::manifest::*;
 
 const TOP_NODES: &[&str] = &["settings", "axis", "image"];
-const SETTINGS_NODES: &[&str] =
-    &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull"];
+const SETTINGS_NODES: &[&str] = &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull"];
 const IMAGE_NODES: &[&str] = &[
-    "matrix", "exclude", "repository", "dockerfile", "context", "path", "target", "arg", "label",
-    "network", "tag", "test",
+    "matrix",
+    "exclude",
+    "repository",
+    "dockerfile",
+    "context",
+    "path",
+    "target",
+    "arg",
+    "label",
+    "network",
+    "tag",
+    "test",
 ];
 
 /// Parses and decodes `matrix.kdl`. A KDL syntax error yields no manifest.
@@ -45,14 +54,16 @@ fn syntax_diagnostic(source: &SourceFile, error: &kdl::KdlError) -> Diagnostic {
     let at = text.get(span.offset()..).unwrap_or("");
     let word: String = at.chars().take_while(|c| c.is_alphanumeric() || *c == '-').collect();
     let help = match word.as_str() {
-        "true" | "false" | "null" => Some(format!(
-            "KDL 2 writes keywords with a hash: #{word} (bare `{word}` is KDL 1 syntax)"
-        )),
+        "true" | "false" | "null" => {
+            Some(format!("KDL 2 writes keywords with a hash: #{word} (bare `{word}` is KDL 1 syntax)"))
+        }
         "inf" | "nan" => Some(format!("KDL 2 writes #{word}")),
         _ if at.starts_with("r\"") || at.starts_with("r#") => {
             Some("KDL 2 raw strings are written #\"…\"# (r\"…\" is KDL 1 syntax)".to_owned())
         }
-        _ if at.starts_with('\'') => Some("KDL strings use double quotes".to_owned()),
+        _ if line_at(text, span.offset()).contains('\'') => {
+            Some("KDL strings use double quotes: \"...\" (or #\"...\"# for raw strings)".to_owned())
+        }
         _ => first.help.clone(),
     };
     let mut diagnostic = Diagnostic::new(
@@ -76,14 +87,7 @@ impl Decoder<'_> {
         self.diags.push(Diagnostic::new(code, message).at(self.source, span, label));
     }
 
-    fn error_help(
-        &mut self,
-        code: &'static str,
-        message: String,
-        span: SourceSpan,
-        label: &str,
-        help: String,
-    ) {
+    fn error_help(&mut self, code: &'static str, message: String, span: SourceSpan, label: &str, help: String) {
         self.diags.push(Diagnostic::new(code, message).at(self.source, span, label).help(help));
     }
 
@@ -97,7 +101,7 @@ impl Decoder<'_> {
             match name {
                 "settings" => {
                     if let Some(first) = settings_seen {
-                        self.duplicate("settings", node.name().span(), first);
+                        self.duplicate("`settings`", node.name().span(), first);
                         continue;
                     }
                     settings_seen = Some(node.name().span());
@@ -132,8 +136,7 @@ impl Decoder<'_> {
                 "matrix.kdl has no `settings` node".to_owned(),
                 SourceSpan::from(0..0),
                 "settings expected in this file",
-                "add `settings { name \"my-images\" }`: the name is recorded in image labels"
-                    .to_owned(),
+                "add `settings { name \"my-images\" }`: the name is recorded in image labels".to_owned(),
             );
         }
         manifest
@@ -163,11 +166,7 @@ impl Decoder<'_> {
     }
 
     /// Checks properties against `allowed` (unknown, repeated) and returns them by name.
-    fn props<'n>(
-        &mut self,
-        node: &'n KdlNode,
-        allowed: &[&str],
-    ) -> IndexMap<String, &'n KdlEntry> {
+    fn props<'n>(&mut self, node: &'n KdlNode, allowed: &[&str]) -> IndexMap<String, &'n KdlEntry> {
         let mut props: IndexMap<String, &KdlEntry> = IndexMap::new();
         for entry in node.entries() {
             let Some(key) = entry.name() else { continue };
@@ -199,7 +198,7 @@ impl Decoder<'_> {
         props
     }
 
-    fn args<'n>(node: &'n KdlNode) -> Vec<&'n KdlEntry> {
+    fn args(node: &KdlNode) -> Vec<&KdlEntry> {
         node.entries().iter().filter(|e| e.name().is_none()).collect()
     }
 
@@ -234,6 +233,9 @@ impl Decoder<'_> {
 
     fn wrong_type(&mut self, entry: &KdlEntry, what: &str, expected: &str, got: &KdlValue) {
         let help = match got {
+            _ if expected.starts_with("#true") => {
+                format!("write {what} as #true or #false (KDL 2 keywords start with #)")
+            }
             KdlValue::Bool(_) | KdlValue::Null => format!("write {what} in double quotes"),
             KdlValue::Integer(_) | KdlValue::Float(_) if expected == "a string" => {
                 format!("numbers are not strings here: write {what} in double quotes, e.g. \"{got}\"")
@@ -474,7 +476,8 @@ impl Decoder<'_> {
                         format!("unknown axis sort `{s}`"),
                         entry.span(),
                         "not a sort order",
-                        "sort=\"version\" orders values highest first; leave it out to keep the written order".to_owned(),
+                        "sort=\"version\" orders values highest first; leave it out to keep the written order"
+                            .to_owned(),
                     );
                     false
                 }
@@ -546,7 +549,12 @@ impl Decoder<'_> {
                 KdlValue::Integer(i) => match i64::try_from(*i) {
                     Ok(i) => AttributeValue::Integer(i),
                     Err(_) => {
-                        self.error("trellis::schema::out_of_range", "integer attribute is too large".to_owned(), entry.span(), "too large");
+                        self.error(
+                            "trellis::schema::out_of_range",
+                            "integer attribute is too large".to_owned(),
+                            entry.span(),
+                            "too large",
+                        );
                         continue;
                     }
                 },
@@ -854,7 +862,7 @@ impl Decoder<'_> {
                     Diagnostic::new(
                         "trellis::schema::test_kind",
                         format!("test `{}` has both `run` lines and a dockerfile", name.value),
-                        )
+                    )
                     .at(self.source, dockerfile.span, "a Dockerfile test")
                     .at(self.source, runs[0].span, "and a run test")
                     .help("split it into two tests"),
@@ -886,6 +894,14 @@ impl Decoder<'_> {
         };
         Some(TestDecl { name, body, when, network })
     }
+}
+
+/// The line of `text` that holds `offset`.
+fn line_at(text: &str, offset: usize) -> &str {
+    let (Some(before), Some(after)) = (text.get(..offset), text.get(offset..)) else { return "" };
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let end = after.find('\n').map_or(text.len(), |i| offset + i);
+    text.get(start..end).unwrap_or("")
 }
 
 /// Offset of a string's contents in the source when the literal spells them verbatim.

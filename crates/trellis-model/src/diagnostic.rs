@@ -88,11 +88,7 @@ impl Diagnostic {
     /// Key used to drop repeats of the same mistake (a bad template renders badly for every
     /// variant; the user needs to hear it once).
     pub(crate) fn dedup_key(&self) -> (Option<&str>, Option<(usize, usize)>, &str) {
-        (
-            self.source_name(),
-            self.primary_span().map(|s| (s.offset(), s.len())),
-            self.message.as_str(),
-        )
+        (self.source_name(), self.primary_span().map(|s| (s.offset(), s.len())), self.message.as_str())
     }
 }
 
@@ -174,10 +170,7 @@ impl SourceFile {
 /// Sorts diagnostics into reading order (file, then position) and drops exact repeats.
 pub(crate) fn tidy(mut diagnostics: Vec<Diagnostic>, file_order: &[&str]) -> Vec<Diagnostic> {
     let rank = |d: &Diagnostic| {
-        let file = d
-            .source_name()
-            .and_then(|n| file_order.iter().position(|f| *f == n))
-            .unwrap_or(usize::MAX);
+        let file = d.source_name().and_then(|n| file_order.iter().position(|f| *f == n)).unwrap_or(usize::MAX);
         let offset = d.primary_span().map_or(0, |s| s.offset());
         (file, offset)
     };

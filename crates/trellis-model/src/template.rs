@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
+use miette::SourceSpan;
 use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
-use miette::SourceSpan;
 
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::manifest::{AttributeValue, Spanned};
@@ -39,7 +39,7 @@ pub(crate) struct AxisValueObject {
 }
 
 impl AxisValueObject {
-    pub(crate) fn new(value: &str, version: &[u32], attributes: &IndexMap<String, AttributeValue>) -> Value {
+    pub(crate) fn value(value: &str, version: &[u32], attributes: &IndexMap<String, AttributeValue>) -> Value {
         let mut fields = IndexMap::new();
         fields.insert("value".to_owned(), Value::from(value));
         for (name, part) in ["major", "minor", "patch"].iter().zip(version) {
@@ -94,7 +94,8 @@ pub(crate) fn diagnostic(error: &minijinja::Error, origin: Origin<'_>, context: 
     let (source, span, expression) = match origin {
         Origin::Inline(file, string, prefix) => {
             let len = string.value.len();
-            let range = range.as_ref().map(|r| r.start.saturating_sub(prefix).min(len)..r.end.saturating_sub(prefix).min(len));
+            let range =
+                range.as_ref().map(|r| r.start.saturating_sub(prefix).min(len)..r.end.saturating_sub(prefix).min(len));
             let range = range.filter(|r| !r.is_empty());
             let span = match (string.verbatim_at, &range) {
                 (Some(at), Some(r)) => SourceSpan::from(at + r.start..at + r.end),

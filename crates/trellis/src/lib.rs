@@ -1,1 +1,24 @@
+//! trellis: a build-graph engine for families of container images — the library facade and
+//! the CLI's commands.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), trellis::Error> {
+//! let workspace = trellis::Workspace::load("matrix.kdl")?;
+//! for entry in workspace.tags(&[])? {
+//!     println!("{} → {}", entry.variant, entry.references.join(", "));
+//! }
+//! let plan = workspace.plan(&["node=22.*".to_owned()])?;
+//! println!("{} nodes to run", plan.iter().filter(|n| n.action == trellis::Action::Run).count());
+//! # Ok(()) }
+//! ```
+//!
+//! Only this crate knows about the terminal, JSON and exit codes; the model and graph crates
+//! below it are pure.
 
+pub mod cli;
+mod facade;
+pub mod output;
+
+pub use facade::{Error, TagEntry, Workspace, find_manifest};
+pub use trellis_graph::{Action, BaseImageIds, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
+pub use trellis_model::{Diagnostic, Diagnostics, Variant};

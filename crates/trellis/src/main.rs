@@ -1,1 +1,5 @@
-fn main() {}
+//! The `trellis` binary: all logic lives in the library's `cli` module.
+
+fn main() -> std::process::ExitCode {
+    trellis::cli::main()
+}

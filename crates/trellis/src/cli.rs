@@ -1,0 +1,199 @@
+//! The `trellis` command line: clap structs as close to the flags as possible, one function
+//! per command, and the single place where outcomes become exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::facade::{Error, Workspace, find_manifest};
+use crate::output::{self, GraphFormat};
+
+/// Exit codes (DESIGN §7): scripts depend on them.
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    pub const NODE_FAILED: u8 = 1;
+    pub const INVALID_INPUT: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const ABOUT: &str = "Build, test, tag and push families of container images from one matrix.kdl.";
+
+const LONG_ABOUT: &str = "\
+Build, test, tag and push families of container images from one matrix.kdl.
+
+trellis compiles matrix.kdl (axes × Dockerfile templates × tag rules × tests) into a graph of
+render → build → test → tag → push nodes. Every node has a content key; unchanged nodes are
+skipped, and a change re-runs exactly what depends on it.";
+
+const AFTER_HELP: &str = "\
+FILTERs select variants and pull in their parents:
+  node              every variant of image `node`
+  node=22.*         variants whose `node` axis matches the glob
+  node/22.20.0/*    variants whose id matches the glob
+
+Examples:
+  trellis check                      validate matrix.kdl and templates, print every mistake
+  trellis tags node=24.*             which references each Node 24 variant gets
+  trellis render && git diff         regenerate the Dockerfiles and review them
+  trellis plan --json | jq …         what would run, and why, for scripts
+  trellis graph --format dot | dot -Tsvg > graph.svg
+
+Exit codes: 0 success, 1 a node failed (or render --check found stale files),
+2 invalid input or usage, 3 engine or registry unreachable, 130 interrupted.
+
+The file format is documented in docs/matrix.md.";
+
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The workspace file [default: the nearest matrix.kdl in this directory or above]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// When to colour diagnostics
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and validate matrix.kdl and every template; print all mistakes at once
+    Check,
+    /// Show every node with run/skip and the reason
+    Plan {
+        /// Variants to plan (with their parents) [default: all]
+        filters: Vec<String>,
+        /// Print JSON: [{"id","kind","action","reason","key"}]
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the rendered Dockerfiles (only files whose bytes change), remove orphaned ones
+    Render {
+        /// Write nothing; exit 1 listing stale, missing and orphaned files
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show each variant and the references it is tagged with
+    Tags {
+        /// Variants to show (with their parents) [default: all]
+        filters: Vec<String>,
+        /// Print JSON: [{"variant","image","values","references"}]
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the node graph
+    Graph {
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+}
+
+/// Parses arguments, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            let mut stderr = std::io::stderr().lock();
+            let text = match &error {
+                Error::Invalid(d) => output::diagnostics(&d.0, color),
+                other => format!("error: {other}\n"),
+            };
+            let _ = stderr.write_all(text.as_bytes());
+            ExitCode::from(exit::INVALID_INPUT)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Error> {
+    let manifest = match cli.file {
+        Some(file) => file,
+        None => {
+            let cwd = std::env::current_dir().map_err(|source| Error::Read { path: ".".into(), source })?;
+            find_manifest(&cwd)?
+        }
+    };
+    let workspace = Workspace::load(&manifest)?;
+    let mut stdout = std::io::stdout().lock();
+    let text = match cli.command {
+        Command::Check => {
+            let model = workspace.model();
+            format!(
+                "{}: ok — {} images, {} variants, {} nodes\n",
+                manifest.display(),
+                model.images.len(),
+                model.variants.len(),
+                workspace.graph()?.dag.node_count()
+            )
+        }
+        Command::Plan { filters, json } => {
+            let plan = workspace.plan(&filters)?;
+            if json { to_json(&plan) } else { output::plan_table(&plan) }
+        }
+        Command::Tags { filters, json } => {
+            let tags = workspace.tags(&filters)?;
+            if json { to_json(&tags) } else { output::tag_table(&tags) }
+        }
+        Command::Graph { format } => output::graph(workspace.graph()?, format),
+        Command::Render { check: false } => {
+            let report = workspace.render()?;
+            let mut text = String::new();
+            for path in &report.written {
+                text.push_str(&format!("wrote   {}\n", path.display()));
+            }
+            for path in &report.removed {
+                text.push_str(&format!("removed {}\n", path.display()));
+            }
+            text.push_str(&format!(
+                "{} written, {} unchanged, {} removed\n",
+                report.written.len(),
+                report.unchanged,
+                report.removed.len()
+            ));
+            text
+        }
+        Command::Render { check: true } => {
+            let check = workspace.check_rendered()?;
+            let mut text = String::new();
+            for (what, paths) in [("stale", &check.stale), ("missing", &check.missing), ("orphaned", &check.orphaned)] {
+                for path in paths {
+                    text.push_str(&format!("{what:<8} {}\n", path.display()));
+                }
+            }
+            if check.is_clean() {
+                text.push_str("rendered Dockerfiles are up to date\n");
+            } else {
+                text.push_str("rendered Dockerfiles are out of date: run `trellis render`\n");
+                let _ = stdout.write_all(text.as_bytes());
+                return Ok(exit::NODE_FAILED);
+            }
+            text
+        }
+    };
+    let _ = stdout.write_all(text.as_bytes());
+    Ok(exit::SUCCESS)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}

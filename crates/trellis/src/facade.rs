@@ -1,0 +1,139 @@
+//! The library facade: load a workspace once, then ask it for variants, tags, the graph, a
+//! plan, or rendered files. This is what another repository's xtask calls.
+
+use std::path::{Path, PathBuf};
+
+use std::sync::OnceLock;
+
+use trellis_graph::{Dependencies, Graph, GraphInputs, NoState, PlannedNode, Selection, UnmatchedFilter, render};
+use trellis_model::{Diagnostics, LoadError};
+
+/// Everything that can go wrong before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no matrix.kdl in {start} or any parent directory")]
+    NoManifest { start: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    #[error(transparent)]
+    Filter(#[from] UnmatchedFilter),
+    #[error("cannot write rendered Dockerfiles: {0}")]
+    Render(std::io::Error),
+}
+
+/// A loaded, validated workspace. Its keyed graph (which reads every build context) is built
+/// on first use, so `render` and `tags` work before the contexts exist.
+#[derive(Debug)]
+pub struct Workspace {
+    manifest: PathBuf,
+    model: trellis_model::Workspace,
+    dependencies: Dependencies,
+    inputs: GraphInputs,
+    graph: OnceLock<Graph>,
+}
+
+/// One variant and its resolved references (`trellis tags`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagEntry {
+    pub variant: String,
+    pub image: String,
+    pub values: indexmap::IndexMap<String, String>,
+    pub references: Vec<String>,
+}
+
+impl Workspace {
+    /// Loads `matrix.kdl` at `path` with no engine information (external bases unresolved).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::load_with(path, GraphInputs::default())
+    }
+
+    /// Loads with external base image IDs and the push registry filled in.
+    pub fn load_with(path: impl AsRef<Path>, mut inputs: GraphInputs) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let model = trellis_model::load(path).map_err(|e| match e {
+            LoadError::Read { path, source } => Error::Read { path, source },
+            LoadError::Invalid(d) => Error::Invalid(d),
+        })?;
+        if inputs.registry.is_none() {
+            inputs.registry = model.settings.registry.clone();
+        }
+        let dependencies = Dependencies::new(&model).map_err(Error::Invalid)?;
+        Ok(Self { manifest: path.to_path_buf(), model, dependencies, inputs, graph: OnceLock::new() })
+    }
+
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest
+    }
+
+    pub fn model(&self) -> &trellis_model::Workspace {
+        &self.model
+    }
+
+    /// What each variant builds on.
+    pub fn dependencies(&self) -> &Dependencies {
+        &self.dependencies
+    }
+
+    /// The keyed graph; hashes every build context the first time.
+    pub fn graph(&self) -> Result<&Graph, Error> {
+        if let Some(graph) = self.graph.get() {
+            return Ok(graph);
+        }
+        let graph = Graph::build(&self.model, &self.dependencies, &self.inputs).map_err(Error::Invalid)?;
+        Ok(self.graph.get_or_init(|| graph))
+    }
+
+    pub fn variants(&self) -> &[trellis_model::Variant] {
+        &self.model.variants
+    }
+
+    /// The variants FILTERs select, with their parents.
+    pub fn select(&self, filters: &[String]) -> Result<Selection, Error> {
+        Ok(Selection::new(&self.model, &self.dependencies, filters)?)
+    }
+
+    pub fn tags(&self, filters: &[String]) -> Result<Vec<TagEntry>, Error> {
+        let selection = self.select(filters)?;
+        Ok(self
+            .model
+            .variants
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| selection.contains(*v))
+            .map(|(_, variant)| TagEntry {
+                variant: variant.id.clone(),
+                image: self.model.image_of(variant).name.clone(),
+                values: variant.values.clone(),
+                references: variant.references.iter().map(ToString::to_string).collect(),
+            })
+            .collect())
+    }
+
+    /// Run or skip for every selected node, with the reason. Without a state store every
+    /// build, test, tag and push runs ("never built").
+    pub fn plan(&self, filters: &[String]) -> Result<Vec<PlannedNode>, Error> {
+        let selection = self.select(filters)?;
+        Ok(trellis_graph::plan(&self.model, self.graph()?, &selection, &NoState))
+    }
+
+    /// Writes the rendered Dockerfiles that changed; removes orphaned ones.
+    pub fn render(&self) -> Result<render::RenderReport, Error> {
+        render::write(&self.model).map_err(Error::Render)
+    }
+
+    /// Stale, missing and orphaned rendered Dockerfiles.
+    pub fn check_rendered(&self) -> Result<render::RenderCheck, Error> {
+        render::check(&self.model).map_err(Error::Render)
+    }
+}
+
+/// The nearest `matrix.kdl` in `start` or its ancestors, the way cargo finds Cargo.toml.
+pub fn find_manifest(start: &Path) -> Result<PathBuf, Error> {
+    start
+        .ancestors()
+        .map(|dir| dir.join("matrix.kdl"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| Error::NoManifest { start: start.to_path_buf() })
+}
