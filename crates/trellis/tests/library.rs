@@ -1,0 +1,244 @@
+//! The library facade used the way another repository's xtask would: load, inspect, plan,
+//! render. And the offline promises: deterministic keys, exact change propagation.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use common::{Fixture, family};
+use trellis::{Action, Workspace};
+
+fn keys(workspace: &Workspace) -> BTreeMap<String, String> {
+    let graph = workspace.graph().unwrap();
+    graph.dag.node_weights().map(|n| (n.id.clone(), n.key.to_hex())).collect()
+}
+
+#[test]
+fn an_xtask_can_drive_the_facade() {
+    let fixture = family();
+    let workspace = fixture.load();
+    let ids: Vec<&str> = workspace.variants().iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "base/trixie",
+            "base/bookworm",
+            "app/2.0.0/trixie",
+            "app/2.0.0/bookworm",
+            "app/1.1.0/trixie",
+            "app/1.1.0/bookworm",
+            "app/1.0.0/trixie",
+            "app/1.0.0/bookworm",
+            "tool/trixie",
+            "tool/bookworm"
+        ]
+    );
+    let plan = workspace.plan(&[]).unwrap();
+    // 10 variants × (render, build, tag, push) + 6 app tests.
+    assert_eq!(plan.len(), 46);
+    assert!(plan.iter().filter(|n| n.kind != trellis::NodeKind::Render).all(|n| n.reason == "never built"));
+
+    let report = workspace.render().unwrap();
+    assert_eq!(report.written.len(), 10);
+    let replanned = Workspace::load(fixture.path("matrix.kdl")).unwrap().plan(&[]).unwrap();
+    assert!(replanned.iter().filter(|n| n.kind == trellis::NodeKind::Render).all(|n| n.action == Action::Skip));
+}
+
+#[test]
+fn parents_come_from_from_lines_after_arg_substitution() {
+    let workspace = family().load();
+    let deps = workspace.dependencies();
+    let id = |v: usize| workspace.variants()[v].id.clone();
+    let app_trixie = workspace.variants().iter().position(|v| v.id == "app/2.0.0/trixie").unwrap();
+    assert_eq!(deps.parents[app_trixie].iter().map(|p| id(*p)).collect::<Vec<_>>(), ["base/trixie"]);
+    let tool = workspace.variants().iter().position(|v| v.id == "tool/trixie").unwrap();
+    assert!(deps.parents[tool].is_empty());
+    assert_eq!(deps.external_bases[tool], ["busybox:1.36"]);
+}
+
+#[test]
+fn the_graph_orders_parents_tags_before_children_builds() {
+    let fixture = family();
+    let workspace = fixture.load();
+    let graph = workspace.graph().unwrap();
+    let order: Vec<&str> = graph.stable_order().into_iter().map(|i| graph.dag[i].id.as_str()).collect();
+    let at = |id: &str| order.iter().position(|n| *n == id).unwrap();
+    assert!(at("tag:base/trixie") < at("build:app/2.0.0/trixie"));
+    assert!(at("test:app/2.0.0/trixie/runs") < at("tag:app/2.0.0/trixie"));
+    assert!(at("push:base/trixie") < at("push:app/1.0.0/trixie"));
+    // Deterministic: the same order every time.
+    let again: Vec<&str> = graph.stable_order().into_iter().map(|i| graph.dag[i].id.as_str()).collect();
+    assert_eq!(order, again);
+}
+
+#[test]
+fn filters_select_variants_and_pull_in_parents() {
+    let workspace = family().load();
+    let tags = workspace.tags(&["app/1.0.0/*".to_owned()]).unwrap();
+    let ids: Vec<&str> = tags.iter().map(|t| t.variant.as_str()).collect();
+    assert_eq!(ids, ["base/trixie", "base/bookworm", "app/1.0.0/trixie", "app/1.0.0/bookworm"]);
+    let by_axis = workspace.tags(&["os=book*".to_owned(), "tool".to_owned()]).unwrap();
+    assert_eq!(by_axis.len(), 6);
+    assert!(matches!(workspace.plan(&["nope".to_owned()]), Err(trellis::Error::Filter(_))));
+}
+
+#[test]
+fn floating_tags_go_to_the_highest_version() {
+    let workspace = family().load();
+    let owner = |reference: &str| {
+        workspace
+            .tags(&[])
+            .unwrap()
+            .into_iter()
+            .find(|t| t.references.iter().any(|r| r == reference))
+            .map(|t| t.variant)
+    };
+    assert_eq!(owner("acme/app:1-trixie").as_deref(), Some("app/1.1.0/trixie"));
+    assert_eq!(owner("acme/app:2-bookworm").as_deref(), Some("app/2.0.0/bookworm"));
+    assert_eq!(owner("acme/app:1.0.0-trixie").as_deref(), Some("app/1.0.0/trixie"));
+}
+
+/// Keys are a function of content, not of where or when the checkout was made.
+#[test]
+fn keys_are_identical_across_checkouts() {
+    let first = family();
+    let second = family();
+    // A different umask and newer mtimes in the second checkout change nothing.
+    let app = second.path("contexts/app/app");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&app).unwrap().permissions().mode();
+    fs::set_permissions(&app, fs::Permissions::from_mode(mode | 0o020)).unwrap();
+    second.write("contexts/app/debug.log", "ignored by .dockerignore");
+    assert_eq!(keys(&first.load()), keys(&second.load()));
+}
+
+/// What changed → exactly which build keys change.
+fn changed_builds(edit: impl FnOnce(&Fixture)) -> Vec<String> {
+    let fixture = family();
+    let before = keys(&fixture.load());
+    edit(&fixture);
+    let after = keys(&fixture.load());
+    let mut changed: Vec<String> = before
+        .iter()
+        .filter(|(id, key)| id.starts_with("build:") && after.get(*id) != Some(key))
+        .map(|(id, _)| id.clone())
+        .collect();
+    changed.sort();
+    changed
+}
+
+#[test]
+fn a_base_context_change_rebuilds_the_base_and_its_children_only() {
+    let changed = changed_builds(|f| f.write("contexts/base/bookworm/rootfs/etc/os-release", "bookworm 12.8"));
+    assert_eq!(
+        changed,
+        ["build:app/1.0.0/bookworm", "build:app/1.1.0/bookworm", "build:app/2.0.0/bookworm", "build:base/bookworm"]
+    );
+}
+
+#[test]
+fn a_template_change_rebuilds_exactly_its_variants() {
+    let changed = changed_builds(|f| f.write("templates/tool.j2", "FROM busybox:1.36\nCOPY tool /usr/bin/tool\n"));
+    assert_eq!(changed, ["build:tool/bookworm", "build:tool/trixie"]);
+}
+
+#[test]
+fn an_ignored_file_changes_nothing() {
+    assert!(changed_builds(|f| f.write("contexts/app/build.log", "noise")).is_empty());
+}
+
+#[test]
+fn a_new_axis_value_adds_variants_without_changing_others() {
+    let changed = changed_builds(|f| {
+        let text = fs::read_to_string(f.path("matrix.kdl")).unwrap();
+        f.write("matrix.kdl", &text.replace("\"1.0.0\"", "\"1.0.0\" \"0.9.0\""));
+    });
+    assert!(changed.is_empty(), "{changed:?}");
+}
+
+#[test]
+fn a_moved_external_base_rebuilds_its_dependents_only() {
+    let fixture = family();
+    let before = keys(&fixture.load());
+    let mut ids = trellis::BaseImageIds::default();
+    ids.0.insert("busybox:1.36".to_owned(), "sha256:1111".to_owned());
+    let inputs = trellis::GraphInputs { base_images: ids, registry: None };
+    let after = keys(&Workspace::load_with(fixture.path("matrix.kdl"), inputs).unwrap());
+    let changed: Vec<&String> =
+        before.keys().filter(|id| id.starts_with("build:") && before[*id] != after[*id]).collect();
+    assert_eq!(changed, ["build:tool/bookworm", "build:tool/trixie"]);
+}
+
+#[test]
+fn render_writes_only_changed_files_and_check_finds_stale_missing_orphaned() {
+    let fixture = family();
+    let workspace = fixture.load();
+    let clean = workspace.check_rendered().unwrap();
+    assert_eq!(clean.missing.len(), 10);
+    workspace.render().unwrap();
+    assert!(workspace.check_rendered().unwrap().is_clean());
+
+    let tool = fixture.path("dockerfiles/tool/trixie/Dockerfile");
+    let mtime = fs::metadata(&tool).unwrap().modified().unwrap();
+    let again = workspace.render().unwrap();
+    assert!(again.written.is_empty());
+    assert_eq!(fs::metadata(&tool).unwrap().modified().unwrap(), mtime, "unchanged files are not touched");
+
+    fixture.write("dockerfiles/tool/trixie/Dockerfile", "FROM edited\n");
+    let orphan = "dockerfiles/app/0.1.0/trixie/Dockerfile";
+    fixture.write(orphan, "# Generated by trellis from templates/app.j2 for app/0.1.0/trixie.\nFROM x\n");
+    fixture.write("dockerfiles/notes/Dockerfile", "# hand-written, not ours\nFROM x\n");
+    fs::remove_file(fixture.path("dockerfiles/base/bookworm/Dockerfile")).unwrap();
+    let check = workspace.check_rendered().unwrap();
+    assert_eq!(check.stale, [std::path::PathBuf::from("dockerfiles/tool/trixie/Dockerfile")]);
+    assert_eq!(check.missing, [std::path::PathBuf::from("dockerfiles/base/bookworm/Dockerfile")]);
+    assert_eq!(check.orphaned, [std::path::PathBuf::from(orphan)]);
+
+    let report = workspace.render().unwrap();
+    assert_eq!(report.written.len(), 2);
+    assert_eq!(report.removed, [std::path::PathBuf::from(orphan)]);
+    assert!(fixture.path("dockerfiles/notes/Dockerfile").exists(), "files trellis did not generate stay");
+    assert!(workspace.check_rendered().unwrap().is_clean());
+}
+
+#[test]
+fn rendered_dockerfiles_carry_a_header_after_parser_directives() {
+    let fixture = family();
+    fixture.write("templates/tool.j2", "# escape=`\nFROM busybox:1.36\n");
+    let workspace = fixture.load();
+    let tool = workspace.variants().iter().find(|v| v.id == "tool/trixie").unwrap();
+    assert!(tool.dockerfile.starts_with("# escape=`\n# Generated by trellis from templates/tool.j2 for tool/trixie."));
+}
+
+#[test]
+fn the_official_node_tag_scheme_needs_no_code() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/official-node/matrix.kdl");
+    let workspace = Workspace::load(manifest).unwrap();
+    let tags = workspace.tags(&[]).unwrap();
+    let owner = |reference: &str| {
+        let owners: Vec<&str> =
+            tags.iter().filter(|t| t.references.iter().any(|r| r == reference)).map(|t| t.variant.as_str()).collect();
+        assert_eq!(owners.len(), 1, "{reference} has exactly one owner: {owners:?}");
+        owners[0]
+    };
+    assert_eq!(owner("node:latest"), "node/25.2.1/trixie");
+    assert_eq!(owner("node:current"), "node/25.2.1/trixie");
+    assert_eq!(owner("node:lts"), "node/24.11.1/trixie");
+    assert_eq!(owner("node:lts-alpine"), "node/24.11.1/alpine3.22");
+    assert_eq!(owner("node:lts-bookworm-slim"), "node/24.11.1/bookworm-slim");
+    assert_eq!(owner("node:22"), "node/22.21.1/trixie");
+    assert_eq!(owner("node:jod-alpine"), "node/22.21.1/alpine3.22");
+    assert_eq!(owner("node:24-slim"), "node/24.11.1/trixie-slim");
+    assert_eq!(owner("node:24.11.0"), "node/24.11.0/trixie");
+    assert_eq!(owner("node:iron-bookworm"), "node/20.19.5/bookworm");
+    assert_eq!(owner("node:slim"), "node/25.2.1/trixie-slim");
+    assert_eq!(owner("node:alpine"), "node/25.2.1/alpine3.22");
+    // Every variant V has its exact X.Y.Z-V tag.
+    for entry in &tags {
+        let exact = format!("node:{}-{}", entry.values["node"], entry.values["variant"]);
+        assert!(entry.references.contains(&exact), "{} lacks {exact}", entry.variant);
+    }
+    let table: String = tags.iter().map(|t| format!("{}\n    {}\n", t.variant, t.references.join("\n    "))).collect();
+    insta::assert_snapshot!("official_node_tag_table", table);
+}
