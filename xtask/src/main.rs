@@ -1,1 +1,159 @@
-fn main() {}
+//! `cargo xtask`: the repository's own automation (the rust-analyzer pattern). Few
+//! dependencies on purpose: it shells out to cargo and to the `trellis` binary.
+//!
+//!   cargo xtask test          every test, the fuzz harness, and `render --check`
+//!   cargo xtask build         the main job on this repository's matrix.kdl
+//!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test          run every test (nextest when installed), the fuzz harness
+                (TRELLIS_FUZZ_SECONDS, default 30) and `trellis render --check`
+  build         render, check and plan this repository's Node.js image family
+  bench plan    time parse, expand, keys and plan on synthetic workspaces of
+                100, 1k and 10k variants; print a table with peak RSS";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["test", rest @ ..] => test(rest),
+        ["build", rest @ ..] => build(rest),
+        ["bench", "plan", rest @ ..] => bench_plan(rest),
+        ["bench", ..] => Err("usage: cargo xtask bench plan".to_owned()),
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        [other, ..] => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ lives directly under the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(root());
+    command
+}
+
+fn run(mut command: Command) -> Result {
+    eprintln!("$ {}", describe(&command));
+    let status = command.status().map_err(|e| format!("cannot start {}: {e}", describe(&command)))?;
+    if status.success() { Ok(()) } else { Err(format!("`{}` failed ({status})", describe(&command))) }
+}
+
+fn describe(command: &Command) -> String {
+    let mut parts = vec![command.get_program().to_string_lossy().into_owned()];
+    parts.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+fn has_nextest() -> bool {
+    cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success())
+}
+
+fn test(extra: &[&str]) -> Result {
+    let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
+    let mut command = cargo();
+    if has_nextest() {
+        command.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        command.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    command.args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
+    run(command)?;
+    // Doc tests: nextest does not run them.
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--doc"]);
+    run(doc)?;
+    // The committed rendered Dockerfiles must match their templates.
+    trellis(&["render", "--check"])
+}
+
+/// Runs the trellis CLI (built in debug) on this repository's matrix.kdl.
+fn trellis(args: &[&str]) -> Result {
+    let mut command = cargo();
+    command.args(["run", "--quiet", "--package", "trellis", "--bin", "trellis", "--"]).args(args);
+    run(command)
+}
+
+fn build(extra: &[&str]) -> Result {
+    trellis(&["render"])?;
+    trellis(&["render", "--check"])?;
+    trellis(&["tags"])?;
+    trellis(&[&["plan"], extra].concat())
+}
+
+fn bench_plan(extra: &[&str]) -> Result {
+    let sizes: Vec<&str> = if extra.is_empty() { vec!["100", "1000", "10000"] } else { extra.to_vec() };
+    let mut command = cargo();
+    command.args(["build", "--quiet", "--release", "--package", "trellis", "--example", "bench_plan"]);
+    run(command)?;
+    let binary = root().join("target/release/examples/bench_plan");
+    // One process per size, so each peak RSS is that size's alone.
+    println!("{}", header());
+    let mut totals = Vec::new();
+    for size in &sizes {
+        let output =
+            Command::new(&binary).arg(size).output().map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let total: f64 =
+            line.split('|').nth(7).and_then(|t| t.trim().trim_end_matches(" ms").parse().ok()).unwrap_or(0.0);
+        totals.push((size.parse::<f64>().unwrap_or(1.0), total));
+        println!("{line}");
+    }
+    for pair in totals.windows(2) {
+        let ((n0, t0), (n1, t1)) = (pair[0], pair[1]);
+        println!("growth {n0:>6} → {n1:>6} variants: ×{:.1} size, ×{:.1} time", n1 / n0, t1 / t0.max(0.001));
+    }
+    Ok(())
+}
+
+fn header() -> String {
+    format!(
+        "| {:>8} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>11} |\n|{}|",
+        "variants",
+        "parse",
+        "expand",
+        "deps",
+        "keys",
+        "plan",
+        "total",
+        "peak RSS",
+        "µs/variant",
+        [
+            "----------",
+            "-----------",
+            "-----------",
+            "-----------",
+            "-----------",
+            "-----------",
+            "-----------",
+            "------------",
+            "-------------"
+        ]
+        .join("|")
+    )
+}

@@ -136,12 +136,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
     let text = match cli.command {
         Command::Check => {
             let model = workspace.model();
+            let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             format!(
-                "{}: ok — {} images, {} variants, {} nodes\n",
+                "{}: ok — {}, {}, {}\n",
                 manifest.display(),
-                model.images.len(),
-                model.variants.len(),
-                workspace.graph()?.dag.node_count()
+                plural(model.images.len(), "image"),
+                plural(model.variants.len(), "variant"),
+                plural(workspace.graph()?.dag.node_count(), "node")
             )
         }
         Command::Plan { filters, json } => {

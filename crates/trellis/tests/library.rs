@@ -242,3 +242,35 @@ fn the_official_node_tag_scheme_needs_no_code() {
     let table: String = tags.iter().map(|t| format!("{}\n    {}\n", t.variant, t.references.join("\n    "))).collect();
     insta::assert_snapshot!("official_node_tag_table", table);
 }
+
+/// docs/matrix.md's complete example does what the page says it does.
+#[test]
+fn the_documented_example_behaves_as_documented() {
+    let doc = include_str!("../../../docs/matrix.md");
+    let start = doc.find("```kdl\nsettings {\n    name \"nodesource\"\n    registry").expect("example present") + 7;
+    let example = &doc[start..start + doc[start..].find("```").unwrap()];
+    let fixture = Fixture::new(&[
+        ("matrix.kdl", example),
+        ("dockerfiles/node/Dockerfile.j2", "FROM debian:{{ os }}\n"),
+        ("dockerfiles/node/context/.keep", ""),
+    ]);
+    let workspace = fixture.load();
+    let ids: Vec<&str> = workspace.variants().iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "node/24.11.1/trixie",
+            "node/24.11.1/bookworm",
+            "node/22.20.0/trixie",
+            "node/22.20.0/bookworm",
+            "node/20.19.5/bookworm"
+        ]
+    );
+    let tags = workspace.tags(&[]).unwrap();
+    let has = |variant: &str, reference: &str| {
+        tags.iter().any(|t| t.variant == variant && t.references.iter().any(|r| r == reference))
+    };
+    assert!(has("node/22.20.0/bookworm", "nodesource/bookworm:22"));
+    assert!(has("node/24.11.1/trixie", "nodesource/trixie:lts"));
+    assert_eq!(workspace.graph().unwrap().dag.node_count(), 25);
+}
