@@ -3,7 +3,10 @@
 //!
 //!   cargo xtask test          every test, the fuzz harness, and `render --check`
 //!   cargo xtask build         the main job on this repository's matrix.kdl
+//!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
+
+mod inputs;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,11 @@ usage: cargo xtask <task>
 tasks:
   test          run every test (nextest when installed), the fuzz harness
                 (TRELLIS_FUZZ_SECONDS, default 30) and `trellis render --check`
-  build         render, check and plan this repository's Node.js image family
+  build         prepare the inputs (busybox, Debian rootfs, Node.js wheels), then render,
+                check and plan this repository's Node.js image family
+  rootfs [--refresh] [RELEASE…]
+                make the Debian minbase rootfs tarballs (again, with --refresh: the
+                weekly security refresh)
   bench plan    time parse, expand, keys and plan on synthetic workspaces of
                 100, 1k and 10k variants; print a table with peak RSS";
 
@@ -27,6 +34,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test", rest @ ..] => test(rest),
         ["build", rest @ ..] => build(rest),
+        ["rootfs", rest @ ..] => rootfs(rest),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", ..] => Err("usage: cargo xtask bench plan".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
@@ -97,10 +105,28 @@ fn trellis(args: &[&str]) -> Result {
 }
 
 fn build(extra: &[&str]) -> Result {
+    let pins = inputs::Pins::load()?;
+    inputs::busybox()?;
+    for release in &pins.releases {
+        inputs::rootfs(release, false)?;
+    }
+    for (version, sha256) in &pins.wheels {
+        inputs::wheel(version, sha256)?;
+    }
     trellis(&["render"])?;
     trellis(&["render", "--check"])?;
     trellis(&["tags"])?;
     trellis(&[&["plan"], extra].concat())
+}
+
+fn rootfs(args: &[&str]) -> Result {
+    let refresh = args.contains(&"--refresh");
+    let named: Vec<String> = args.iter().filter(|a| !a.starts_with("--")).map(|a| (*a).to_owned()).collect();
+    let releases = if named.is_empty() { inputs::Pins::load()?.releases } else { named };
+    for release in &releases {
+        inputs::rootfs(release, refresh)?;
+    }
+    Ok(())
 }
 
 fn bench_plan(extra: &[&str]) -> Result {

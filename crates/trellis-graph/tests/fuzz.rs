@@ -80,7 +80,8 @@ fn one_case(matrix: &str, template: &str) {
     let files = MemoryFiles::default()
         .with("D.j2", template)
         .with("dockerfiles/node/Dockerfile.j2", template)
-        .with("dockerfiles/debian/Dockerfile.j2", template);
+        .with("dockerfiles/debian/Dockerfile.j2", template)
+        .with("dockerfiles/busybox/Dockerfile.j2", template);
     if let Ok(workspace) = compile(Path::new("."), "matrix.kdl", matrix, &files) {
         let _ = trellis_graph::Dependencies::new(&workspace);
         for variant in &workspace.variants {
@@ -117,7 +118,8 @@ fn the_seeds_themselves_compile() {
     let files = MemoryFiles::default()
         .with("D.j2", TEMPLATES[0])
         .with("dockerfiles/node/Dockerfile.j2", TEMPLATES[0])
-        .with("dockerfiles/debian/Dockerfile.j2", TEMPLATES[0]);
+        .with("dockerfiles/debian/Dockerfile.j2", TEMPLATES[0])
+        .with("dockerfiles/busybox/Dockerfile.j2", TEMPLATES[0]);
     for seed in SEEDS {
         if let Err(d) = compile(Path::new("."), "matrix.kdl", seed, &files) {
             panic!("{:?}", d.0);

@@ -21,4 +21,4 @@ pub mod output;
 
 pub use facade::{Error, TagEntry, Workspace, find_manifest};
 pub use trellis_graph::{Action, BaseImageIds, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
-pub use trellis_model::{Diagnostic, Diagnostics, Variant};
+pub use trellis_model::{AttributeValue, Diagnostic, Diagnostics, Variant};

