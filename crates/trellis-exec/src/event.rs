@@ -1,0 +1,142 @@
+//! The executor's single output: a stream of events. Reporters render them; the executor
+//! never prints.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::engine::JobOutput;
+use crate::errors::JobError;
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum NodeStatus {
+    Passed,
+    /// Passed after failed attempts.
+    Flaky,
+    Failed {
+        error: JobError,
+    },
+    /// A dependency failed; the node did not run.
+    Blocked {
+        by: String,
+    },
+    /// Already succeeded in an earlier run.
+    Skipped {
+        reason: String,
+    },
+    /// Cancelled while running or waiting for a retry.
+    Cancelled,
+    /// Never started: the run was stopped (fail-fast or a signal) first.
+    NotRun,
+}
+
+impl NodeStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeStatus::Passed => "passed",
+            NodeStatus::Flaky => "flaky",
+            NodeStatus::Failed { .. } => "failed",
+            NodeStatus::Blocked { .. } => "blocked",
+            NodeStatus::Skipped { .. } => "skipped",
+            NodeStatus::Cancelled => "cancelled",
+            NodeStatus::NotRun => "not-run",
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        matches!(self, NodeStatus::Passed | NodeStatus::Flaky | NodeStatus::Skipped { .. })
+    }
+}
+
+/// Why a run stops early; ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CancelReason {
+    FailFast,
+    Signal,
+    SecondSignal,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum RunEvent {
+    RunStarted {
+        total: usize,
+        to_run: usize,
+    },
+    NodeStarted {
+        index: usize,
+        id: String,
+        kind: String,
+        attempt: u32,
+    },
+    Output {
+        index: usize,
+        line: String,
+    },
+    AttemptFailed {
+        index: usize,
+        id: String,
+        attempt: u32,
+        error: JobError,
+        retry_in: Duration,
+    },
+    NodeFinished {
+        index: usize,
+        id: String,
+        kind: String,
+        status: NodeStatus,
+        attempts: u32,
+        duration: Duration,
+        output: JobOutput,
+    },
+    CancelBegun {
+        reason: CancelReason,
+    },
+    RunFinished {
+        summary: RunSummary,
+    },
+}
+
+/// Counts per status, and how the run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub passed: usize,
+    pub flaky: usize,
+    pub failed: usize,
+    pub blocked: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+    pub not_run: usize,
+    pub cancel_reason: Option<CancelReason>,
+    /// A failure was the engine being unreachable.
+    pub engine_unreachable: bool,
+    pub duration: Duration,
+}
+
+impl RunSummary {
+    pub(crate) fn count(&mut self, status: &NodeStatus) {
+        match status {
+            NodeStatus::Passed => self.passed += 1,
+            NodeStatus::Flaky => self.flaky += 1,
+            NodeStatus::Failed { error } => {
+                self.failed += 1;
+                self.engine_unreachable |= error.class == crate::ErrorClass::EngineUnreachable;
+            }
+            NodeStatus::Blocked { .. } => self.blocked += 1,
+            NodeStatus::Skipped { .. } => self.skipped += 1,
+            NodeStatus::Cancelled => self.cancelled += 1,
+            NodeStatus::NotRun => self.not_run += 1,
+        }
+    }
+
+    pub fn interrupted(&self) -> bool {
+        matches!(self.cancel_reason, Some(CancelReason::Signal | CancelReason::SecondSignal))
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.failed == 0 && self.blocked == 0 && self.cancelled == 0 && self.not_run == 0
+    }
+}
