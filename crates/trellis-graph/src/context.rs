@@ -57,6 +57,38 @@ pub enum ContextError {
 /// A context's content hash.
 pub type ContextDigest = NodeKey;
 
+/// A context's digest and the content hash of each file in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContextManifest {
+    #[serde(skip, default = "zero_key")]
+    pub digest: ContextDigest,
+    /// (relative path, content hash hex), sorted by path.
+    pub files: Vec<(String, String)>,
+}
+
+fn zero_key() -> NodeKey {
+    NodeKey([0; 32])
+}
+
+impl ContextManifest {
+    /// Paths whose content differs, appeared or disappeared, in path order.
+    pub fn changed_files(&self, before: &ContextManifest) -> Vec<String> {
+        let old: std::collections::HashMap<&str, &str> =
+            before.files.iter().map(|(p, h)| (p.as_str(), h.as_str())).collect();
+        let new: std::collections::HashMap<&str, &str> =
+            self.files.iter().map(|(p, h)| (p.as_str(), h.as_str())).collect();
+        let mut changed: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(p, h)| old.get(p.as_str()) != Some(&h.as_str()))
+            .map(|(p, _)| p.clone())
+            .chain(before.files.iter().filter(|(p, _)| !new.contains_key(p.as_str())).map(|(p, _)| p.clone()))
+            .collect();
+        changed.sort();
+        changed
+    }
+}
+
 impl ContextWalk {
     /// Walks `root`, applying `root/.dockerignore`.
     pub fn new(root: &Path) -> Result<Self, ContextError> {
@@ -120,6 +152,11 @@ impl ContextWalk {
     /// The digest over (path, kind, mode, content hash) of every entry; file contents are
     /// hashed in parallel.
     pub fn digest(&self) -> Result<ContextDigest, ContextError> {
+        Ok(self.manifest()?.digest)
+    }
+
+    /// The digest and each file's content hash (for saying which file changed).
+    pub fn manifest(&self) -> Result<ContextManifest, ContextError> {
         let contents: Vec<Option<[u8; 32]>> = self
             .entries
             .par_iter()
@@ -130,7 +167,7 @@ impl ContextWalk {
             .collect::<Result<_, _>>()?;
         let mut hasher = KeyHasher::new("context");
         hasher.count(self.entries.len());
-        for (entry, content) in self.entries.iter().zip(contents) {
+        for (entry, content) in self.entries.iter().zip(contents.iter().copied()) {
             hasher.str(&entry.path);
             hasher.u64(entry.kind as u64);
             hasher.u64(u64::from(entry.mode));
@@ -140,7 +177,17 @@ impl ContextWalk {
                 (None, None) => hasher.bytes(&[]),
             };
         }
-        Ok(hasher.finish())
+        let files = self
+            .entries
+            .iter()
+            .zip(&contents)
+            .filter_map(|(entry, content)| match (content, &entry.link_target) {
+                (Some(hash), _) => Some((entry.path.clone(), format!("{:o}:{}", entry.mode, NodeKey(*hash).to_hex()))),
+                (None, Some(target)) => Some((entry.path.clone(), format!("link:{target}"))),
+                (None, None) => None,
+            })
+            .collect();
+        Ok(ContextManifest { digest: hasher.finish(), files })
     }
 }
 

@@ -4,14 +4,15 @@
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use rayon::prelude::*;
 use trellis_model::{Diagnostic, Diagnostics, Variant, VariantTestBody, Workspace, normalise_reference as normalise};
 
-use crate::context::{ContextDigest, ContextError, ContextWalk};
+use crate::context::{ContextDigest, ContextError, ContextManifest, ContextWalk};
 use crate::dockerfile::image_uses;
-use crate::key::{KeyHasher, NodeKey};
+use crate::key::{ComponentKey, NodeKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +47,8 @@ pub struct Node {
     /// Index into the variant's tests, for test nodes.
     pub test: Option<usize>,
     pub key: NodeKey,
+    /// The key's named inputs (name → hash hex), for saying which one changed.
+    pub components: Vec<(String, String)>,
 }
 
 /// The nodes of one variant.
@@ -105,6 +108,8 @@ pub struct Graph {
     pub external_bases: Vec<Vec<String>>,
     /// Per variant: the digest of its build context.
     pub context_digests: Vec<ContextDigest>,
+    /// Per context directory (relative to the root): its files' hashes.
+    pub context_manifests: HashMap<PathBuf, Arc<ContextManifest>>,
     by_id: HashMap<String, NodeIndex>,
 }
 
@@ -124,13 +129,21 @@ impl Graph {
         let Dependencies { parents, external_bases, order } = dependencies.clone();
 
         // Build keys need the parents' keys: compute in dependency order.
-        let mut build_keys: Vec<Option<NodeKey>> = vec![None; workspace.variants.len()];
+        let digest_of = |dir: &Path| contexts[&workspace.root.join(dir)].digest;
+        let mut builds: Vec<Option<(NodeKey, Vec<(String, String)>)>> = vec![None; workspace.variants.len()];
         for &v in &order {
             let variant = &workspace.variants[v];
-            let parent_keys: Vec<NodeKey> =
-                parents[v].iter().map(|p| build_keys[*p].expect("parents come first")).collect();
-            let context = contexts[&workspace.root.join(&variant.context)];
-            build_keys[v] = Some(build_key(variant, &context, &parent_keys, &external_bases[v], &inputs.base_images));
+            let parent_keys: Vec<(&str, NodeKey)> = parents[v]
+                .iter()
+                .map(|p| (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("parents come first").0))
+                .collect();
+            builds[v] = Some(build_key(
+                variant,
+                &digest_of(&variant.context),
+                &parent_keys,
+                &external_bases[v],
+                &inputs.base_images,
+            ));
         }
 
         let mut dag = DiGraph::new();
@@ -144,15 +157,23 @@ impl Graph {
         };
         let mut test_diags = Vec::new();
         for (v, variant) in workspace.variants.iter().enumerate() {
-            let build_key = build_keys[v].expect("every variant has a key");
-            let node = |kind: NodeKind, id: String, key: NodeKey| Node { id, kind, variant: v, test: None, key };
+            let (build_key, build_components) = builds[v].clone().expect("every variant has a key");
+            let node = |kind: NodeKind, id: String, (key, components): (NodeKey, Vec<(String, String)>)| Node {
+                id,
+                kind,
+                variant: v,
+                test: None,
+                key,
+                components,
+            };
             let render = add(&mut dag, node(NodeKind::Render, format!("render:{}", variant.id), render_key(variant)));
-            let build = add(&mut dag, node(NodeKind::Build, format!("build:{}", variant.id), build_key));
+            let build =
+                add(&mut dag, node(NodeKind::Build, format!("build:{}", variant.id), (build_key, build_components)));
             dag.add_edge(render, build, ());
             let mut tests = Vec::new();
             for (t, test) in variant.tests.iter().enumerate() {
-                let key = match test_key(workspace, test, &build_key, &contexts) {
-                    Ok(key) => key,
+                let keyed = match test_key(workspace, test, &build_key, &digest_of) {
+                    Ok(keyed) => keyed,
                     Err(why) => {
                         test_diags.push(
                             Diagnostic::new(
@@ -162,25 +183,26 @@ impl Graph {
                             .at(&workspace.manifest, test.span, "declared here")
                             .help("the path is relative to the directory of matrix.kdl"),
                         );
-                        NodeKey([0; 32])
+                        (NodeKey([0; 32]), Vec::new())
                     }
                 };
-                let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), key);
+                let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), keyed);
                 n.test = Some(t);
                 let index = add(&mut dag, n);
                 dag.add_edge(build, index, ());
                 tests.push(index);
             }
-            let tag_key = tag_key(variant, &build_key);
-            let tag = add(&mut dag, node(NodeKind::Tag, format!("tag:{}", variant.id), tag_key));
+            let (tag_key, tag_components) = tag_key(variant, &build_key);
+            let tag = add(&mut dag, node(NodeKind::Tag, format!("tag:{}", variant.id), (tag_key, tag_components)));
             if tests.is_empty() {
                 dag.add_edge(build, tag, ());
             }
             for &t in &tests {
                 dag.add_edge(t, tag, ());
             }
-            let push_key = KeyHasher::new("push").key(&tag_key).option(inputs.registry.as_deref()).finish();
-            let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key));
+            let mut push_key = ComponentKey::new("push");
+            push_key.key("tag", &tag_key).text("registry", inputs.registry.as_deref().unwrap_or(""));
+            let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key.finish()));
             dag.add_edge(tag, push, ());
             variants.push(VariantNodes { render, build, tests, tag, push });
         }
@@ -195,8 +217,12 @@ impl Graph {
                 dag.add_edge(variants[parent].push, variants[child].push, ());
             }
         }
-        let context_digests = workspace.variants.iter().map(|v| contexts[&workspace.root.join(&v.context)]).collect();
-        Ok(Self { dag, variants, parents, external_bases, context_digests, by_id })
+        let context_digests = workspace.variants.iter().map(|v| digest_of(&v.context)).collect();
+        let context_manifests = contexts
+            .into_iter()
+            .map(|(dir, manifest)| (dir.strip_prefix(&workspace.root).map(Path::to_path_buf).unwrap_or(dir), manifest))
+            .collect();
+        Ok(Self { dag, variants, parents, external_bases, context_digests, context_manifests, by_id })
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
@@ -319,7 +345,7 @@ fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<
 
 /// The digest of every distinct context directory (variants' and Dockerfile tests'), in
 /// parallel, once each.
-fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMap<PathBuf, ContextDigest> {
+fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMap<PathBuf, Arc<ContextManifest>> {
     let mut dirs: Vec<(PathBuf, miette::SourceSpan, String)> = Vec::new();
     let mut seen = HashSet::new();
     for variant in &workspace.variants {
@@ -336,12 +362,12 @@ fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMa
             }
         }
     }
-    let results: Vec<_> = dirs.par_iter().map(|(dir, _, _)| ContextWalk::new(dir).and_then(|w| w.digest())).collect();
+    let results: Vec<_> = dirs.par_iter().map(|(dir, _, _)| ContextWalk::new(dir).and_then(|w| w.manifest())).collect();
     let mut out = HashMap::new();
     for ((dir, span, variant), result) in dirs.into_iter().zip(results) {
         match result {
-            Ok(digest) => {
-                out.insert(dir, digest);
+            Ok(manifest) => {
+                out.insert(dir, Arc::new(manifest));
             }
             Err(error) => diags.push(context_diagnostic(workspace, &dir, span, &variant, &error)),
         }
@@ -391,69 +417,64 @@ fn context_diagnostic(
     Diagnostic::new(code, message).at(&workspace.manifest, span, "context declared here").help(help)
 }
 
-fn render_key(variant: &Variant) -> NodeKey {
-    KeyHasher::new("render").str(&variant.render_path.to_string_lossy()).str(&variant.dockerfile).finish()
+fn render_key(variant: &Variant) -> (NodeKey, Vec<(String, String)>) {
+    let mut key = ComponentKey::new("render");
+    key.text("path", &variant.render_path.to_string_lossy()).text("dockerfile", &variant.dockerfile);
+    key.finish()
 }
 
 fn build_key(
     variant: &Variant,
     context: &ContextDigest,
-    parents: &[NodeKey],
+    parents: &[(&str, NodeKey)],
     bases: &[String],
     ids: &BaseImageIds,
-) -> NodeKey {
-    let mut h = KeyHasher::new("build");
-    h.str(&variant.dockerfile)
-        .key(context)
-        .pairs(&variant.args)
-        .pairs(&variant.labels)
-        .option(variant.target.as_deref());
-    h.count(parents.len());
-    for parent in parents {
-        h.key(parent);
+) -> (NodeKey, Vec<(String, String)>) {
+    let mut key = ComponentKey::new("build");
+    key.text("dockerfile", &variant.dockerfile).key("context", context);
+    for (name, value) in &variant.args {
+        key.text(format!("arg {name}"), value);
     }
-    h.count(bases.len());
+    for (name, value) in &variant.labels {
+        key.text(format!("label {name}"), value);
+    }
+    if let Some(target) = &variant.target {
+        key.text("target", target);
+    }
+    for (id, parent) in parents {
+        key.key(format!("parent {id}"), parent);
+    }
     for base in bases {
-        match ids.0.get(base) {
-            Some(id) => h.str(base).str(id),
-            None => h.str(base).str("unresolved"),
-        };
+        key.text(format!("base {base}"), ids.0.get(base).map_or("unresolved", String::as_str));
     }
-    h.finish()
+    key.finish()
 }
 
 fn test_key(
     workspace: &Workspace,
     test: &trellis_model::VariantTest,
     build: &NodeKey,
-    contexts: &HashMap<PathBuf, ContextDigest>,
-) -> Result<NodeKey, String> {
-    let mut h = KeyHasher::new("test");
-    h.key(build).str(test.network.as_str());
+    digest_of: &dyn Fn(&Path) -> ContextDigest,
+) -> Result<(NodeKey, Vec<(String, String)>), String> {
+    let mut key = ComponentKey::new("test");
+    key.key("image", build).text("network", test.network.as_str());
     match &test.body {
         VariantTestBody::Run(lines) => {
-            h.u64(0).count(lines.len());
-            for line in lines {
-                h.str(line);
-            }
+            key.text("run", &lines.join("\n"));
         }
         VariantTestBody::Dockerfile { dockerfile, context } => {
-            let text = std::fs::read(workspace.root.join(dockerfile))
+            let text = std::fs::read_to_string(workspace.root.join(dockerfile))
                 .map_err(|e| format!("cannot read `{}`: {e}", dockerfile.display()))?;
-            let digest = contexts.get(&workspace.root.join(context)).ok_or("context not hashed")?;
-            h.u64(1).bytes(&text).key(digest);
+            key.text("test dockerfile", &text).key("test context", &digest_of(context));
         }
     }
-    Ok(h.finish())
+    Ok(key.finish())
 }
 
-fn tag_key(variant: &Variant, build: &NodeKey) -> NodeKey {
+fn tag_key(variant: &Variant, build: &NodeKey) -> (NodeKey, Vec<(String, String)>) {
     let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     references.sort();
-    let mut h = KeyHasher::new("tag");
-    h.key(build).count(references.len());
-    for r in &references {
-        h.str(r);
-    }
-    h.finish()
+    let mut key = ComponentKey::new("tag");
+    key.key("image", build).text("references", &references.join("\n"));
+    key.finish()
 }

@@ -90,6 +90,41 @@ impl KeyHasher {
     }
 }
 
+/// A key built from named components, each hashed on its own, so that a later plan can say
+/// which input changed ("build arg NODE_VERSION", "context", "parent node/22/bookworm").
+pub struct ComponentKey {
+    domain: &'static str,
+    components: Vec<(String, NodeKey)>,
+}
+
+impl ComponentKey {
+    pub fn new(domain: &'static str) -> Self {
+        Self { domain, components: Vec::new() }
+    }
+
+    pub fn text(&mut self, name: impl Into<String>, value: &str) -> &mut Self {
+        let hash = KeyHasher::new("component").str(value).finish();
+        self.components.push((name.into(), hash));
+        self
+    }
+
+    pub fn key(&mut self, name: impl Into<String>, key: &NodeKey) -> &mut Self {
+        self.components.push((name.into(), *key));
+        self
+    }
+
+    /// The key and its components (name → hex).
+    pub fn finish(self) -> (NodeKey, Vec<(String, String)>) {
+        let mut hasher = KeyHasher::new(self.domain);
+        hasher.count(self.components.len());
+        for (name, hash) in &self.components {
+            hasher.str(name).key(hash);
+        }
+        let key = hasher.finish();
+        (key, self.components.into_iter().map(|(n, h)| (n, h.to_hex())).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,8 @@ mod plan;
 pub mod render;
 mod select;
 
-pub use context::{ContextDigest, ContextEntry, ContextError, ContextWalk, EntryKind};
+pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes};
-pub use key::{KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
+pub use key::{ComponentKey, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
 pub use plan::{Action, NoState, PlannedNode, StateView, plan};
 pub use select::{Selection, UnmatchedFilter};
