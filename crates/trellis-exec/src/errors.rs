@@ -1,10 +1,10 @@
 //! Error classes decide what is retried; messages are lowercase fragments.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What kind of failure a job attempt had. Only [`ErrorClass::is_retryable`] classes are
 /// attempted again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorClass {
     /// The job's input is wrong; trying again cannot help.

@@ -113,10 +113,16 @@ where
     };
     let to_run = graph.jobs.iter().filter(|j| j.initial == Initial::Run).count();
     d.emit(RunEvent::RunStarted { total: n, to_run });
-    for index in 0..n {
-        if let Initial::Done(reason) = &graph.jobs[index].initial {
-            d.finish(index, NodeStatus::Skipped { reason: reason.clone() });
-        }
+    // Decide every skipped job before releasing anything, so that no skipped job is queued
+    // because its skipped dependency happened to be released first.
+    let skipped: Vec<usize> = (0..n).filter(|i| matches!(graph.jobs[*i].initial, Initial::Done(_))).collect();
+    for &index in &skipped {
+        d.status[index] = Some(NodeStatus::NotRun);
+    }
+    for &index in &skipped {
+        let Initial::Done(reason) = &graph.jobs[index].initial else { continue };
+        d.status[index] = None;
+        d.finish(index, NodeStatus::Skipped { reason: reason.clone() });
     }
     for index in 0..n {
         if d.status[index].is_none() && d.remaining[index] == 0 {
@@ -222,7 +228,9 @@ where
     }
 
     fn make_ready(&mut self, index: usize) {
-        if std::mem::replace(&mut self.queued[index], true) {
+        // A job already decided (skipped, blocked) never starts; one already queued is not
+        // queued twice.
+        if self.status[index].is_some() || std::mem::replace(&mut self.queued[index], true) {
             return;
         }
         let kind = self.graph.jobs[index].kind.clone();

@@ -61,7 +61,8 @@ const SNAPSHOT_VERSION: u32 = 1;
 pub struct StateStore {
     dir: PathBuf,
     records: HashMap<String, NodeRecord>,
-    journal: File,
+    /// `None` when opened read-only.
+    journal: Option<File>,
     durable: bool,
 }
 
@@ -73,6 +74,18 @@ impl StateStore {
     /// Opens (or creates) the store in `dir`. Callers hold a [`StateLock`] on `dir`.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mut store = Self::read(dir)?;
+        let journal_path = dir.join("journal.jsonl");
+        let journal =
+            OpenOptions::new().create(true).append(true).open(&journal_path).map_err(io_error(&journal_path))?;
+        store.journal = Some(journal);
+        store.compact()?;
+        Ok(store)
+    }
+
+    /// Reads the store without the lock and without writing (for `plan` while a run may be
+    /// going on): what a concurrent run has recorded so far is seen, a torn line is not.
+    pub fn read(dir: &Path) -> Result<Self, StateError> {
         let snapshot_path = dir.join("state.json");
         let mut records: HashMap<String, NodeRecord> = match fs::read(&snapshot_path) {
             Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
@@ -83,8 +96,7 @@ impl StateStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(StateError::Io { path: snapshot_path, source: e }),
         };
-        let journal_path = dir.join("journal.jsonl");
-        if let Ok(file) = File::open(&journal_path) {
+        if let Ok(file) = File::open(dir.join("journal.jsonl")) {
             for line in io::BufReader::new(file).lines() {
                 let Ok(line) = line else { break };
                 // A torn last line (kill -9 mid-write) does not parse and is dropped.
@@ -93,18 +105,7 @@ impl StateStore {
                 }
             }
         }
-        let mut store = Self {
-            dir: dir.to_path_buf(),
-            records,
-            journal: OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&journal_path)
-                .map_err(io_error(&journal_path))?,
-            durable: true,
-        };
-        store.compact()?;
-        Ok(store)
+        Ok(Self { dir: dir.to_path_buf(), records, journal: None, durable: true })
     }
 
     /// Skips the fsync per record (benchmarks, tests on tmpfs). Crash-safety then rests on
@@ -132,9 +133,13 @@ impl StateStore {
         let mut line = serde_json::to_vec(&JournalLine { id: id.to_owned(), record: record.clone() })
             .map_err(|e| StateError::Io { path: path.clone(), source: e.into() })?;
         line.push(b'\n');
-        self.journal.write_all(&line).map_err(io_error(&path))?;
+        let journal = self.journal.as_mut().ok_or_else(|| StateError::Io {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "the store was opened read-only"),
+        })?;
+        journal.write_all(&line).map_err(io_error(&path))?;
         if self.durable {
-            self.journal.sync_data().map_err(io_error(&path))?;
+            journal.sync_data().map_err(io_error(&path))?;
         }
         self.records.insert(id.to_owned(), record);
         Ok(())
@@ -142,6 +147,7 @@ impl StateStore {
 
     /// Writes the snapshot atomically and empties the journal.
     pub fn compact(&mut self) -> Result<(), StateError> {
+        let Some(journal) = &self.journal else { return Ok(()) };
         let path = self.dir.join("state.json");
         let snapshot = Snapshot { version: SNAPSHOT_VERSION, nodes: self.records.clone().into_iter().collect() };
         let bytes = serde_json::to_vec_pretty(&snapshot)
@@ -155,9 +161,9 @@ impl StateStore {
         fs::rename(&temp, &path).map_err(io_error(&path))?;
         // The rename must be durable before the journal it replaces is emptied.
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
-        let journal = self.dir.join("journal.jsonl");
-        self.journal.set_len(0).map_err(io_error(&journal))?;
-        self.journal.sync_all().map_err(io_error(&journal))?;
+        let path = self.dir.join("journal.jsonl");
+        journal.set_len(0).map_err(io_error(&path))?;
+        journal.sync_all().map_err(io_error(&path))?;
         Ok(())
     }
 }

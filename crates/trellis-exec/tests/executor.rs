@@ -376,6 +376,24 @@ async fn skipped_jobs_count_as_done_for_their_dependents() {
     assert_eq!(outcome.starts().len(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_chain_of_skipped_jobs_starts_nothing_but_its_runnable_tail() {
+    let mut jobs = Vec::new();
+    for (i, id) in ["render:a", "build:a", "test:a", "tag:a"].iter().enumerate() {
+        let mut j = job(id, "build", if i == 0 { &[] } else { &[0] });
+        j.deps = if i == 0 { vec![] } else { vec![i - 1] };
+        if i < 3 {
+            j.initial = Initial::Done("up to date".into());
+        }
+        jobs.push(j);
+    }
+    // Dependents listed before their dependencies must not be started either.
+    let outcome = execute(jobs, FakeEngine::new(&[]), ExecOptions::default(), Shutdown::new()).await;
+    let started: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(started, ["tag:a"]);
+    assert_eq!(outcome.summary.skipped, 3);
+}
+
 struct PanickingEngine;
 
 impl Engine<()> for PanickingEngine {

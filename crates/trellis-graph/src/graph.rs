@@ -229,6 +229,10 @@ impl Graph {
         self.by_id.get(id).map(|i| &self.dag[*i])
     }
 
+    pub fn index(&self, id: &str) -> Option<NodeIndex> {
+        self.by_id.get(id).copied()
+    }
+
     /// Every node in a deterministic topological order: among ready nodes, the one created
     /// first (variant order, then render → build → tests → tag → push) goes first.
     pub fn stable_order(&self) -> Vec<NodeIndex> {

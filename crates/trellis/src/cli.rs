@@ -39,6 +39,7 @@ Examples:
   trellis tags node=24.*             which references each Node 24 variant gets
   trellis render && git diff         regenerate the Dockerfiles and review them
   trellis plan --json | jq …         what would run, and why, for scripts
+  trellis build --push node=22.*     build, test, tag and push the Node 22 variants
   trellis graph --format dot | dot -Tsvg > graph.svg
 
 Exit codes: 0 success, 1 a node failed (or render --check found stale files),
@@ -80,6 +81,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the graph: render, build, test and tag the selected variants (push with --push)
+    Build {
+        /// Variants to build (with their parents) [default: all]
+        filters: Vec<String>,
+        /// Also push every reference of the tested variants
+        #[arg(long)]
+        push: bool,
+        /// Skip the tests (tags then follow the builds directly)
+        #[arg(long)]
+        no_test: bool,
+        /// Rebuild the selected variants without the layer cache although their keys are
+        /// unchanged (the weekly security refresh), then test, tag and push them
+        #[arg(long)]
+        refresh: bool,
+        /// Push to this registry (host[:port]) instead of the settings' registry
+        #[arg(long, value_name = "HOST[:PORT]")]
+        registry: Option<String>,
+        /// Run at most N nodes at once, of all kinds together
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// Extra attempts for a failing build, test or push [default: settings' retries]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
+        retries: Option<u32>,
+        /// Start no new node after the first failure (running nodes finish)
+        #[arg(long)]
+        fail_fast: bool,
+        /// Write a Markdown summary (for CI step summaries)
+        #[arg(long, value_name = "PATH")]
+        summary_md: Option<PathBuf>,
+        /// Write a JUnit XML report of the test nodes
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+    },
     /// Write the rendered Dockerfiles (only files whose bytes change), remove orphaned ones
     Render {
         /// Write nothing; exit 1 listing stale, missing and orphaned files
@@ -118,7 +152,11 @@ pub fn main() -> ExitCode {
                 other => format!("error: {other}\n"),
             };
             let _ = stderr.write_all(text.as_bytes());
-            ExitCode::from(exit::INVALID_INPUT)
+            let code = match error {
+                Error::NoEngine(_) => exit::UNREACHABLE,
+                _ => exit::INVALID_INPUT,
+            };
+            ExitCode::from(code)
         }
     }
 }
@@ -131,9 +169,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
             find_manifest(&cwd)?
         }
     };
+    if let Command::Build { .. } = cli.command {
+        return build(&manifest, cli.command);
+    }
     let workspace = Workspace::load(&manifest)?;
     let mut stdout = std::io::stdout().lock();
     let text = match cli.command {
+        Command::Build { .. } => unreachable!("handled above"),
         Command::Check => {
             let model = workspace.model();
             let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -191,6 +233,71 @@ fn run(cli: Cli) -> Result<u8, Error> {
     };
     let _ = stdout.write_all(text.as_bytes());
     Ok(exit::SUCCESS)
+}
+
+fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
+    let Command::Build { filters, push, no_test, refresh, registry, jobs, retries, fail_fast, summary_md, junit } =
+        command
+    else {
+        unreachable!("called for build only")
+    };
+    let backend = backend()?;
+    let inputs = trellis_graph::GraphInputs { registry, ..Default::default() };
+    let workspace = Workspace::load_with(manifest, inputs)?;
+    let config = crate::RunConfig {
+        filters,
+        push,
+        no_test,
+        refresh,
+        jobs: jobs.map(usize::from),
+        retries,
+        fail_fast,
+        summary_md,
+        junit,
+        terminal: std::io::stderr().is_terminal(),
+        grace: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Report(std::io::Error::other(e)))?;
+    let outcome = runtime.block_on(async {
+        let shutdown = trellis_exec::Shutdown::new();
+        shutdown.on_signals().map_err(Error::Report)?;
+        workspace.run(&config, backend, shutdown).await
+    })?;
+    let summary = outcome.summary;
+    Ok(if summary.interrupted() {
+        exit::INTERRUPTED
+    } else if summary.engine_unreachable {
+        exit::UNREACHABLE
+    } else if summary.succeeded() {
+        exit::SUCCESS
+    } else {
+        exit::NODE_FAILED
+    })
+}
+
+/// The container engine backend. `TRELLIS_ENGINE=simulate` runs the graph without containers,
+/// scripted by the JSON file in `TRELLIS_SIMULATE` (tests and demos of the executor).
+fn backend() -> Result<crate::engine::Backend, Error> {
+    match std::env::var("TRELLIS_ENGINE").as_deref() {
+        Ok("simulate") => {
+            let simulation = match std::env::var_os("TRELLIS_SIMULATE") {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|source| Error::Read { path: PathBuf::from(&path), source })?;
+                    serde_json::from_str(&text).map_err(|e| Error::NoEngine(format!("bad TRELLIS_SIMULATE script: {e}")))?
+                }
+                None => crate::engine::Simulation::default(),
+            };
+            Ok(crate::engine::Backend::Simulate(std::sync::Arc::new(simulation)))
+        }
+        _ => Err(Error::NoEngine(
+            "the Docker engine backend is not part of this build yet; TRELLIS_ENGINE=simulate runs the graph without containers"
+                .to_owned(),
+        )),
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

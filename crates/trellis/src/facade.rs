@@ -21,6 +21,12 @@ pub enum Error {
     Filter(#[from] UnmatchedFilter),
     #[error("cannot write rendered Dockerfiles: {0}")]
     Render(std::io::Error),
+    #[error(transparent)]
+    State(#[from] trellis_exec::StateError),
+    #[error("cannot write the run's reports: {0}")]
+    Report(std::io::Error),
+    #[error("no container engine: {0}")]
+    NoEngine(String),
 }
 
 /// A loaded, validated workspace. Its keyed graph (which reads every build context) is built
@@ -115,7 +121,20 @@ impl Workspace {
     /// build, test, tag and push runs ("never built").
     pub fn plan(&self, filters: &[String]) -> Result<Vec<PlannedNode>, Error> {
         let selection = self.select(filters)?;
-        Ok(trellis_graph::plan(&self.model, self.graph()?, &selection, &NoState))
+        let graph = self.graph()?;
+        let state_dir = self.model.root.join(&self.model.settings.state);
+        if !state_dir.join("state.json").exists() {
+            return Ok(trellis_graph::plan(&self.model, graph, &selection, &NoState));
+        }
+        let store = trellis_exec::StateStore::read(&state_dir)?;
+        let view = crate::store_view::StoreView {
+            store: &store,
+            state_dir: &state_dir,
+            workspace: &self.model,
+            graph,
+            refresh: Default::default(),
+        };
+        Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
     }
 
     /// Writes the rendered Dockerfiles that changed; removes orphaned ones.

@@ -16,9 +16,15 @@
 //! below it are pure.
 
 pub mod cli;
+pub mod engine;
+mod execute;
 mod facade;
 pub mod output;
+mod reporter;
+mod store_view;
 
+pub use execute::{RunConfig, RunOutcome};
 pub use facade::{Error, TagEntry, Workspace, find_manifest};
+pub use trellis_exec::{RunSummary, Shutdown};
 pub use trellis_graph::{Action, BaseImageIds, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
 pub use trellis_model::{AttributeValue, Diagnostic, Diagnostics, Variant};

@@ -1,0 +1,115 @@
+//! The plan's view of the state store: a node is skipped when its current key already
+//! succeeded; otherwise the reason names what changed, down to the context file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use trellis_exec::{NodeRecord, Outcome, StateStore};
+use trellis_graph::{ContextManifest, Graph, Node, NodeKind, StateView};
+use trellis_model::Workspace;
+
+pub struct StoreView<'a> {
+    pub store: &'a StateStore,
+    pub state_dir: &'a Path,
+    pub workspace: &'a Workspace,
+    pub graph: &'a Graph,
+    /// Variants whose builds run although their keys are unchanged (`--refresh`).
+    pub refresh: HashSet<usize>,
+}
+
+impl StateView for StoreView<'_> {
+    fn judge(&self, node: &Node) -> Result<String, String> {
+        if node.kind == NodeKind::Build && self.refresh.contains(&node.variant) {
+            return Err("refresh requested: rebuilt without the layer cache".to_owned());
+        }
+        let Some(record) = self.store.get(&node.id) else { return Err("never built".to_owned()) };
+        if record.key == node.key.to_hex() {
+            return match record.outcome {
+                Outcome::Succeeded => Ok(format!("up to date (run {})", record.run)),
+                Outcome::Failed => Err(format!("failed in run {}", record.run)),
+            };
+        }
+        Err(self.what_changed(record, node))
+    }
+}
+
+impl StoreView<'_> {
+    fn what_changed(&self, record: &NodeRecord, node: &Node) -> String {
+        let now: BTreeMap<&str, &str> = node.components.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut reasons = Vec::new();
+        for (name, value) in &now {
+            match record.components.get(*name) {
+                Some(old) if old == value => {}
+                Some(old) => reasons.push(self.describe(name, old, node)),
+                None => reasons.push(format!("{name} added")),
+            }
+        }
+        for name in record.components.keys() {
+            if !now.contains_key(name.as_str()) {
+                reasons.push(format!("{name} removed"));
+            }
+        }
+        if reasons.is_empty() {
+            // Same components, different key: the key schema changed.
+            reasons.push("key schema changed".to_owned());
+        }
+        reasons.join("; ")
+    }
+
+    fn describe(&self, name: &str, old: &str, node: &Node) -> String {
+        match name {
+            "dockerfile" => "rendered Dockerfile changed (template or its values)".to_owned(),
+            "context" => self.context_change(old, node),
+            "image" => "its image was rebuilt".to_owned(),
+            "run" => "test commands changed".to_owned(),
+            "references" => "tag references changed".to_owned(),
+            "tag" => "tags changed".to_owned(),
+            other => match other.split_once(' ') {
+                Some(("arg", arg)) => format!("build arg {arg} changed"),
+                Some(("label", label)) => format!("label {label} changed"),
+                Some(("parent", parent)) => format!("parent {parent} changed"),
+                Some(("base", base)) => format!("base image {base} moved"),
+                _ => format!("{other} changed"),
+            },
+        }
+    }
+
+    fn context_change(&self, old_digest: &str, node: &Node) -> String {
+        let variant = &self.workspace.variants[node.variant];
+        let current = self.graph.context_manifests.get(&variant.context);
+        let before = load_manifest(self.state_dir, old_digest);
+        match (current, before) {
+            (Some(current), Some(before)) => {
+                let changed = current.changed_files(&before);
+                match changed.as_slice() {
+                    [] => "build context changed".to_owned(),
+                    [one] => format!("context file {one} changed"),
+                    [a, b] => format!("context files {a}, {b} changed"),
+                    [a, b, rest @ ..] => format!("context files {a}, {b} and {} more changed", rest.len()),
+                }
+            }
+            _ => "build context changed".to_owned(),
+        }
+    }
+}
+
+fn manifest_path(state_dir: &Path, digest: &str) -> PathBuf {
+    state_dir.join("contexts").join(format!("{digest}.json"))
+}
+
+fn load_manifest(state_dir: &Path, digest: &str) -> Option<ContextManifest> {
+    let bytes = std::fs::read(manifest_path(state_dir, digest)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Keeps a context's file list, so a later plan can name the file that changed. Written once
+/// per digest (content-addressed); a failure to write only costs detail in a later reason.
+pub fn save_manifest(state_dir: &Path, manifest: &ContextManifest) {
+    let path = manifest_path(state_dir, &manifest.digest.to_hex());
+    if path.exists() {
+        return;
+    }
+    if let Ok(bytes) = serde_json::to_vec(manifest) {
+        let _ = trellis_graph::render::write_if_changed(&path, &bytes);
+    }
+}
