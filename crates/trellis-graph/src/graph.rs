@@ -51,6 +51,9 @@ pub struct Node {
     pub components: Vec<(String, String)>,
 }
 
+/// A key and its named components.
+type Keyed = (NodeKey, Vec<(String, String)>);
+
 /// The nodes of one variant.
 #[derive(Debug, Clone)]
 pub struct VariantNodes {
@@ -130,7 +133,7 @@ impl Graph {
 
         // Build keys need the parents' keys: compute in dependency order.
         let digest_of = |dir: &Path| contexts[&workspace.root.join(dir)].digest;
-        let mut builds: Vec<Option<(NodeKey, Vec<(String, String)>)>> = vec![None; workspace.variants.len()];
+        let mut builds: Vec<Option<Keyed>> = vec![None; workspace.variants.len()];
         for &v in &order {
             let variant = &workspace.variants[v];
             let parent_keys: Vec<(&str, NodeKey)> = parents[v]
@@ -158,7 +161,7 @@ impl Graph {
         let mut test_diags = Vec::new();
         for (v, variant) in workspace.variants.iter().enumerate() {
             let (build_key, build_components) = builds[v].clone().expect("every variant has a key");
-            let node = |kind: NodeKind, id: String, (key, components): (NodeKey, Vec<(String, String)>)| Node {
+            let node = |kind: NodeKind, id: String, (key, components): Keyed| Node {
                 id,
                 kind,
                 variant: v,
@@ -421,7 +424,7 @@ fn context_diagnostic(
     Diagnostic::new(code, message).at(&workspace.manifest, span, "context declared here").help(help)
 }
 
-fn render_key(variant: &Variant) -> (NodeKey, Vec<(String, String)>) {
+fn render_key(variant: &Variant) -> Keyed {
     let mut key = ComponentKey::new("render");
     key.text("path", &variant.render_path.to_string_lossy()).text("dockerfile", &variant.dockerfile);
     key.finish()
@@ -433,7 +436,7 @@ fn build_key(
     parents: &[(&str, NodeKey)],
     bases: &[String],
     ids: &BaseImageIds,
-) -> (NodeKey, Vec<(String, String)>) {
+) -> Keyed {
     let mut key = ComponentKey::new("build");
     key.text("dockerfile", &variant.dockerfile).key("context", context);
     for (name, value) in &variant.args {
@@ -459,7 +462,7 @@ fn test_key(
     test: &trellis_model::VariantTest,
     build: &NodeKey,
     digest_of: &dyn Fn(&Path) -> ContextDigest,
-) -> Result<(NodeKey, Vec<(String, String)>), String> {
+) -> Result<Keyed, String> {
     let mut key = ComponentKey::new("test");
     key.key("image", build).text("network", test.network.as_str());
     match &test.body {
@@ -475,7 +478,7 @@ fn test_key(
     Ok(key.finish())
 }
 
-fn tag_key(variant: &Variant, build: &NodeKey) -> (NodeKey, Vec<(String, String)>) {
+fn tag_key(variant: &Variant, build: &NodeKey) -> Keyed {
     let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     references.sort();
     let mut key = ComponentKey::new("tag");
