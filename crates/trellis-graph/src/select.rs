@@ -12,15 +12,17 @@ pub struct UnmatchedFilter {
     pub filter: String,
 }
 
-/// Which variants to act on: `selected[v]`.
+/// Which variants to act on: `selected[v]`; `matched[v]` when a FILTER named it (rather
+/// than it being pulled in as a parent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
     pub selected: Vec<bool>,
+    pub matched: Vec<bool>,
 }
 
 impl Selection {
     pub fn all(workspace: &Workspace) -> Self {
-        Self { selected: vec![true; workspace.variants.len()] }
+        Self { selected: vec![true; workspace.variants.len()], matched: vec![true; workspace.variants.len()] }
     }
 
     /// Variants matching any filter, plus their ancestors. No filters selects everything.
@@ -45,6 +47,7 @@ impl Selection {
                 return Err(UnmatchedFilter { filter: filter.clone() });
             }
         }
+        let matched = selected.clone();
         let mut stack: Vec<usize> = (0..selected.len()).filter(|v| selected[*v]).collect();
         while let Some(v) = stack.pop() {
             for &parent in &dependencies.parents[v] {
@@ -54,7 +57,7 @@ impl Selection {
                 }
             }
         }
-        Ok(Self { selected })
+        Ok(Self { selected, matched })
     }
 
     pub fn contains(&self, variant: usize) -> bool {

@@ -53,8 +53,9 @@ impl Workspace {
         let store = StateStore::open(&state_dir)?;
         let graph = self.graph()?;
         let selection = self.select(&config.filters)?;
+        // `--refresh FILTER` refreshes what the filter names, not the parents it pulls in.
         let refresh = if config.refresh {
-            (0..model.variants.len()).filter(|v| selection.contains(*v)).collect()
+            (0..model.variants.len()).filter(|v| selection.matched[*v]).collect()
         } else {
             Default::default()
         };

@@ -37,8 +37,9 @@ impl StoreView<'_> {
     fn what_changed(&self, record: &NodeRecord, node: &Node) -> String {
         let now: BTreeMap<&str, &str> = node.components.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut reasons = Vec::new();
-        for (name, value) in &now {
-            match record.components.get(*name) {
+        // In the key's own order: Dockerfile, context, args, labels, parents, bases.
+        for (name, value) in &node.components {
+            match record.components.get(name) {
                 Some(old) if old == value => {}
                 Some(old) => reasons.push(self.describe(name, old, node)),
                 None => reasons.push(format!("{name} added")),
