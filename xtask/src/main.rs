@@ -5,6 +5,7 @@
 //!   cargo xtask build         the main job on this repository's matrix.kdl
 //!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
+//!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
 
 mod inputs;
 
@@ -26,7 +27,9 @@ tasks:
                 make the Debian minbase rootfs tarballs (again, with --refresh: the
                 weekly security refresh)
   bench plan    time parse, expand, keys and plan on synthetic workspaces of
-                100, 1k and 10k variants; print a table with peak RSS";
+                100, 1k and 10k variants; print a table with peak RSS
+  bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
+                makespan / lower bound (goal <= 1.05)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -36,7 +39,8 @@ fn main() -> ExitCode {
         ["build", rest @ ..] => build(rest),
         ["rootfs", rest @ ..] => rootfs(rest),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
-        ["bench", ..] => Err("usage: cargo xtask bench plan".to_owned()),
+        ["bench", "exec"] => bench_exec(),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -155,6 +159,12 @@ fn bench_plan(extra: &[&str]) -> Result {
         println!("growth {n0:>6} → {n1:>6} variants: ×{:.1} size, ×{:.1} time", n1 / n0, t1 / t0.max(0.001));
     }
     Ok(())
+}
+
+fn bench_exec() -> Result {
+    let mut command = cargo();
+    command.args(["run", "--quiet", "--release", "--package", "trellis-exec", "--example", "bench_exec"]);
+    run(command)
 }
 
 fn header() -> String {

@@ -65,7 +65,9 @@ struct Dispatcher<'g, P> {
     attempts: Vec<u32>,
     first_start: Vec<Option<Instant>>,
     outputs: Vec<JobOutput>,
-    ready: BTreeMap<String, BinaryHeap<Reverse<usize>>>,
+    /// Per kind: ready jobs by (priority, then lowest index).
+    ready: BTreeMap<String, BinaryHeap<(u64, Reverse<usize>)>>,
+    priority: Vec<u64>,
     /// In a ready queue now: a job is queued at most once.
     queued: Vec<bool>,
     running_per_kind: HashMap<String, usize>,
@@ -92,11 +94,13 @@ where
 {
     let started = Instant::now();
     let n = graph.jobs.len();
+    let dependents = graph.dependents();
     let mut d = Dispatcher {
         graph: &graph,
         options: &options,
         events: events.clone(),
-        dependents: graph.dependents(),
+        priority: graph.priorities(&dependents),
+        dependents,
         remaining: graph.jobs.iter().map(|j| j.deps.len()).collect(),
         status: vec![None; n],
         attempts: vec![0; n],
@@ -234,10 +238,11 @@ where
             return;
         }
         let kind = self.graph.jobs[index].kind.clone();
-        self.ready.entry(kind).or_default().push(Reverse(index));
+        self.ready.entry(kind).or_default().push((self.priority[index], Reverse(index)));
     }
 
-    /// Starts ready jobs, lowest index first, as far as the limits allow.
+    /// Starts ready jobs — longest remaining cost path first, then lowest index — as far as
+    /// the limits allow. Deterministic: the same graph starts in the same order every run.
     fn start_ready<E: Engine<P>>(&mut self, workers: &mut JoinSet<Attempt>, graph: &Arc<JobGraph<P>>, engine: &Arc<E>) {
         let global = self.options.limits.global.unwrap_or(usize::MAX).max(1);
         while self.running.len() < global {
@@ -247,9 +252,9 @@ where
                 .filter(|(kind, _)| {
                     self.running_per_kind.get(*kind).copied().unwrap_or(0) < self.options.limits.of(kind)
                 })
-                .filter_map(|(kind, heap)| heap.peek().map(|Reverse(i)| (*i, kind.clone())))
-                .min();
-            let Some((index, kind)) = next else { break };
+                .filter_map(|(kind, heap)| heap.peek().map(|(priority, i)| (*priority, *i, kind.clone())))
+                .max();
+            let Some((_, Reverse(index), kind)) = next else { break };
             self.ready.get_mut(&kind).map(BinaryHeap::pop);
             self.queued[index] = false;
             *self.running_per_kind.entry(kind.clone()).or_default() += 1;

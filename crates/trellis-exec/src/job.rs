@@ -17,7 +17,17 @@ pub struct Job<P> {
     /// Indices of the jobs this one waits for; they must be lower or higher, but acyclic.
     pub deps: Vec<usize>,
     pub initial: Initial,
+    /// Expected cost (e.g. the last run's duration in ms; 1 when unknown). Ready jobs start
+    /// longest remaining cost path first, so the critical path is never kept waiting.
+    pub cost: u64,
     pub payload: P,
+}
+
+impl<P> Job<P> {
+    /// A job to run, with unit cost.
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, deps: Vec<usize>, payload: P) -> Self {
+        Self { id: id.into(), kind: kind.into(), deps, initial: Initial::Run, cost: 1, payload }
+    }
 }
 
 /// Jobs in priority order.
@@ -29,6 +39,27 @@ pub struct JobGraph<P> {
 impl<P> JobGraph<P> {
     pub fn new(jobs: Vec<Job<P>>) -> Self {
         Self { jobs }
+    }
+
+    /// For each job, its cost plus the costliest path of dependents after it: the order in
+    /// which ready jobs start (highest first).
+    pub(crate) fn priorities(&self, dependents: &[Vec<usize>]) -> Vec<u64> {
+        // Reverse topological order by Kahn's algorithm on the dependents' side.
+        let n = self.jobs.len();
+        let mut pending: Vec<usize> = dependents.iter().map(Vec::len).collect();
+        let mut stack: Vec<usize> = (0..n).filter(|i| pending[*i] == 0).collect();
+        let mut priority = vec![0u64; n];
+        while let Some(i) = stack.pop() {
+            let after = dependents[i].iter().map(|d| priority[*d]).max().unwrap_or(0);
+            priority[i] = self.jobs[i].cost.max(1).saturating_add(after);
+            for &dep in &self.jobs[i].deps {
+                pending[dep] -= 1;
+                if pending[dep] == 0 {
+                    stack.push(dep);
+                }
+            }
+        }
+        priority
     }
 
     /// For each job, the jobs that depend on it.

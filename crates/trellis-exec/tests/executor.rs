@@ -97,7 +97,7 @@ impl Engine<()> for FakeEngine {
 }
 
 fn job(id: &str, kind: &str, deps: &[usize]) -> Job<()> {
-    Job { id: id.into(), kind: kind.into(), deps: deps.to_vec(), initial: Initial::Run, payload: () }
+    Job::new(id, kind, deps.to_vec(), ())
 }
 
 struct Outcome {

@@ -61,7 +61,7 @@ impl Workspace {
         };
         let view = StoreView { store: &store, state_dir: &state_dir, workspace: model, graph, refresh };
         let plan = trellis_graph::plan(model, graph, &selection, &view);
-        let (jobs, infos) = self.job_graph(config, &selection, &plan);
+        let (jobs, infos) = self.job_graph(config, &selection, &plan, &store);
 
         let run_id = run_id();
         let progress =
@@ -133,6 +133,7 @@ impl Workspace {
         config: &RunConfig,
         selection: &Selection,
         plan: &[trellis_graph::PlannedNode],
+        store: &StateStore,
     ) -> (JobGraph<NodeJob>, Vec<NodeInfo>) {
         let graph = self.graph().expect("built before planning");
         let model = self.model();
@@ -178,13 +179,22 @@ impl Workspace {
                     .then(|| graph.context_manifests.get(&variant.context).cloned())
                     .flatten(),
             });
-            jobs.push(Job {
-                id: node.id.clone(),
-                kind: node.kind.as_str().to_owned(),
-                deps,
-                initial,
-                payload: NodeJob { node, render },
-            });
+            // Critical-path priority needs costs: the node's duration in its last run, or a
+            // rough default per kind.
+            let cost = store
+                .get(&node.id)
+                .and_then(|r| r.details.get("duration_ms"))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(match node.kind {
+                    NodeKind::Render | NodeKind::Tag => 10,
+                    NodeKind::Build => 30_000,
+                    NodeKind::Test => 5_000,
+                    NodeKind::Push => 2_000,
+                });
+            let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render });
+            job.initial = initial;
+            job.cost = cost;
+            jobs.push(job);
         }
         (JobGraph::new(jobs), infos)
     }

@@ -249,11 +249,13 @@ impl Reporter {
             if let (Outcome::Succeeded, Some(manifest)) = (outcome, &info.context) {
                 crate::store_view::save_manifest(&self.state_dir, manifest);
             }
+            let mut details = output.clone();
+            details.insert("duration_ms".to_owned(), duration.as_millis().to_string());
             let record = NodeRecord {
                 key: info.node.key.to_hex(),
                 outcome,
                 components: info.node.components.iter().cloned().collect(),
-                details: output.clone(),
+                details,
                 run: self.run_id.clone(),
             };
             if let Err(e) = self.store.record(id, record) {
