@@ -116,6 +116,24 @@ pub struct RunSummary {
     pub duration: Duration,
 }
 
+/// `3 passed, 1 flaky, 0 failed, 0 blocked, 11 up to date, 0 cancelled, 0 not run in 2.4s`
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} flaky, {} failed, {} blocked, {} up to date, {} cancelled, {} not run in {:.1}s",
+            self.passed,
+            self.flaky,
+            self.failed,
+            self.blocked,
+            self.skipped,
+            self.cancelled,
+            self.not_run,
+            self.duration.as_secs_f64()
+        )
+    }
+}
+
 impl RunSummary {
     pub(crate) fn count(&mut self, status: &NodeStatus) {
         match status {

@@ -354,19 +354,7 @@ where
         if self.status[index].is_some() {
             return;
         }
-        let job = &self.graph.jobs[index];
-        let duration = self.first_start[index].map_or(Duration::ZERO, |t| t.elapsed());
-        let output = std::mem::take(&mut self.outputs[index]);
-        self.summary.count(&status);
-        self.emit(RunEvent::NodeFinished {
-            index,
-            id: job.id.clone(),
-            kind: job.kind.clone(),
-            status: status.clone(),
-            attempts: self.attempts[index],
-            duration,
-            output,
-        });
+        self.announce(index, &status);
         let succeeded = status.succeeded();
         let failed = matches!(status, NodeStatus::Failed { .. } | NodeStatus::Blocked { .. });
         self.status[index] = Some(status);
@@ -398,19 +386,27 @@ where
         }
         blocked.sort_unstable();
         for index in blocked {
-            let job = &self.graph.jobs[index];
             let status = NodeStatus::Blocked { by: by.clone() };
-            self.summary.count(&status);
-            self.emit(RunEvent::NodeFinished {
-                index,
-                id: job.id.clone(),
-                kind: job.kind.clone(),
-                status: status.clone(),
-                attempts: 0,
-                duration: Duration::ZERO,
-                output: JobOutput::new(),
-            });
+            self.announce(index, &status);
             self.status[index] = Some(status);
         }
+    }
+
+    /// Counts a final status and tells the reporters, with the job's attempts, time since its
+    /// first start and output (none for a job that never started).
+    fn announce(&mut self, index: usize, status: &NodeStatus) {
+        let job = &self.graph.jobs[index];
+        let duration = self.first_start[index].map_or(Duration::ZERO, |t| t.elapsed());
+        let output = std::mem::take(&mut self.outputs[index]);
+        self.summary.count(status);
+        self.emit(RunEvent::NodeFinished {
+            index,
+            id: job.id.clone(),
+            kind: job.kind.clone(),
+            status: status.clone(),
+            attempts: self.attempts[index],
+            duration,
+            output,
+        });
     }
 }

@@ -285,16 +285,20 @@ impl Decoder<'_> {
         let what = format!("the value of `{}`", node.name().value());
         self.no_children(node);
         self.no_props(node);
-        let args = Self::args(node);
-        match args.as_slice() {
-            [one] => self.string(one, &what),
+        self.string_argument(node, "one string argument", &what)
+    }
+
+    /// The node's one positional string: missing and extra arguments are diagnosed.
+    fn string_argument(&mut self, node: &KdlNode, missing: &str, what: &str) -> Option<Spanned<String>> {
+        match Self::args(node).as_slice() {
             [] => {
-                self.missing_argument(node, "one string argument");
+                self.missing_argument(node, missing);
                 None
             }
+            [one] => self.string(one, what),
             [first, rest @ ..] => {
                 self.extra_arguments(node, rest, 1);
-                self.string(first, &what)
+                self.string(first, what)
             }
         }
     }
@@ -522,18 +526,7 @@ impl Decoder<'_> {
 
     fn axis_value(&mut self, node: &KdlNode) -> Option<AxisValueDecl> {
         self.no_children(node);
-        let args = Self::args(node);
-        let value = match args.as_slice() {
-            [] => {
-                self.missing_argument(node, "the value as a string");
-                return None;
-            }
-            [one] => self.string(one, "an axis value")?,
-            [one, rest @ ..] => {
-                self.extra_arguments(node, rest, 1);
-                self.string(one, "an axis value")?
-            }
-        };
+        let value = self.string_argument(node, "the value as a string", "an axis value")?;
         let mut attributes = IndexMap::new();
         let mut seen: HashMap<String, SourceSpan> = HashMap::new();
         for entry in node.entries() {
@@ -577,18 +570,7 @@ impl Decoder<'_> {
 
     fn image(&mut self, node: &KdlNode) -> Option<ImageDecl> {
         self.no_props(node);
-        let args = Self::args(node);
-        let name = match args.as_slice() {
-            [] => {
-                self.missing_argument(node, "a name");
-                return None;
-            }
-            [one] => self.string(one, "an image name")?,
-            [one, rest @ ..] => {
-                self.extra_arguments(node, rest, 1);
-                self.string(one, "an image name")?
-            }
-        };
+        let name = self.string_argument(node, "a name", "an image name")?;
         let mut image = ImageDecl {
             name,
             matrix: Vec::new(),
@@ -814,33 +796,13 @@ impl Decoder<'_> {
         let props = self.props(node, &["float", "when"]);
         let float = props.get("float").and_then(|e| self.bool(e, "`float`")).unwrap_or(false);
         let when = self.optional_string_prop(&props, "when");
-        let template = match Self::args(node).as_slice() {
-            [] => {
-                self.missing_argument(node, "the tag as a string");
-                return None;
-            }
-            [one] => self.string(one, "a tag")?,
-            [one, rest @ ..] => {
-                self.extra_arguments(node, rest, 1);
-                self.string(one, "a tag")?
-            }
-        };
+        let template = self.string_argument(node, "the tag as a string", "a tag")?;
         Some(TagDecl { template, float, when })
     }
 
     fn test(&mut self, node: &KdlNode) -> Option<TestDecl> {
         let props = self.props(node, &["dockerfile", "context", "when", "network"]);
-        let name = match Self::args(node).as_slice() {
-            [] => {
-                self.missing_argument(node, "a name");
-                return None;
-            }
-            [one] => self.string(one, "a test name")?,
-            [one, rest @ ..] => {
-                self.extra_arguments(node, rest, 1);
-                self.string(one, "a test name")?
-            }
-        };
+        let name = self.string_argument(node, "a name", "a test name")?;
         let dockerfile = self.optional_string_prop(&props, "dockerfile");
         let context = self.optional_string_prop(&props, "context");
         let when = self.optional_string_prop(&props, "when");

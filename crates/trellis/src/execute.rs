@@ -14,7 +14,7 @@ use trellis_graph::{Action, NodeKind, Selection};
 
 use crate::engine::{Backend, NodeEngine, NodeJob};
 use crate::facade::{Error, Workspace};
-use crate::reporter::{NodeInfo, Progress, Reporter, seconds};
+use crate::reporter::{NodeInfo, Progress, Reporter};
 use crate::store_view::StoreView;
 
 /// Everything `trellis build` was asked to do, validated: nothing downstream sees clap.
@@ -91,17 +91,7 @@ impl Workspace {
             eprintln!("warning: {problem}: the next run may repeat work");
         }
         let shown = report.strip_prefix(&model.root).unwrap_or(&report).display().to_string();
-        eprintln!(
-            "{} passed, {} flaky, {} failed, {} blocked, {} up to date, {} cancelled, {} not run in {} — report: {shown}",
-            summary.passed,
-            summary.flaky,
-            summary.failed,
-            summary.blocked,
-            summary.skipped,
-            summary.cancelled,
-            summary.not_run,
-            seconds(summary.duration),
-        );
+        eprintln!("{summary} — report: {shown}");
         Ok(RunOutcome { run_id, summary, report })
     }
 

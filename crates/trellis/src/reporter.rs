@@ -322,17 +322,7 @@ impl Reporter {
 
     pub fn summary_markdown(&self, summary: &RunSummary) -> String {
         let mut md = format!("## trellis run `{}`\n\n", self.run_id);
-        md.push_str(&format!(
-            "{} passed, {} flaky, {} failed, {} blocked, {} skipped (up to date), {} cancelled, {} not run — {}\n\n",
-            summary.passed,
-            summary.flaky,
-            summary.failed,
-            summary.blocked,
-            summary.skipped,
-            summary.cancelled,
-            summary.not_run,
-            seconds(summary.duration)
-        ));
+        md.push_str(&format!("{summary}\n\n"));
         md.push_str("| node | status | attempts | time | details |\n|---|---|---|---|---|\n");
         for entry in self.entries() {
             if entry.action == "skip" {
