@@ -45,12 +45,12 @@ fn cache(relative: &str) -> PathBuf {
     root().join(".cache").join(relative)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Installs a Debian package (root only), refreshing the package lists once if needed.
-fn apt_install(package: &str) -> Result {
+pub fn apt_install(package: &str) -> Result {
     if !is_root() {
         return Err(format!("Debian's {package} is missing: apt-get install {package} (as root)"));
     }
@@ -68,7 +68,7 @@ fn apt_install(package: &str) -> Result {
     run(install())
 }
 
-fn installed(package: &str) -> bool {
+pub fn installed(package: &str) -> bool {
     Command::new("dpkg").args(["-s", package]).output().is_ok_and(|o| o.status.success())
 }
 

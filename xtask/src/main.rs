@@ -3,10 +3,12 @@
 //!
 //!   cargo xtask test          every test, the fuzz harness, and `render --check`
 //!   cargo xtask build         the main job on this repository's matrix.kdl
+//!   cargo xtask engine        start dockerd and a registry when they are not running
 //!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
 //!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
 
+mod engine;
 mod inputs;
 
 use std::env;
@@ -23,6 +25,9 @@ tasks:
                 (TRELLIS_FUZZ_SECONDS, default 30) and `trellis render --check`
   build         prepare the inputs (busybox, Debian rootfs, Node.js wheels), then render,
                 check and plan this repository's Node.js image family
+  engine [--stop]
+                start (or stop) dockerd and a registry on 127.0.0.1:5000 with
+                htpasswd auth when they are not running; installs them as root
   rootfs [--refresh] [RELEASE…]
                 make the Debian minbase rootfs tarballs (again, with --refresh: the
                 weekly security refresh)
@@ -38,6 +43,8 @@ fn main() -> ExitCode {
         ["test", rest @ ..] => test(rest),
         ["build", rest @ ..] => build(rest),
         ["rootfs", rest @ ..] => rootfs(rest),
+        ["engine"] => engine::start(),
+        ["engine", "--stop"] => engine::stop(),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
         ["bench", ..] => Err("usage: cargo xtask bench plan|exec".to_owned()),

@@ -241,7 +241,6 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
     else {
         unreachable!("called for build only")
     };
-    let backend = backend()?;
     let inputs = trellis_graph::GraphInputs { registry, ..Default::default() };
     let workspace = Workspace::load_with(manifest, inputs)?;
     let config = crate::RunConfig {
@@ -262,6 +261,7 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
         .build()
         .map_err(|e| Error::Report(std::io::Error::other(e)))?;
     let outcome = runtime.block_on(async {
+        let (workspace, backend) = backend(workspace, &config).await?;
         let shutdown = trellis_exec::Shutdown::new();
         shutdown.on_signals().map_err(Error::Report)?;
         workspace.run(&config, backend, shutdown).await
@@ -278,26 +278,71 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
     })
 }
 
-/// The container engine backend. `TRELLIS_ENGINE=simulate` runs the graph without containers,
-/// scripted by the JSON file in `TRELLIS_SIMULATE` (tests and demos of the executor).
-fn backend() -> Result<crate::engine::Backend, Error> {
-    match std::env::var("TRELLIS_ENGINE").as_deref() {
-        Ok("simulate") => {
-            let simulation = match std::env::var_os("TRELLIS_SIMULATE") {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|source| Error::Read { path: PathBuf::from(&path), source })?;
-                    serde_json::from_str(&text).map_err(|e| Error::NoEngine(format!("bad TRELLIS_SIMULATE script: {e}")))?
-                }
-                None => crate::engine::Simulation::default(),
-            };
-            Ok(crate::engine::Backend::Simulate(std::sync::Arc::new(simulation)))
-        }
-        _ => Err(Error::NoEngine(
-            "the Docker engine backend is not part of this build yet; TRELLIS_ENGINE=simulate runs the graph without containers"
-                .to_owned(),
-        )),
+/// The container engine: the Docker Engine (through DOCKER_HOST or the default socket), or,
+/// with `TRELLIS_ENGINE=simulate`, a run without containers scripted by the JSON file in
+/// `TRELLIS_SIMULATE` (tests and demos of the executor).
+async fn backend(
+    workspace: Workspace,
+    config: &crate::RunConfig,
+) -> Result<(Workspace, crate::engine::Backend), Error> {
+    if std::env::var("TRELLIS_ENGINE").as_deref() == Ok("simulate") {
+        let simulation = match std::env::var_os("TRELLIS_SIMULATE") {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| Error::Read { path: PathBuf::from(&path), source })?;
+                serde_json::from_str(&text).map_err(|e| Error::NoEngine(format!("bad TRELLIS_SIMULATE script: {e}")))?
+            }
+            None => crate::engine::Simulation::default(),
+        };
+        return Ok((workspace, crate::engine::Backend::Simulate(std::sync::Arc::new(simulation))));
     }
+    if config.push {
+        return Err(Error::Unsupported("--push with the Docker engine is not implemented yet".to_owned()));
+    }
+    let client = trellis_docker::DockerClient::connect().await.map_err(|e| {
+        Error::NoEngine(format!(
+            "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
+        ))
+    })?;
+    // External bases are resolved to image IDs before planning: the ID is part of the key.
+    // `pull` never means never; pulling is not available here, so a missing base is an error
+    // under every policy — before anything builds.
+    let mut ids = trellis_graph::BaseImageIds::default();
+    let mut missing = Vec::new();
+    let bases: std::collections::BTreeSet<&String> = workspace.dependencies().external_bases.iter().flatten().collect();
+    for base in bases {
+        match client.image_id(base).await.map_err(|e| Error::NoEngine(e.to_string()))? {
+            Some(id) => {
+                ids.0.insert(base.clone(), id);
+            }
+            None => missing.push(base.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        let policy = workspace.model().settings.pull;
+        return Err(Error::MissingBases { bases: missing, policy: format!("{policy:?}").to_lowercase() });
+    }
+    let workspace = workspace.with_base_images(ids);
+    let images =
+        client.workspace_images(&workspace.model().settings.name).await.map_err(|e| Error::NoEngine(e.to_string()))?;
+    let by_key: std::collections::HashMap<String, trellis_docker::ImageListing> = images
+        .into_iter()
+        .filter_map(|image| image.labels.get("dev.trellis.key").cloned().map(|key| (key, image)))
+        .collect();
+    let graph = workspace.graph()?;
+    let mut up_to_date = std::collections::HashMap::new();
+    for (v, nodes) in graph.variants.iter().enumerate() {
+        if let Some(image) = by_key.get(&graph.dag[nodes.build].key.to_hex()) {
+            up_to_date.insert(v, image.id.clone());
+        }
+    }
+    let docker = crate::engine::DockerBackend {
+        client,
+        model: workspace.shared_model(),
+        by_key,
+        images: std::sync::Mutex::new(up_to_date),
+    };
+    Ok((workspace, crate::engine::Backend::Docker(std::sync::Arc::new(docker))))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,11 +17,35 @@ pub struct NodeJob {
     pub node: Node,
     /// For render nodes: where the Dockerfile goes and its bytes.
     pub render: Option<(PathBuf, Arc<str>)>,
+    /// Build without the layer cache (`--refresh`).
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Clone)]
 pub enum Backend {
     Simulate(Arc<Simulation>),
+    Docker(Arc<DockerBackend>),
+}
+
+impl Backend {
+    /// The engine's images of this workspace by build key, when the backend has an engine.
+    pub fn images_by_key(&self) -> Option<&HashMap<String, trellis_docker::ImageListing>> {
+        match self {
+            Backend::Simulate(_) => None,
+            Backend::Docker(docker) => Some(&docker.by_key),
+        }
+    }
+}
+
+/// The Docker Engine: builds, tests as layers, tags.
+#[derive(Debug)]
+pub struct DockerBackend {
+    pub client: trellis_docker::DockerClient,
+    pub model: Arc<trellis_model::Workspace>,
+    /// The workspace's images by their `dev.trellis.key` label: one listing per run.
+    pub by_key: HashMap<String, trellis_docker::ImageListing>,
+    /// Image ID per variant: up-to-date builds from the listing, then this run's builds.
+    pub images: Mutex<HashMap<usize, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +72,7 @@ impl Engine<NodeJob> for NodeEngine {
             }
             match backend {
                 Backend::Simulate(simulation) => simulation.run(&payload.node, &ctx).await,
+                Backend::Docker(docker) => docker.run(&payload, &ctx).await,
             }
         }
     }
@@ -102,6 +127,131 @@ impl Simulation {
         let mut output = JobOutput::new();
         if node.kind == NodeKind::Build {
             output.insert("image".to_owned(), format!("sha256:{}", node.key.to_hex()));
+        }
+        Ok(output)
+    }
+}
+
+fn engine_error(error: trellis_docker::EngineError) -> JobError {
+    match error {
+        trellis_docker::EngineError::Unreachable(_) => JobError::new(ErrorClass::EngineUnreachable, error.to_string()),
+        trellis_docker::EngineError::Failed(_) => JobError::failed(error.to_string()),
+    }
+}
+
+impl DockerBackend {
+    /// The image ID of a variant: built in this run, or up to date in the engine.
+    fn image_of(&self, variant: usize) -> Result<String, JobError> {
+        self.images
+            .lock()
+            .map_err(|_| JobError::failed("image table poisoned"))?
+            .get(&variant)
+            .cloned()
+            .ok_or_else(|| JobError::new(ErrorClass::InvalidInput, "the variant's image is not in the engine"))
+    }
+
+    async fn run(&self, job: &NodeJob, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        let node = &job.node;
+        let variant = &self.model.variants[node.variant];
+        let mut output = JobOutput::new();
+        let mut log = |line: &str| ctx.line(line);
+        match node.kind {
+            NodeKind::Build => {
+                let dir = self.model.root.join(&variant.context);
+                let planned = node.components.iter().find(|(n, _)| n == "context").map(|(_, d)| d.clone());
+                // The tar comes from the same walk as the key; refuse to build other content.
+                let walk = tokio::task::spawn_blocking(move || {
+                    let walk = trellis_graph::ContextWalk::new(&dir)?;
+                    let digest = walk.digest()?;
+                    Ok::<_, trellis_graph::ContextError>((walk, digest))
+                })
+                .await
+                .map_err(|e| JobError::failed(e.to_string()))?
+                .map_err(|e| JobError::new(ErrorClass::InvalidInput, e.to_string()))?;
+                if planned.as_deref() != Some(walk.1.to_hex().as_str()) {
+                    return Err(JobError::new(
+                        ErrorClass::InvalidInput,
+                        "the build context changed after planning: run trellis build again",
+                    ));
+                }
+                let mut labels: HashMap<String, String> = variant.labels.iter().cloned().collect();
+                labels.insert("dev.trellis.workspace".to_owned(), self.model.settings.name.clone());
+                labels.insert("dev.trellis.variant".to_owned(), variant.id.clone());
+                labels.insert("dev.trellis.key".to_owned(), node.key.to_hex());
+                let request = trellis_docker::BuildRequest {
+                    dockerfile: &variant.dockerfile,
+                    context: Some(&walk.0),
+                    args: &variant.args,
+                    labels,
+                    network: variant.network.as_str(),
+                    target: variant.target.as_deref(),
+                    no_cache: job.no_cache,
+                };
+                let id = tokio::select! {
+                    result = self.client.build(request, &mut log) => result.map_err(engine_error)?,
+                    () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+                };
+                if let Ok(mut images) = self.images.lock() {
+                    images.insert(node.variant, id.clone());
+                }
+                output.insert("image".to_owned(), id);
+            }
+            NodeKind::Test => {
+                let image = self.image_of(node.variant)?;
+                let test = &variant.tests[node.test.unwrap_or_default()];
+                let mut layers = Vec::new();
+                let result = match &test.body {
+                    trellis_model::VariantTestBody::Run(lines) => {
+                        let request = trellis_docker::TestRequest {
+                            image_id: &image,
+                            run: Some(lines),
+                            dockerfile: None,
+                            network: test.network.as_str(),
+                        };
+                        tokio::select! {
+                            result = self.client.test(request, &mut layers, &mut log) => result.map_err(engine_error),
+                            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
+                        }
+                    }
+                    trellis_model::VariantTestBody::Dockerfile { dockerfile, context } => {
+                        let text = std::fs::read_to_string(self.model.root.join(dockerfile)).map_err(|e| {
+                            JobError::new(
+                                ErrorClass::InvalidInput,
+                                format!("cannot read {}: {e}", dockerfile.display()),
+                            )
+                        })?;
+                        let walk = trellis_graph::ContextWalk::new(&self.model.root.join(context))
+                            .map_err(|e| JobError::new(ErrorClass::InvalidInput, e.to_string()))?;
+                        let request = trellis_docker::TestRequest {
+                            image_id: &image,
+                            run: None,
+                            dockerfile: Some((&text, &walk)),
+                            network: test.network.as_str(),
+                        };
+                        tokio::select! {
+                            result = self.client.test(request, &mut layers, &mut log) => result.map_err(engine_error),
+                            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
+                        }
+                    }
+                };
+                // After success, failure and cancellation alike: no test image stays.
+                self.client.remove_layers(&layers).await;
+                result?;
+                output.insert("image".to_owned(), image);
+            }
+            NodeKind::Tag => {
+                let image = self.image_of(node.variant)?;
+                for reference in &variant.references {
+                    let reference = reference.to_string();
+                    self.client.tag(&image, &reference).await.map_err(engine_error)?;
+                    ctx.line(format!("tagged {reference}"));
+                }
+                output.insert("image".to_owned(), image);
+            }
+            NodeKind::Push => {
+                return Err(JobError::new(ErrorClass::InvalidInput, "pushing is not implemented yet"));
+            }
+            NodeKind::Render => unreachable!("render nodes are written by the NodeEngine"),
         }
         Ok(output)
     }

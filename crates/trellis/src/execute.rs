@@ -59,9 +59,16 @@ impl Workspace {
         } else {
             Default::default()
         };
-        let view = StoreView { store: &store, state_dir: &state_dir, workspace: model, graph, refresh };
+        let view = StoreView {
+            store: &store,
+            state_dir: &state_dir,
+            workspace: model,
+            graph,
+            refresh,
+            engine: backend.images_by_key(),
+        };
         let plan = trellis_graph::plan(model, graph, &selection, &view);
-        let (jobs, infos) = self.job_graph(config, &selection, &plan, &store);
+        let (jobs, infos) = self.job_graph(config, &selection, &plan, &store, &view.refresh);
 
         let run_id = run_id();
         let progress =
@@ -124,6 +131,7 @@ impl Workspace {
         selection: &Selection,
         plan: &[trellis_graph::PlannedNode],
         store: &StateStore,
+        refresh: &std::collections::HashSet<usize>,
     ) -> (JobGraph<NodeJob>, Vec<NodeInfo>) {
         let graph = self.graph().expect("built before planning");
         let model = self.model();
@@ -181,7 +189,8 @@ impl Workspace {
                     NodeKind::Test => 5_000,
                     NodeKind::Push => 2_000,
                 });
-            let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render });
+            let no_cache = node.kind == NodeKind::Build && refresh.contains(&node.variant);
+            let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render, no_cache });
             job.initial = initial;
             job.cost = cost;
             jobs.push(job);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use trellis_graph::{Dependencies, Graph, GraphInputs, NoState, PlannedNode, Selection, UnmatchedFilter, render};
 use trellis_model::{Diagnostics, LoadError};
@@ -27,6 +27,10 @@ pub enum Error {
     Report(std::io::Error),
     #[error("no container engine: {0}")]
     NoEngine(String),
+    #[error("external base images missing from the engine (pull \"{policy}\"): {}; nothing was built", bases.join(", "))]
+    MissingBases { bases: Vec<String>, policy: String },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A loaded, validated workspace. Its keyed graph (which reads every build context) is built
@@ -34,7 +38,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Workspace {
     manifest: PathBuf,
-    model: trellis_model::Workspace,
+    model: Arc<trellis_model::Workspace>,
     dependencies: Dependencies,
     inputs: GraphInputs,
     graph: OnceLock<Graph>,
@@ -66,7 +70,7 @@ impl Workspace {
             inputs.registry = model.settings.registry.clone();
         }
         let dependencies = Dependencies::new(&model).map_err(Error::Invalid)?;
-        Ok(Self { manifest: path.to_path_buf(), model, dependencies, inputs, graph: OnceLock::new() })
+        Ok(Self { manifest: path.to_path_buf(), model: Arc::new(model), dependencies, inputs, graph: OnceLock::new() })
     }
 
     pub fn manifest_path(&self) -> &Path {
@@ -75,6 +79,18 @@ impl Workspace {
 
     pub fn model(&self) -> &trellis_model::Workspace {
         &self.model
+    }
+
+    /// The model, shared (engines keep it for the whole run).
+    pub fn shared_model(&self) -> Arc<trellis_model::Workspace> {
+        Arc::clone(&self.model)
+    }
+
+    /// Sets the external base images' IDs (resolved in the engine); keys are computed anew.
+    pub fn with_base_images(mut self, ids: trellis_graph::BaseImageIds) -> Self {
+        self.inputs.base_images = ids;
+        self.graph = OnceLock::new();
+        self
     }
 
     /// What each variant builds on.
@@ -133,6 +149,7 @@ impl Workspace {
             workspace: &self.model,
             graph,
             refresh: Default::default(),
+            engine: None,
         };
         Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
     }

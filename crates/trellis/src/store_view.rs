@@ -1,7 +1,7 @@
 //! The plan's view of the state store: a node is skipped when its current key already
 //! succeeded; otherwise the reason names what changed, down to the context file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use trellis_exec::{NodeRecord, Outcome, StateStore};
@@ -15,12 +15,42 @@ pub struct StoreView<'a> {
     pub graph: &'a Graph,
     /// Variants whose builds run although their keys are unchanged (`--refresh`).
     pub refresh: HashSet<usize>,
+    /// The engine's images of the workspace by build key (one listing per run), when an
+    /// engine is at hand: builds and tags are judged by what the engine really holds.
+    pub engine: Option<&'a HashMap<String, trellis_docker::ImageListing>>,
 }
 
 impl StateView for StoreView<'_> {
     fn judge(&self, node: &Node) -> Result<String, String> {
         if node.kind == NodeKind::Build && self.refresh.contains(&node.variant) {
             return Err("refresh requested: rebuilt without the layer cache".to_owned());
+        }
+        if let Some(images) = self.engine {
+            match node.kind {
+                NodeKind::Build => {
+                    return match images.get(&node.key.to_hex()) {
+                        Some(image) => Ok(format!("image {} has this key", short(&image.id))),
+                        None => Err(match self.store.get(&node.id) {
+                            Some(record) if record.key == node.key.to_hex() => {
+                                "its image is gone from the engine".to_owned()
+                            }
+                            Some(record) => self.what_changed(record, node),
+                            None => "never built".to_owned(),
+                        }),
+                    };
+                }
+                NodeKind::Tag => {
+                    let build_key = node.components.iter().find(|(n, _)| n == "image").map(|(_, k)| k.as_str());
+                    let variant = &self.workspace.variants[node.variant];
+                    let on_image = build_key.and_then(|k| images.get(k)).is_some_and(|image| {
+                        variant.references.iter().all(|r| image.repo_tags.contains(&r.to_string()))
+                    });
+                    if !on_image {
+                        return Err("not every reference points at the image".to_owned());
+                    }
+                }
+                _ => {}
+            }
         }
         let Some(record) = self.store.get(&node.id) else { return Err("never built".to_owned()) };
         if record.key == node.key.to_hex() {
@@ -113,4 +143,9 @@ pub fn save_manifest(state_dir: &Path, manifest: &ContextManifest) {
     if let Ok(bytes) = serde_json::to_vec(manifest) {
         let _ = trellis_graph::render::write_if_changed(&path, &bytes);
     }
+}
+
+fn short(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
 }

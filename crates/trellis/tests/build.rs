@@ -305,7 +305,12 @@ fn refresh_rebuilds_unchanged_variants() {
 #[test]
 fn without_an_engine_build_exits_3() {
     let fixture = fixture("{}");
-    let output = Command::new(env!("CARGO_BIN_EXE_trellis")).arg("build").current_dir(fixture.root()).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("build")
+        .current_dir(fixture.root())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no container engine"));
 }

@@ -1,0 +1,281 @@
+//! The bollard client and the operations trellis needs from the engine.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    BuildImageOptions, BuilderVersion, ListImagesOptions, RemoveImageOptions, TagImageOptions,
+};
+use futures_util::StreamExt;
+use trellis_graph::ContextWalk;
+
+use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
+
+/// What went wrong, classified for the executor's retry decisions.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine could not be reached (not running, socket missing, connection dropped).
+    #[error("cannot reach the Docker engine: {0}")]
+    Unreachable(String),
+    /// The engine ran the request and it failed (a build step, a missing image).
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn classify(error: bollard::errors::Error) -> EngineError {
+    use bollard::errors::Error as E;
+    match error {
+        E::DockerStreamError { error } => EngineError::Failed(error),
+        E::DockerResponseServerError { status_code, message } => {
+            EngineError::Failed(format!("{message} ({status_code})"))
+        }
+        E::IOError { err } => EngineError::Unreachable(err.to_string()),
+        E::HyperResponseError { err } => EngineError::Unreachable(err.to_string()),
+        E::RequestTimeoutError => EngineError::Unreachable("the request timed out".to_owned()),
+        other => EngineError::Unreachable(other.to_string()),
+    }
+}
+
+/// One image build.
+pub struct BuildRequest<'a> {
+    pub dockerfile: &'a str,
+    pub context: Option<&'a ContextWalk>,
+    pub args: &'a [(String, String)],
+    pub labels: HashMap<String, String>,
+    /// `default`, `host` or `none`.
+    pub network: &'a str,
+    pub target: Option<&'a str>,
+    /// Build without the layer cache (`--refresh`).
+    pub no_cache: bool,
+}
+
+/// A test: layers built on top of an exact image ID, then removed.
+pub struct TestRequest<'a> {
+    pub image_id: &'a str,
+    /// `RUN` lines (a run test) — or a user Dockerfile taking `ARG IMAGE` with its context.
+    pub run: Option<&'a [String]>,
+    pub dockerfile: Option<(&'a str, &'a ContextWalk)>,
+    pub network: &'a str,
+}
+
+/// An image of the workspace, from the one listing per run.
+#[derive(Debug, Clone)]
+pub struct ImageListing {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct DockerClient {
+    docker: Docker,
+}
+
+impl std::fmt::Debug for DockerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DockerClient")
+    }
+}
+
+impl DockerClient {
+    /// Connects through `DOCKER_HOST` or the default socket and negotiates the API version
+    /// (bollard's defaults send unversioned paths).
+    pub async fn connect() -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_defaults().map_err(classify)?;
+        let docker = docker.negotiate_version().await.map_err(classify)?;
+        docker.ping().await.map_err(classify)?;
+        Ok(Self { docker })
+    }
+
+    /// Builds and returns the image ID from the build stream; every output line goes to
+    /// `line`. A failed step is an error inside the stream, not an HTTP error.
+    pub async fn build(
+        &self,
+        request: BuildRequest<'_>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
+        let tar = context_tar(request.context, request.dockerfile)
+            .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
+        let options = BuildImageOptions {
+            dockerfile: RESERVED_DOCKERFILE.to_owned(),
+            buildargs: Some(request.args.iter().cloned().collect()),
+            labels: Some(request.labels),
+            networkmode: Some(request.network.to_owned()),
+            target: request.target.unwrap_or_default().to_owned(),
+            nocache: request.no_cache,
+            rm: true,
+            forcerm: true,
+            version: BuilderVersion::BuilderV1,
+            ..Default::default()
+        };
+        let id = self.run_build(options, tar, &mut Vec::new(), line).await?;
+        id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
+    }
+
+    /// Streams one build; returns the image ID and the IDs of the layers each step after the
+    /// first made (what a test build must remove).
+    async fn run_build(
+        &self,
+        options: BuildImageOptions,
+        tar: Vec<u8>,
+        layers: &mut Vec<String>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<String>, EngineError> {
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+        let mut pending = String::new();
+        let mut image = None;
+        let mut step = 0u32;
+        let mut failure = None;
+        let mut emit = |text: &str, pending: &mut String, step: &mut u32, layers: &mut Vec<String>| {
+            pending.push_str(text);
+            while let Some(end) = pending.find('\n') {
+                let whole: String = pending.drain(..=end).collect();
+                let whole = whole.trim_end_matches(['\n', '\r']);
+                if whole.starts_with("Step ") {
+                    *step += 1;
+                }
+                // " ---> 1a2b3c4d5e6f": the layer a step committed (step 1 is the FROM image).
+                if let Some(id) = whole.strip_prefix(" ---> ")
+                    && *step > 1
+                    && id.len() == 12
+                    && id.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    layers.push(id.to_owned());
+                }
+                line(whole);
+            }
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = &info.stream {
+                        emit(text, &mut pending, &mut step, layers);
+                    }
+                    if let Some(id) = info.aux.and_then(|aux| aux.id) {
+                        image = Some(id);
+                    }
+                    if let Some(detail) = info.error_detail {
+                        failure = Some(detail.message.unwrap_or_else(|| "the build failed".to_owned()));
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    failure = Some(error);
+                    break;
+                }
+                Err(other) => return Err(classify(other)),
+            }
+        }
+        if !pending.is_empty() {
+            emit("\n", &mut pending, &mut step, layers);
+        }
+        match failure {
+            Some(message) => {
+                line(&format!("error: {message}"));
+                Err(EngineError::Failed(message))
+            }
+            None => Ok(image),
+        }
+    }
+
+    /// Runs a test as layers on `image_id`. Every layer it makes is pushed to `layers` as
+    /// soon as the engine names it, so that the caller can remove them after success, failure
+    /// or cancellation alike (with [`DockerClient::remove_layers`]).
+    pub async fn test(
+        &self,
+        request: TestRequest<'_>,
+        layers: &mut Vec<String>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(), EngineError> {
+        let (dockerfile, context, args) = match (request.run, request.dockerfile) {
+            (Some(lines), _) => {
+                let mut text = format!("FROM {}\n", request.image_id);
+                for run in lines {
+                    text.push_str("RUN ");
+                    text.push_str(run);
+                    text.push('\n');
+                }
+                (text, None, HashMap::new())
+            }
+            (None, Some((text, walk))) => {
+                (text.to_owned(), Some(walk), HashMap::from([("IMAGE".to_owned(), request.image_id.to_owned())]))
+            }
+            (None, None) => return Err(EngineError::Failed("a test needs run lines or a Dockerfile".to_owned())),
+        };
+        let tar = context_tar(context, &dockerfile)
+            .map_err(|e| EngineError::Failed(format!("cannot read the test context: {e}")))?;
+        let options = BuildImageOptions {
+            dockerfile: RESERVED_DOCKERFILE.to_owned(),
+            buildargs: Some(args),
+            labels: Some(HashMap::from([("dev.trellis.test".to_owned(), "true".to_owned())])),
+            networkmode: Some(request.network.to_owned()),
+            // Tests must really run: never satisfied from the layer cache.
+            nocache: true,
+            rm: true,
+            forcerm: true,
+            version: BuilderVersion::BuilderV1,
+            ..Default::default()
+        };
+        let id = self.run_build(options, tar, layers, line).await?;
+        layers.extend(id.filter(|id| !layers.iter().any(|l| id.trim_start_matches("sha256:").starts_with(l.as_str()))));
+        Ok(())
+    }
+
+    /// Removes test layers, newest first, without touching their parents.
+    pub async fn remove_layers(&self, layers: &[String]) {
+        for id in layers.iter().rev() {
+            let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
+            let _ = self.docker.remove_image(id, Some(options), None).await;
+        }
+    }
+
+    /// Points `reference` (`repository:tag`) at `image_id`.
+    pub async fn tag(&self, image_id: &str, reference: &str) -> Result<(), EngineError> {
+        let (repository, tag) = split_reference(reference);
+        let options = TagImageOptions { repo: Some(repository.to_owned()), tag: Some(tag.to_owned()) };
+        self.docker.tag_image(image_id, Some(options)).await.map_err(classify)
+    }
+
+    /// The image ID a reference (or ID) names, or `None` when the engine has no such image.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(other) => Err(classify(other)),
+        }
+    }
+
+    /// Every image labelled with this workspace: one call per run answers "is this build up
+    /// to date" for every variant, and which references point where.
+    pub async fn workspace_images(&self, workspace: &str) -> Result<Vec<ImageListing>, EngineError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("dev.trellis.workspace={workspace}")])]);
+        let options = ListImagesOptions { all: false, filters: Some(filters), ..Default::default() };
+        let images = self.docker.list_images(Some(options)).await.map_err(classify)?;
+        Ok(images.into_iter().map(|i| ImageListing { id: i.id, repo_tags: i.repo_tags, labels: i.labels }).collect())
+    }
+
+    /// Removes an image by ID (for `trellis clean` and tests).
+    pub async fn remove_image(&self, id: &str, force: bool) -> Result<(), EngineError> {
+        let options = RemoveImageOptions { force, noprune: false, ..Default::default() };
+        self.docker.remove_image(id, Some(options), None).await.map(|_| ()).map_err(classify)
+    }
+}
+
+/// `registry:5000/a/b:tag` → (`registry:5000/a/b`, `tag`).
+fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_at_the_tag_not_the_port() {
+        assert_eq!(split_reference("node:22"), ("node", "22"));
+        assert_eq!(split_reference("localhost:5000/a/b:1.0"), ("localhost:5000/a/b", "1.0"));
+        assert_eq!(split_reference("localhost:5000/a/b"), ("localhost:5000/a/b", "latest"));
+    }
+}

@@ -1,0 +1,15 @@
+//! trellis-docker: the Docker Engine backend — build contexts streamed as tars from the same
+//! walk the keys hash, builds with the classic builder, tests as layers on an exact image ID,
+//! tags and the one image listing per run — through bollard.
+//!
+//! It knows the engine, not the graph: callers hand it a rendered Dockerfile, a context walk,
+//! args and labels, and get image IDs back. Traps of bollard 0.21 against Engine API 1.41 are
+//! handled here (see ENGINE-NOTES): the version is negotiated, every build gets a body, a
+//! failed build is an error inside a 200 stream, the image ID comes from the stream's `aux`,
+//! and the daemon does not apply `.dockerignore`, so the tar is filtered here.
+
+mod client;
+mod context_tar;
+
+pub use client::{BuildRequest, DockerClient, EngineError, ImageListing, TestRequest};
+pub use context_tar::{RESERVED_DOCKERFILE, context_tar};

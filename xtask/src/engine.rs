@@ -1,0 +1,159 @@
+//! `cargo xtask engine`: a Docker Engine and a registry for the main job and the tests.
+//!
+//! When `docker info` does not answer, starts `dockerd` (overlay2, falling back to vfs);
+//! when 127.0.0.1:5000 does not answer, starts Debian's `docker-registry` there with htpasswd
+//! auth (user `trellis`, a password with `+ / ? > ~` in it, so that credential encoding is
+//! exercised). Installs docker.io, docker-registry and apache2-utils when missing and root.
+//! Idempotent; state, logs and pids under `.cache/engine/`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::inputs::{apt_install, installed, is_root};
+use crate::{Result, root};
+
+pub const REGISTRY: &str = "127.0.0.1:5000";
+pub const REGISTRY_USER: &str = "trellis";
+/// Characters that break naive base64 or URL encoding of credentials.
+pub const REGISTRY_PASSWORD: &str = "tr+ll/s?pass>w~rd";
+
+fn dir() -> PathBuf {
+    root().join(".cache/engine")
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().is_ok_and(|o| o.status.success())
+}
+
+fn registry_answers() -> bool {
+    std::net::TcpStream::connect_timeout(&REGISTRY.parse().expect("a socket address"), Duration::from_millis(300))
+        .is_ok()
+}
+
+/// Waits for a service to come up; a daemon's start-up has no event to wait on.
+fn wait_until(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("{what} did not come up within {}s", timeout.as_secs()))
+}
+
+/// Starts a long-running program detached from this process, logging to `log`.
+fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf) -> Result {
+    let out = fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new("setsid")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    fs::write(pid_file, child.id().to_string()).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+pub fn start() -> Result {
+    fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
+    start_docker()?;
+    start_registry()?;
+    println!(
+        "engine: Docker answers on {}; registry on {REGISTRY} (user {REGISTRY_USER}, password in .cache/engine/registry/password)\n\
+         stop them with: cargo xtask engine --stop",
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
+    );
+    Ok(())
+}
+
+fn start_docker() -> Result {
+    if docker_answers() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err("no Docker engine answers and starting one needs root (or set DOCKER_HOST)".to_owned());
+    }
+    if !installed("docker.io") {
+        apt_install("docker.io")?;
+    }
+    for driver in ["overlay2", "vfs"] {
+        let log = dir().join(format!("dockerd-{driver}.log"));
+        let pid = dir().join("dockerd.pid");
+        spawn_daemon("dockerd", &[&format!("--storage-driver={driver}")], &log, &pid)?;
+        if wait_until("dockerd", Duration::from_secs(30), docker_answers).is_ok() {
+            eprintln!("xtask: started dockerd with the {driver} storage driver (log: {})", log.display());
+            return Ok(());
+        }
+        stop_pid(&pid);
+        eprintln!("xtask: dockerd with {driver} did not come up; see {}", log.display());
+    }
+    Err("dockerd did not start with overlay2 nor vfs".to_owned())
+}
+
+fn start_registry() -> Result {
+    if registry_answers() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!("no registry answers on {REGISTRY} and starting one needs root"));
+    }
+    for package in ["docker-registry", "apache2-utils"] {
+        if !installed(package) {
+            apt_install(package)?;
+        }
+    }
+    let registry = dir().join("registry");
+    fs::create_dir_all(registry.join("data")).map_err(|e| e.to_string())?;
+    let htpasswd = registry.join("htpasswd");
+    // Not through `run`, which echoes the command: the password stays out of every log.
+    let made = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args([REGISTRY_USER, REGISTRY_PASSWORD])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run htpasswd: {e}"))?;
+    if !made.success() {
+        return Err("htpasswd failed".to_owned());
+    }
+    fs::write(registry.join("password"), REGISTRY_PASSWORD).map_err(|e| e.to_string())?;
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+         http:\n  addr: {REGISTRY}\nauth:\n  htpasswd:\n    realm: trellis\n    path: {htpasswd}\n",
+        data = registry.join("data").display(),
+        htpasswd = htpasswd.display()
+    );
+    let config_path = registry.join("config.yml");
+    fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let config_arg = config_path.to_string_lossy().into_owned();
+    spawn_daemon(
+        "docker-registry",
+        &["serve", &config_arg],
+        &registry.join("registry.log"),
+        &registry.join("registry.pid"),
+    )?;
+    wait_until("the registry", Duration::from_secs(30), registry_answers)?;
+    eprintln!("xtask: started the registry on {REGISTRY}");
+    Ok(())
+}
+
+fn stop_pid(pid_file: &PathBuf) {
+    if let Ok(pid) = fs::read_to_string(pid_file) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        let _ = fs::remove_file(pid_file);
+    }
+}
+
+pub fn stop() -> Result {
+    stop_pid(&dir().join("registry/registry.pid"));
+    stop_pid(&dir().join("dockerd.pid"));
+    println!("engine: stopped what `cargo xtask engine` started");
+    Ok(())
+}
