@@ -62,6 +62,10 @@ fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf)
 
 pub fn start() -> Result {
     fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
+    // The end-to-end tests make their small images FROM scratch with Debian's static busybox.
+    if !installed("busybox-static") {
+        apt_install("busybox-static")?;
+    }
     start_docker()?;
     start_registry()?;
     println!(

@@ -21,8 +21,9 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  test          run every test (nextest when installed), the fuzz harness
-                (TRELLIS_FUZZ_SECONDS, default 30) and `trellis render --check`
+  test          start the engine and registry if needed, then run every test
+                (nextest when installed), the fuzz harness (TRELLIS_FUZZ_SECONDS,
+                default 30) and `trellis render --check`
   build         prepare the inputs (busybox, Debian rootfs, Node.js wheels), then render,
                 check and plan this repository's Node.js image family
   engine [--stop]
@@ -91,6 +92,8 @@ fn has_nextest() -> bool {
 }
 
 fn test(extra: &[&str]) -> Result {
+    // The end-to-end tests use a real engine and registry.
+    engine::start()?;
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
     let mut command = cargo();
     if has_nextest() {

@@ -58,6 +58,17 @@ pub struct TestRequest<'a> {
     pub network: &'a str,
 }
 
+/// What a build made in the engine, recorded as the stream names it, so that it can be
+/// removed even when the build is cancelled mid-step.
+#[derive(Debug, Default, Clone)]
+pub struct BuildTrace {
+    /// Layers committed by steps after `FROM` (short IDs).
+    pub layers: Vec<String>,
+    /// Containers steps ran in (removed by the daemon when a step ends, but not when the
+    /// client goes away mid-step).
+    pub containers: Vec<String>,
+}
+
 /// An image of the workspace, from the one listing per run.
 #[derive(Debug, Clone)]
 pub struct ImageListing {
@@ -92,6 +103,7 @@ impl DockerClient {
     pub async fn build(
         &self,
         request: BuildRequest<'_>,
+        trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, EngineError> {
         let tar = context_tar(request.context, request.dockerfile)
@@ -108,7 +120,7 @@ impl DockerClient {
             version: BuilderVersion::BuilderV1,
             ..Default::default()
         };
-        let id = self.run_build(options, tar, &mut Vec::new(), line).await?;
+        let id = self.run_build(options, tar, trace, line).await?;
         id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
     }
 
@@ -118,7 +130,7 @@ impl DockerClient {
         &self,
         options: BuildImageOptions,
         tar: Vec<u8>,
-        layers: &mut Vec<String>,
+        trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<String>, EngineError> {
         let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
@@ -126,7 +138,7 @@ impl DockerClient {
         let mut image = None;
         let mut step = 0u32;
         let mut failure = None;
-        let mut emit = |text: &str, pending: &mut String, step: &mut u32, layers: &mut Vec<String>| {
+        let mut emit = |text: &str, pending: &mut String, step: &mut u32, trace: &mut BuildTrace| {
             pending.push_str(text);
             while let Some(end) = pending.find('\n') {
                 let whole: String = pending.drain(..=end).collect();
@@ -140,7 +152,10 @@ impl DockerClient {
                     && id.len() == 12
                     && id.bytes().all(|b| b.is_ascii_hexdigit())
                 {
-                    layers.push(id.to_owned());
+                    trace.layers.push(id.to_owned());
+                }
+                if let Some(container) = whole.strip_prefix(" ---> Running in ") {
+                    trace.containers.push(container.trim().to_owned());
                 }
                 line(whole);
             }
@@ -149,7 +164,7 @@ impl DockerClient {
             match item {
                 Ok(info) => {
                     if let Some(text) = &info.stream {
-                        emit(text, &mut pending, &mut step, layers);
+                        emit(text, &mut pending, &mut step, trace);
                     }
                     if let Some(id) = info.aux.and_then(|aux| aux.id) {
                         image = Some(id);
@@ -166,7 +181,7 @@ impl DockerClient {
             }
         }
         if !pending.is_empty() {
-            emit("\n", &mut pending, &mut step, layers);
+            emit("\n", &mut pending, &mut step, trace);
         }
         match failure {
             Some(message) => {
@@ -179,11 +194,11 @@ impl DockerClient {
 
     /// Runs a test as layers on `image_id`. Every layer it makes is pushed to `layers` as
     /// soon as the engine names it, so that the caller can remove them after success, failure
-    /// or cancellation alike (with [`DockerClient::remove_layers`]).
+    /// or cancellation alike (with [`DockerClient::remove_test`]).
     pub async fn test(
         &self,
         request: TestRequest<'_>,
-        layers: &mut Vec<String>,
+        trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(), EngineError> {
         let (dockerfile, context, args) = match (request.run, request.dockerfile) {
@@ -215,14 +230,25 @@ impl DockerClient {
             version: BuilderVersion::BuilderV1,
             ..Default::default()
         };
-        let id = self.run_build(options, tar, layers, line).await?;
+        let id = self.run_build(options, tar, trace, line).await?;
+        let layers = &mut trace.layers;
         layers.extend(id.filter(|id| !layers.iter().any(|l| id.trim_start_matches("sha256:").starts_with(l.as_str()))));
         Ok(())
     }
 
-    /// Removes test layers, newest first, without touching their parents.
-    pub async fn remove_layers(&self, layers: &[String]) {
-        for id in layers.iter().rev() {
+    /// Force-removes the containers a build ran (a no-op for those the daemon removed).
+    pub async fn remove_containers(&self, trace: &BuildTrace) {
+        for id in &trace.containers {
+            let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = self.docker.remove_container(id, Some(options)).await;
+        }
+    }
+
+    /// Removes a test's containers and layers, newest layer first, without touching their
+    /// parents (the variant's image may still be untagged).
+    pub async fn remove_test(&self, trace: &BuildTrace) {
+        self.remove_containers(trace).await;
+        for id in trace.layers.iter().rev() {
             let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
             let _ = self.docker.remove_image(id, Some(options), None).await;
         }

@@ -11,5 +11,5 @@
 mod client;
 mod context_tar;
 
-pub use client::{BuildRequest, DockerClient, EngineError, ImageListing, TestRequest};
+pub use client::{BuildRequest, BuildTrace, DockerClient, EngineError, ImageListing, TestRequest};
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};

@@ -187,10 +187,16 @@ impl DockerBackend {
                     target: variant.target.as_deref(),
                     no_cache: job.no_cache,
                 };
+                let mut trace = trellis_docker::BuildTrace::default();
                 let id = tokio::select! {
-                    result = self.client.build(request, &mut log) => result.map_err(engine_error)?,
-                    () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+                    result = self.client.build(request, &mut trace, &mut log) => result.map_err(engine_error),
+                    () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
                 };
+                // Dropping the stream does not stop a running step: remove its container.
+                if id.is_err() {
+                    self.client.remove_containers(&trace).await;
+                }
+                let id = id?;
                 if let Ok(mut images) = self.images.lock() {
                     images.insert(node.variant, id.clone());
                 }
@@ -199,7 +205,7 @@ impl DockerBackend {
             NodeKind::Test => {
                 let image = self.image_of(node.variant)?;
                 let test = &variant.tests[node.test.unwrap_or_default()];
-                let mut layers = Vec::new();
+                let mut trace = trellis_docker::BuildTrace::default();
                 let result = match &test.body {
                     trellis_model::VariantTestBody::Run(lines) => {
                         let request = trellis_docker::TestRequest {
@@ -209,7 +215,7 @@ impl DockerBackend {
                             network: test.network.as_str(),
                         };
                         tokio::select! {
-                            result = self.client.test(request, &mut layers, &mut log) => result.map_err(engine_error),
+                            result = self.client.test(request, &mut trace, &mut log) => result.map_err(engine_error),
                             () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
                         }
                     }
@@ -229,13 +235,13 @@ impl DockerBackend {
                             network: test.network.as_str(),
                         };
                         tokio::select! {
-                            result = self.client.test(request, &mut layers, &mut log) => result.map_err(engine_error),
+                            result = self.client.test(request, &mut trace, &mut log) => result.map_err(engine_error),
                             () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
                         }
                     }
                 };
-                // After success, failure and cancellation alike: no test image stays.
-                self.client.remove_layers(&layers).await;
+                // After success, failure and cancellation alike: no test container or image stays.
+                self.client.remove_test(&trace).await;
                 result?;
                 output.insert("image".to_owned(), image);
             }

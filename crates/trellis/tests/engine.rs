@@ -1,0 +1,401 @@
+//! End to end on the real Docker Engine (`cargo xtask engine` starts one): small images made
+//! FROM scratch + Debian's static busybox. Every test has its own workspace name and
+//! repository prefix, and removes what it made. Synchronisation is by output lines and a
+//! loopback service the builds call, never by sleeping.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use common::Fixture;
+use serde_json::Value;
+
+/// A workspace on the engine, cleaned up on drop.
+struct EngineWorkspace {
+    fixture: Fixture,
+    name: String,
+    prefix: String,
+}
+
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{label}{}{nanos:x}", std::process::id())
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("the docker CLI runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn image_id(reference: &str) -> Option<String> {
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", reference]);
+    (!id.is_empty()).then_some(id)
+}
+
+impl EngineWorkspace {
+    /// `matrix` may use `NAME` and `PREFIX`; `files` likewise.
+    fn new(label: &str, matrix: &str, files: &[(&str, &str)]) -> Self {
+        let name = unique(&format!("e2e-{label}-"));
+        let prefix = format!("trellis-e2e/{name}");
+        let fill = |text: &str| text.replace("NAME", &name).replace("PREFIX", &prefix);
+        let mut all: Vec<(String, String)> = vec![("matrix.kdl".to_owned(), fill(matrix))];
+        all.extend(files.iter().map(|(p, t)| ((*p).to_owned(), fill(t))));
+        let refs: Vec<(&str, &str)> = all.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+        let fixture = Fixture::new(&refs);
+        std::fs::create_dir_all(fixture.path("busybox")).unwrap();
+        std::fs::copy("/bin/busybox", fixture.path("busybox/busybox"))
+            .expect("Debian's busybox-static (cargo xtask engine installs it)");
+        Self { fixture, name, prefix }
+    }
+
+    fn trellis(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        command.args(args).current_dir(self.fixture.root()).env("NO_COLOR", "1").env_remove("TRELLIS_ENGINE");
+        command
+    }
+
+    fn build(&self, args: &[&str]) -> (Option<i32>, String) {
+        let output = self.trellis(&[&["build"], args].concat()).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    fn report(&self) -> Value {
+        let runs = self.fixture.path(".trellis/runs");
+        let mut ids: Vec<String> =
+            std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        ids.sort();
+        serde_json::from_str(&std::fs::read_to_string(runs.join(ids.last().unwrap()).join("report.json")).unwrap())
+            .unwrap()
+    }
+
+    fn reference(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.prefix)
+    }
+}
+
+impl Drop for EngineWorkspace {
+    fn drop(&mut self) {
+        let mut ids: Vec<String> =
+            docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
+                .lines()
+                .map(str::to_owned)
+                .collect();
+        ids.extend(docker(&["images", "-q", &format!("{}*/*", self.prefix)]).lines().map(str::to_owned));
+        ids.extend(docker(&["images", "-q", &format!("{}-ext/*", self.prefix)]).lines().map(str::to_owned));
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let mut args = vec!["rmi", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+    }
+}
+
+fn action(report: &Value, id: &str) -> String {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["action"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("{id} not in report"))
+}
+
+fn status(report: &Value, id: &str) -> String {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["status"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+const FAMILY: &str = r#"
+settings {
+    name "NAME"
+    retries 0
+    pull "never"
+}
+axis "v" "1" "2"
+image "base" {
+    repository "PREFIX/base"
+    dockerfile "base.j2"
+    context "busybox"
+    tag "latest"
+}
+image "app" {
+    matrix "v"
+    repository "PREFIX/app"
+    dockerfile "app.j2"
+    context "busybox"
+    tag "{{ v }}"
+    tag "{{ v }}.0"
+    tag "latest" float=#true
+    test "smoke" {
+        run "test -f /app/v{{ v }}"
+        run "busybox --help >/dev/null"
+    }
+}
+image "tool" {
+    repository "PREFIX/tool"
+    dockerfile "tool.j2"
+    context "busybox"
+    tag "latest"
+}
+"#;
+
+const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+const APP: &str = "FROM PREFIX/base:latest\nRUN mkdir -p /app && echo {{ v }} > /app/v{{ v }}\n";
+const TOOL: &str = "FROM PREFIX-ext/busybox:1\nRUN echo tool > /tool\n";
+
+/// The external base `tool` builds on, made with the docker CLI (setup, not under test).
+fn external_base(ws: &EngineWorkspace, marker: &str) {
+    let dir = ws.fixture.path("ext");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nLABEL marker={marker}\n")).unwrap();
+    let status = Command::new("docker")
+        .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
+        .arg(&dir)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn family(label: &str) -> EngineWorkspace {
+    let ws = EngineWorkspace::new(label, FAMILY, &[("base.j2", BASE), ("app.j2", APP), ("tool.j2", TOOL)]);
+    external_base(&ws, "one");
+    ws
+}
+
+#[test]
+fn every_tag_of_a_variant_is_one_image_and_a_second_run_does_nothing() {
+    let ws = family("tags");
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let one = image_id(&ws.reference("app", "1")).unwrap();
+    assert_eq!(image_id(&ws.reference("app", "1.0")), Some(one.clone()));
+    assert_eq!(image_id(&ws.reference("app", "latest")), Some(one.clone()), "latest floats to the first variant");
+    let two = image_id(&ws.reference("app", "2")).unwrap();
+    assert_ne!(one, two);
+    assert_eq!(image_id(&ws.reference("app", "2.0")), Some(two));
+    let report = ws.report();
+    let built = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:app/1").unwrap();
+    assert_eq!(built["image"].as_str(), Some(one.as_str()), "the image ID comes from the build");
+
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("0 passed, 0 flaky, 0 failed, 0 blocked, 14 up to date"), "{stderr}");
+    assert!(!stderr.contains("START"), "nothing ran:\n{stderr}");
+}
+
+#[test]
+fn a_template_edit_rebuilds_its_variants_and_their_children_only() {
+    let ws = family("edit");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let tool = image_id(&ws.reference("tool", "latest")).unwrap();
+    ws.fixture.write("base.j2", &format!("{}LABEL edited=yes\n", BASE));
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    for id in ["build:base", "build:app/1", "build:app/2", "test:app/1/smoke", "tag:app/2"] {
+        assert_eq!(action(&report, id), "run", "{id}");
+    }
+    assert_eq!(action(&report, "build:tool"), "skip");
+    assert_eq!(image_id(&ws.reference("tool", "latest")), Some(tool));
+    assert!(
+        docker(&["image", "inspect", "-f", "{{.Config.Labels.edited}}", &ws.reference("app", "2")]) == "yes",
+        "the child is built on the new parent"
+    );
+}
+
+#[test]
+fn a_moved_external_base_rebuilds_its_dependents_and_nothing_else() {
+    let ws = family("base");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    external_base(&ws, "two");
+    let plan = ws.trellis(&["plan"]).output().unwrap();
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "build:tool"), "run");
+    assert!(
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["kind"] == "build")
+            .all(|n| n["id"] == "build:tool" || n["action"] == "skip")
+    );
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Config.Labels.marker}}", &ws.reference("tool", "latest")]),
+        "two"
+    );
+    let reason = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:tool").unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("base image") && reason.contains("moved"),
+        "{reason}\n{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}
+
+#[test]
+fn a_failing_test_moves_no_tag_and_blocks_the_rest() {
+    let ws = family("fail");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let tested = image_id(&ws.reference("app", "2")).unwrap();
+    ws.fixture.write("app.j2", "FROM PREFIX/base:latest\n{% if v.value == '2' %}RUN mkdir -p /app{% else %}RUN mkdir -p /app && echo {{ v }} > /app/v{{ v }}{% endif %}\n".replace("PREFIX", &ws.prefix).as_str());
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("FAIL test:app/2/smoke"));
+    let report = ws.report();
+    assert_eq!(status(&report, "tag:app/2"), "blocked");
+    assert_eq!(image_id(&ws.reference("app", "2")), Some(tested.clone()), "the old tag still names the tested image");
+    assert_eq!(image_id(&ws.reference("app", "2.0")), Some(tested));
+    assert_eq!(
+        docker(&[
+            "images",
+            "-q",
+            "--filter",
+            "label=dev.trellis.test=true",
+            "--filter",
+            &format!("label=dev.trellis.workspace={}", ws.name)
+        ]),
+        "",
+        "no test image is left"
+    );
+}
+
+/// A loopback HTTP service answering "fail" to the first `failures` requests, then "ok".
+fn counter_service(failures: usize) -> (u16, Arc<AtomicUsize>, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let counter = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer);
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let body = if n < failures { "fail" } else { "ok" };
+            let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = tx.send(());
+        }
+    });
+    (port, hits, rx)
+}
+
+#[test]
+fn a_run_line_failing_twice_then_passing_is_flaky() {
+    let (port, hits, _) = counter_service(2);
+    let matrix = r#"
+settings { name "NAME"; retries 2; backoff "100ms"; }
+image "svc" {
+    repository "PREFIX/svc"
+    dockerfile "svc.j2"
+    context "busybox"
+    tag "latest"
+    test "counter" network="host" {
+        run "wget -qO- http://127.0.0.1:PORT/ | grep -qx ok"
+    }
+}
+"#
+    .replace("PORT", &port.to_string());
+    let ws = EngineWorkspace::new("flaky", &matrix, &[("svc.j2", BASE)]);
+    let (code, stderr) = ws.build(&["--junit", "junit.xml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("FLAKY test:svc/counter"), "{stderr}");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(status(&ws.report(), "test:svc/counter"), "flaky");
+    let junit = std::fs::read_to_string(ws.fixture.path("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<flakyFailure").count(), 2, "{junit}");
+}
+
+#[test]
+fn ctrl_c_during_a_test_leaves_no_container_and_no_test_image() {
+    let (port, _, started) = counter_service(0);
+    let marker = unique("sleep-marker-");
+    let matrix = r#"
+settings { name "NAME"; retries 0; }
+image "slow" {
+    repository "PREFIX/slow"
+    dockerfile "slow.j2"
+    context "busybox"
+    tag "latest"
+    test "hang" network="host" {
+        run "echo first layer"
+        run "wget -qO- http://127.0.0.1:PORT/ && sleep 300 # MARKER"
+    }
+}
+"#
+    .replace("PORT", &port.to_string())
+    .replace("MARKER", &marker);
+    let ws = EngineWorkspace::new("cancel", &matrix, &[("slow.j2", BASE)]);
+    let mut child = ws.trellis(&["build"]).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines =
+        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    started.recv_timeout(Duration::from_secs(120)).expect("the test layer reached the service");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let code = child.wait().unwrap().code();
+    let stderr = lines.join().unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    let containers = docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"]);
+    assert!(!containers.contains(&marker), "a test container was left:\n{containers}");
+    assert_eq!(
+        docker(&[
+            "images",
+            "-q",
+            "--filter",
+            "label=dev.trellis.test=true",
+            "--filter",
+            &format!("label=dev.trellis.workspace={}", ws.name)
+        ]),
+        "",
+        "no test image is left"
+    );
+    assert_eq!(status(&ws.report(), "test:slow/hang"), "cancelled");
+}
+
+#[test]
+fn pull_never_with_a_missing_base_fails_before_anything_builds() {
+    let matrix = r#"
+settings { name "NAME"; pull "never"; }
+image "app" {
+    repository "PREFIX/app"
+    dockerfile "app.j2"
+    context "busybox"
+    tag "latest"
+}
+image "other" {
+    repository "PREFIX/other"
+    dockerfile "other.j2"
+    context "busybox"
+    tag "latest"
+}
+"#;
+    let ws = EngineWorkspace::new("pull", matrix, &[("app.j2", "FROM PREFIX-ext/absent:1\n"), ("other.j2", BASE)]);
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}-ext/absent:1", ws.prefix)) && stderr.contains("pull \"never\""), "{stderr}");
+    assert_eq!(
+        docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", ws.name)]),
+        "",
+        "nothing was built"
+    );
+}
