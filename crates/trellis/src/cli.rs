@@ -341,6 +341,7 @@ async fn backend(
         model: workspace.shared_model(),
         by_key,
         images: std::sync::Mutex::new(up_to_date),
+        run_labels: crate::engine::run_labels(&workspace.model().root),
     };
     Ok((workspace, crate::engine::Backend::Docker(std::sync::Arc::new(docker))))
 }

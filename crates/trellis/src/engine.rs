@@ -46,6 +46,36 @@ pub struct DockerBackend {
     pub by_key: HashMap<String, trellis_docker::ImageListing>,
     /// Image ID per variant: up-to-date builds from the listing, then this run's builds.
     pub images: Mutex<HashMap<usize, String>>,
+    /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
+    /// git). Not part of any key: a new commit alone must not rebuild anything.
+    pub run_labels: HashMap<String, String>,
+}
+
+/// The OCI labels describing this run: when, and from which commit of which repository.
+pub fn run_labels(root: &std::path::Path) -> HashMap<String, String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let mut labels = HashMap::new();
+    labels.insert(
+        "org.opencontainers.image.created".to_owned(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    );
+    if let Some(revision) = git(&["rev-parse", "HEAD"]) {
+        labels.insert("org.opencontainers.image.revision".to_owned(), revision);
+    }
+    if let Some(source) = git(&["config", "--get", "remote.origin.url"]) {
+        labels.insert("org.opencontainers.image.source".to_owned(), source);
+    }
+    labels
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +204,9 @@ impl DockerBackend {
                         "the build context changed after planning: run trellis build again",
                     ));
                 }
-                let mut labels: HashMap<String, String> = variant.labels.iter().cloned().collect();
+                let mut labels = self.run_labels.clone();
+                // The matrix's own labels win over the run's.
+                labels.extend(variant.labels.iter().cloned());
                 labels.insert("dev.trellis.workspace".to_owned(), self.model.settings.name.clone());
                 labels.insert("dev.trellis.variant".to_owned(), variant.id.clone());
                 labels.insert("dev.trellis.key".to_owned(), node.key.to_hex());

@@ -192,6 +192,12 @@ fn every_tag_of_a_variant_is_one_image_and_a_second_run_does_nothing() {
     let report = ws.report();
     let built = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:app/1").unwrap();
     assert_eq!(built["image"].as_str(), Some(one.as_str()), "the image ID comes from the build");
+    let label =
+        |key: &str| docker(&["image", "inspect", "-f", &format!("{{{{index .Config.Labels \"{key}\"}}}}"), &one]);
+    assert_eq!(label("dev.trellis.workspace"), ws.name);
+    assert_eq!(label("dev.trellis.variant"), "app/1");
+    assert_eq!(label("dev.trellis.key").len(), 64);
+    assert!(label("org.opencontainers.image.created").starts_with("20"));
 
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(0));
