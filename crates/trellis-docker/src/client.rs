@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
+pub use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptions, BuilderVersion, ListImagesOptions, RemoveImageOptions, TagImageOptions,
+    BuildImageOptions, BuilderVersion, ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
 use trellis_graph::ContextWalk;
@@ -93,9 +94,63 @@ impl DockerClient {
     /// (bollard's defaults send unversioned paths).
     pub async fn connect() -> Result<Self, EngineError> {
         let docker = Docker::connect_with_defaults().map_err(classify)?;
-        let docker = docker.negotiate_version().await.map_err(classify)?;
+        let docker = docker.negotiate_version().await.map_err(classify)?.with_request_modifier(url_safe_registry_auth);
         docker.ping().await.map_err(classify)?;
         Ok(Self { docker })
+    }
+
+    /// Pushes `target` (`registry/repository:tag`, tagged to `image_id` first) and returns the
+    /// digest the registry stored. Progress lines go to `line`; credentials never do.
+    pub async fn push(
+        &self,
+        image_id: &str,
+        target: &str,
+        credentials: Option<DockerCredentials>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
+        self.tag(image_id, target).await?;
+        let (repository, tag) = split_reference(target);
+        let options = PushImageOptions { tag: Some(tag.to_owned()), ..Default::default() };
+        let mut stream = self.docker.push_image(repository, Some(options), credentials);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let (Some(status), None) = (&info.status, &info.progress_detail) {
+                        line(status);
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => return Err(EngineError::Failed(error)),
+                Err(other) => return Err(classify(other)),
+            }
+        }
+        self.local_digest(image_id, repository)
+            .await?
+            .ok_or_else(|| EngineError::Failed(format!("the engine recorded no digest for {target} after the push")))
+    }
+
+    /// The digest under which `repository` holds `image_id`, as the engine recorded it when
+    /// the image was last pushed there (`push_image` itself reports none).
+    pub async fn local_digest(&self, image_id: &str, repository: &str) -> Result<Option<String>, EngineError> {
+        let inspect = self.docker.inspect_image(image_id).await.map_err(classify)?;
+        let prefix = format!("{repository}@");
+        Ok(inspect
+            .repo_digests
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned)))
+    }
+
+    /// The digest the registry serves for `target`, or `None` when it has no such tag.
+    pub async fn registry_digest(
+        &self,
+        target: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_registry_image(target, credentials).await {
+            Ok(inspect) => Ok(inspect.descriptor.digest),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 401 | 403 | 404, .. }) => Ok(None),
+            Err(other) => Err(classify(other)),
+        }
     }
 
     /// Builds and returns the image ID from the build stream; every output line goes to
@@ -286,6 +341,41 @@ impl DockerClient {
     }
 }
 
+/// bollard encodes `X-Registry-Auth` with standard base64; the daemon expects URL-safe and
+/// silently drops credentials whose encoding has `+` or `/` ("no basic auth credentials").
+fn url_safe_registry_auth(mut request: bollard::BollardRequest) -> bollard::BollardRequest {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let recoded = request
+        .headers()
+        .get("X-Registry-Auth")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| STANDARD.decode(value).ok())
+        .and_then(|json| http::HeaderValue::from_str(&URL_SAFE.encode(json)).ok());
+    if let Some(value) = recoded {
+        request.headers_mut().insert("X-Registry-Auth", value);
+    }
+    request
+}
+
+/// Credentials for `registry` from the docker config (`DOCKER_CONFIG` or `~/.docker`): auths
+/// entries and credential helpers. `None` when there are none (anonymous access).
+pub fn credentials_for(registry: &str) -> Option<DockerCredentials> {
+    match docker_credential::get_credential(registry).ok()? {
+        docker_credential::DockerCredential::UsernamePassword(username, password) => Some(DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            serveraddress: Some(registry.to_owned()),
+            ..Default::default()
+        }),
+        docker_credential::DockerCredential::IdentityToken(token) => Some(DockerCredentials {
+            identitytoken: Some(token),
+            serveraddress: Some(registry.to_owned()),
+            ..Default::default()
+        }),
+    }
+}
+
 /// `registry:5000/a/b:tag` → (`registry:5000/a/b`, `tag`).
 fn split_reference(reference: &str) -> (&str, &str) {
     match reference.rsplit_once(':') {
@@ -296,7 +386,25 @@ fn split_reference(reference: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_reference;
+    use super::*;
+
+    #[test]
+    fn registry_auth_is_recoded_url_safe() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        // A payload whose standard encoding has both `+` and `/`.
+        let json = "{\"password\":\"tr+ll/s?pass>w~rd\u{fb}\u{ff}\"}";
+        let standard = STANDARD.encode(json);
+        assert!(standard.contains('+') || standard.contains('/'), "{standard}");
+        let request = http::Request::builder()
+            .header("X-Registry-Auth", &standard)
+            .body(bollard::body_full(Vec::new().into()))
+            .unwrap();
+        let recoded = url_safe_registry_auth(request);
+        let value = recoded.headers().get("X-Registry-Auth").unwrap().to_str().unwrap();
+        assert_eq!(value, URL_SAFE.encode(json));
+        assert!(!value.contains('+') && !value.contains('/'));
+    }
 
     #[test]
     fn references_split_at_the_tag_not_the_port() {

@@ -11,5 +11,7 @@
 mod client;
 mod context_tar;
 
-pub use client::{BuildRequest, BuildTrace, DockerClient, EngineError, ImageListing, TestRequest};
+pub use client::{
+    BuildRequest, BuildTrace, DockerClient, DockerCredentials, EngineError, ImageListing, TestRequest, credentials_for,
+};
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};

@@ -296,8 +296,11 @@ async fn backend(
         };
         return Ok((workspace, crate::engine::Backend::Simulate(std::sync::Arc::new(simulation))));
     }
-    if config.push {
-        return Err(Error::Unsupported("--push with the Docker engine is not implemented yet".to_owned()));
+    let registry = workspace.graph_inputs().registry.clone();
+    if config.push && registry.is_none() {
+        return Err(Error::Unsupported(
+            "--push needs a registry: set `registry` in settings or pass --registry".to_owned(),
+        ));
     }
     let client = trellis_docker::DockerClient::connect().await.map_err(|e| {
         Error::NoEngine(format!(
@@ -342,6 +345,8 @@ async fn backend(
         by_key,
         images: std::sync::Mutex::new(up_to_date),
         run_labels: crate::engine::run_labels(&workspace.model().root),
+        credentials: registry.as_deref().filter(|_| config.push).and_then(trellis_docker::credentials_for),
+        registry,
     };
     Ok((workspace, crate::engine::Backend::Docker(std::sync::Arc::new(docker))))
 }

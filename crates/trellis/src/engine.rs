@@ -46,6 +46,10 @@ pub struct DockerBackend {
     pub by_key: HashMap<String, trellis_docker::ImageListing>,
     /// Image ID per variant: up-to-date builds from the listing, then this run's builds.
     pub images: Mutex<HashMap<usize, String>>,
+    /// Push target (`--registry` or the settings'), and its credentials from the docker
+    /// config, looked up once per run.
+    pub registry: Option<String>,
+    pub credentials: Option<trellis_docker::DockerCredentials>,
     /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
     /// git). Not part of any key: a new commit alone must not rebuild anything.
     pub run_labels: HashMap<String, String>,
@@ -287,7 +291,39 @@ impl DockerBackend {
                 output.insert("image".to_owned(), image);
             }
             NodeKind::Push => {
-                return Err(JobError::new(ErrorClass::InvalidInput, "pushing is not implemented yet"));
+                let registry = self.registry.as_deref().ok_or_else(|| {
+                    JobError::new(
+                        ErrorClass::InvalidInput,
+                        "no registry: set `registry` in settings or pass --registry",
+                    )
+                })?;
+                let image = self.image_of(node.variant)?;
+                let mut digest = String::new();
+                for reference in &variant.references {
+                    let target = format!("{registry}/{reference}");
+                    let repository = format!("{registry}/{}", reference.repository);
+                    // Skipped when the registry already serves this reference at the digest
+                    // this image was pushed under.
+                    let local = self.client.local_digest(&image, &repository).await.map_err(engine_error)?;
+                    let served =
+                        self.client.registry_digest(&target, self.credentials.clone()).await.map_err(engine_error)?;
+                    if let (Some(local), Some(served)) = (&local, &served)
+                        && local == served
+                    {
+                        self.client.tag(&image, &target).await.map_err(engine_error)?;
+                        ctx.line(format!("{target} is already served at {served}"));
+                        digest = served.clone();
+                        continue;
+                    }
+                    let pushed = tokio::select! {
+                        result = self.client.push(&image, &target, self.credentials.clone(), &mut log) => result.map_err(engine_error)?,
+                        () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+                    };
+                    ctx.line(format!("pushed {target} at {pushed}"));
+                    digest = pushed;
+                }
+                output.insert("image".to_owned(), image);
+                output.insert("digest".to_owned(), digest);
             }
             NodeKind::Render => unreachable!("render nodes are written by the NodeEngine"),
         }

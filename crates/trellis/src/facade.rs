@@ -93,6 +93,11 @@ impl Workspace {
         self
     }
 
+    /// The graph's inputs (registry, external base IDs).
+    pub fn graph_inputs(&self) -> &GraphInputs {
+        &self.inputs
+    }
+
     /// What each variant builds on.
     pub fn dependencies(&self) -> &Dependencies {
         &self.dependencies

@@ -58,6 +58,9 @@ pub struct ReportNode {
     pub duration_ms: u128,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// For push nodes: the digest the registry serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +304,7 @@ impl Reporter {
             attempts,
             duration_ms: duration.as_millis(),
             image: output.get("image").cloned(),
+            digest: output.get("digest").cloned(),
             references: if matches!(info.node.kind, NodeKind::Tag | NodeKind::Push) {
                 info.references
             } else {

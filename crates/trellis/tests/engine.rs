@@ -405,3 +405,114 @@ image "other" {
         "nothing was built"
     );
 }
+
+/// The registry `cargo xtask engine` runs, and its password (with `+ / ? > ~` in it).
+fn registry_password() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/engine/registry/password");
+    std::fs::read_to_string(path).expect("the registry of `cargo xtask engine` (its password file)")
+}
+
+/// A docker config directory holding `auths` for the test registry.
+fn docker_config(with_credentials: bool) -> tempfile::TempDir {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let auths = if with_credentials {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("trellis:{}", registry_password()));
+        format!(r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#)
+    } else {
+        r#"{"auths": {}}"#.to_owned()
+    };
+    std::fs::write(dir.path().join("config.json"), auths).unwrap();
+    dir
+}
+
+/// The digest the registry serves for `repository:tag`, asked over plain HTTP with basic auth.
+fn served_digest(repository: &str, tag: &str) -> Option<String> {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("trellis:{}", registry_password()));
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:5000").unwrap();
+    write!(
+        stream,
+        "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nAuthorization: Basic {auth}\r\n\
+         Accept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().find_map(|l| l.strip_prefix("Docker-Content-Digest: ").map(|d| d.trim().to_owned()))
+}
+
+#[test]
+fn a_push_to_the_authenticated_registry_serves_the_tested_image() {
+    let ws = family("push");
+    let config = docker_config(true);
+    let push = |ws: &EngineWorkspace| {
+        let output = ws
+            .trellis(&["build", "--push", "--registry", "127.0.0.1:5000"])
+            .env("DOCKER_CONFIG", config.path())
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, stderr) = push(&ws);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains(&registry_password()), "credentials never reach the output");
+    let report = ws.report();
+    let node = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "push:app/1").unwrap().clone();
+    let digest = ws_digest(&report, "push:app/1");
+    let repository = format!("{}/app", ws.prefix);
+    for tag in ["1", "1.0", "latest"] {
+        assert_eq!(served_digest(&repository, tag), Some(digest.clone()), "{tag}");
+    }
+    let log = std::fs::read_to_string(ws.fixture.path(node["log"].as_str().unwrap())).unwrap();
+    assert!(!log.contains(&registry_password()), "credentials never reach the logs");
+    let (code, stderr) = push(&ws);
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("0 passed"), "an unchanged workspace pushes nothing:\n{stderr}");
+}
+
+fn ws_digest(report: &Value, id: &str) -> String {
+    let node = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap();
+    node["digest"].as_str().unwrap_or_else(|| panic!("{id} recorded no digest: {node}")).to_owned()
+}
+
+#[test]
+fn a_push_without_credentials_fails_clearly_and_records_nothing() {
+    let ws = family("noauth");
+    let config = docker_config(false);
+    let output = ws
+        .trellis(&["build", "--push", "--registry", "127.0.0.1:5000", "--retries", "0"])
+        .env("DOCKER_CONFIG", config.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("FAIL push:base"), "{stderr}");
+    assert!(stderr.contains("BLOCKED push:app/1"), "children are not pushed before their parent:\n{stderr}");
+    let plan = ws.trellis(&["plan", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    for node in plan.as_array().unwrap().iter().filter(|n| n["kind"] == "push") {
+        assert_eq!(node["action"], "run", "nothing is recorded as pushed: {node}");
+    }
+    assert_eq!(served_digest(&format!("{}/base", ws.prefix), "latest"), None);
+}
+
+#[test]
+fn a_registry_that_is_down_is_retried_then_fails_with_nothing_recorded() {
+    let ws = family("down");
+    // A port nothing listens on: every attempt fails to connect.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registry = format!("127.0.0.1:{closed}");
+    let output = ws
+        .trellis(&["build", "--push", "--registry", &registry, "--retries", "1"])
+        .env("DOCKER_CONFIG", docker_config(false).path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("RETRY push:base"), "{stderr}");
+    assert!(stderr.contains("FAIL push:base"), "{stderr}");
+    let report = ws.report();
+    assert_eq!(status(&report, "push:base"), "failed");
+    assert_eq!(status(&report, "tag:base"), "passed", "building, testing and tagging are unaffected");
+}
