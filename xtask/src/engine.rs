@@ -101,6 +101,10 @@ fn start_docker() -> Result {
 }
 
 fn start_registry() -> Result {
+    let registry = dir().join("registry");
+    fs::create_dir_all(registry.join("data")).map_err(|e| e.to_string())?;
+    // The tests read the password here, also when another checkout started the registry.
+    fs::write(registry.join("password"), REGISTRY_PASSWORD).map_err(|e| e.to_string())?;
     if registry_answers() {
         return Ok(());
     }
@@ -112,8 +116,6 @@ fn start_registry() -> Result {
             apt_install(package)?;
         }
     }
-    let registry = dir().join("registry");
-    fs::create_dir_all(registry.join("data")).map_err(|e| e.to_string())?;
     let htpasswd = registry.join("htpasswd");
     // Not through `run`, which echoes the command: the password stays out of every log.
     let made = Command::new("htpasswd")
@@ -127,7 +129,6 @@ fn start_registry() -> Result {
     if !made.success() {
         return Err("htpasswd failed".to_owned());
     }
-    fs::write(registry.join("password"), REGISTRY_PASSWORD).map_err(|e| e.to_string())?;
     let config = format!(
         "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: {REGISTRY}\nauth:\n  htpasswd:\n    realm: trellis\n    path: {htpasswd}\n",
