@@ -162,3 +162,14 @@ pub fn stop() -> Result {
     println!("engine: stopped what `cargo xtask engine` started");
     Ok(())
 }
+
+/// A docker config directory holding the local registry's credentials, for `DOCKER_CONFIG`.
+pub fn docker_config() -> Result<PathBuf> {
+    use base64::Engine as _;
+    let config = dir().join("docker");
+    fs::create_dir_all(&config).map_err(|e| e.to_string())?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    let json = format!("{{\"auths\": {{\"{REGISTRY}\": {{\"auth\": \"{auth}\"}}}}}}\n");
+    fs::write(config.join("config.json"), json).map_err(|e| e.to_string())?;
+    Ok(config)
+}

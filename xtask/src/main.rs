@@ -131,9 +131,14 @@ fn build(extra: &[&str]) -> Result {
     }
     trellis(&["render"])?;
     trellis(&["render", "--check"])?;
-    // Pushing to the registry arrives with the engine issue's push work; until then the main
-    // job builds, tests and tags the family in the local engine.
-    trellis(&[&["build"], extra].concat())?;
+    // Build, test, tag and push to the local registry, with its credentials.
+    let config = engine::docker_config()?;
+    let mut command = cargo();
+    command
+        .args(["run", "--quiet", "--package", "trellis", "--bin", "trellis", "--", "build", "--push"])
+        .args(extra)
+        .env("DOCKER_CONFIG", &config);
+    run(command)?;
     trellis(&["tags"])
 }
 
