@@ -80,6 +80,17 @@ impl EngineWorkspace {
 
 impl Drop for EngineWorkspace {
     fn drop(&mut self) {
+        // What a test pushed: delete its manifests from the shared registry.
+        for repository in ["base", "app", "tool"] {
+            for tag in ["latest", "1", "1.0", "2", "2.0"] {
+                let name = format!("{}/{repository}", self.prefix);
+                if let Some(digest) =
+                    registry_request("HEAD", &name, tag).and_then(|r| header(&r, "Docker-Content-Digest"))
+                {
+                    registry_request("DELETE", &name, &digest);
+                }
+            }
+        }
         let mut ids: Vec<String> =
             docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
                 .lines()
@@ -151,7 +162,10 @@ image "tool" {
 }
 "#;
 
-const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+/// A unique first layer keeps each test's image chain its own: identical steps would share
+/// cached layers between tests, and one test's cleanup (which prunes untagged parents) could
+/// delete layers another test is building on.
+const BASE: &str = "FROM scratch\nLABEL e2e=NAME\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 const APP: &str = "FROM PREFIX/base:latest\nRUN mkdir -p /app && echo {{ v }} > /app/v{{ v }}\n";
 const TOOL: &str = "FROM PREFIX-ext/busybox:1\nRUN echo tool > /tool\n";
 
@@ -160,7 +174,10 @@ fn external_base(ws: &EngineWorkspace, marker: &str) {
     let dir = ws.fixture.path("ext");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
-    std::fs::write(dir.join("Dockerfile"), format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nLABEL marker={marker}\n")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!(
+            "FROM scratch\nLABEL e2e={}\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nLABEL marker={marker}\n",
+            ws.name
+        )).unwrap();
     let status = Command::new("docker")
         .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
         .arg(&dir)
@@ -210,7 +227,7 @@ fn a_template_edit_rebuilds_its_variants_and_their_children_only() {
     let ws = family("edit");
     assert_eq!(ws.build(&[]).0, Some(0));
     let tool = image_id(&ws.reference("tool", "latest")).unwrap();
-    ws.fixture.write("base.j2", &format!("{}LABEL edited=yes\n", BASE));
+    ws.fixture.write("base.j2", &format!("{}LABEL edited=yes\n", BASE.replace("NAME", &ws.name)));
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(0), "{stderr}");
     let report = ws.report();
@@ -426,20 +443,33 @@ fn docker_config(with_credentials: bool) -> tempfile::TempDir {
     dir
 }
 
-/// The digest the registry serves for `repository:tag`, asked over plain HTTP with basic auth.
-fn served_digest(repository: &str, tag: &str) -> Option<String> {
+/// One request to the test registry's manifest endpoint, over plain HTTP with basic auth;
+/// the raw response, or `None` when the registry is not there.
+fn registry_request(method: &str, repository: &str, reference: &str) -> Option<String> {
     use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("trellis:{}", registry_password()));
-    let mut stream = std::net::TcpStream::connect("127.0.0.1:5000").unwrap();
+    let password =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/engine/registry/password")).ok()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("trellis:{password}"));
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:5000").ok()?;
     write!(
         stream,
-        "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nAuthorization: Basic {auth}\r\n\
+        "{method} /v2/{repository}/manifests/{reference} HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nAuthorization: Basic {auth}\r\n\
          Accept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"
     )
-    .unwrap();
+    .ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.lines().find_map(|l| l.strip_prefix("Docker-Content-Digest: ").map(|d| d.trim().to_owned()))
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn header(response: &str, name: &str) -> Option<String> {
+    let prefix = format!("{name}: ");
+    response.lines().find_map(|l| l.strip_prefix(prefix.as_str()).map(|d| d.trim().to_owned()))
+}
+
+/// The digest the registry serves for `repository:tag`.
+fn served_digest(repository: &str, tag: &str) -> Option<String> {
+    registry_request("HEAD", repository, tag).and_then(|r| header(&r, "Docker-Content-Digest"))
 }
 
 #[test]
