@@ -41,6 +41,7 @@ Examples:
   trellis plan --json | jq …         what would run, and why, for scripts
   trellis build --push node=22.*     build, test, tag and push the Node 22 variants
   trellis graph --format dot | dot -Tsvg > graph.svg
+  trellis clean                      remove images no current variant produces
 
 Exit codes: 0 success, 1 a node failed (or render --check found stale files),
 2 invalid input or usage, 3 engine or registry unreachable, 130 interrupted.
@@ -114,6 +115,8 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
     },
+    /// Remove this workspace's images that no current variant produces any more
+    Clean,
     /// Write the rendered Dockerfiles (only files whose bytes change), remove orphaned ones
     Render {
         /// Write nothing; exit 1 listing stale, missing and orphaned files
@@ -172,10 +175,13 @@ fn run(cli: Cli) -> Result<u8, Error> {
     if let Command::Build { .. } = cli.command {
         return build(&manifest, cli.command);
     }
+    if let Command::Clean = cli.command {
+        return clean(&manifest);
+    }
     let workspace = Workspace::load(&manifest)?;
     let mut stdout = std::io::stdout().lock();
     let text = match cli.command {
-        Command::Build { .. } => unreachable!("handled above"),
+        Command::Build { .. } | Command::Clean => unreachable!("handled above"),
         Command::Check => {
             let model = workspace.model();
             let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -275,6 +281,46 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
         exit::SUCCESS
     } else {
         exit::NODE_FAILED
+    })
+}
+
+/// Removes the workspace's images (by label) whose build key no current variant has: old
+/// builds, and test layers a crash left behind.
+fn clean(manifest: &std::path::Path) -> Result<u8, Error> {
+    let workspace = Workspace::load(manifest)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Report(std::io::Error::other(e)))?;
+    runtime.block_on(async {
+        let client = trellis_docker::DockerClient::connect().await.map_err(|e| Error::NoEngine(e.to_string()))?;
+        let images = client
+            .workspace_images(&workspace.model().settings.name)
+            .await
+            .map_err(|e| Error::NoEngine(e.to_string()))?;
+        let graph = workspace.graph()?;
+        let current: std::collections::HashSet<String> =
+            graph.variants.iter().map(|v| graph.dag[v.build].key.to_hex()).collect();
+        let (mut removed, mut kept) = (0, 0);
+        for image in images {
+            let key = image.labels.get("dev.trellis.key").cloned().unwrap_or_default();
+            let is_test = image.labels.contains_key("dev.trellis.test");
+            if current.contains(&key) && !is_test {
+                kept += 1;
+                continue;
+            }
+            let what = image.labels.get("dev.trellis.variant").cloned().unwrap_or_else(|| "?".to_owned());
+            match client.remove_image(&image.id, true).await {
+                Ok(()) => {
+                    removed += 1;
+                    println!("removed {} ({what}{})", &image.id, if is_test { ", a test image" } else { "" });
+                }
+                // An image another one is built on cannot go before its children.
+                Err(e) => eprintln!("kept {} ({what}): {e}", &image.id),
+            }
+        }
+        println!("{removed} removed, {kept} current images kept");
+        Ok(exit::SUCCESS)
     })
 }
 

@@ -546,3 +546,46 @@ fn a_registry_that_is_down_is_retried_then_fails_with_nothing_recorded() {
     assert_eq!(status(&report, "push:base"), "failed");
     assert_eq!(status(&report, "tag:base"), "passed", "building, testing and tagging are unaffected");
 }
+
+#[test]
+fn clean_removes_images_no_variant_produces_and_keeps_the_rest() {
+    let ws = family("clean");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let old = image_id(&ws.reference("app", "2")).unwrap();
+    ws.fixture.write("app.j2", &format!("{}LABEL revision=2\n", APP.replace("PREFIX", &ws.prefix)));
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let new = image_id(&ws.reference("app", "2")).unwrap();
+    assert_ne!(old, new);
+    assert!(!docker(&["image", "inspect", "-f", "{{.Id}}", &old]).is_empty(), "the old build is still there");
+    let output = ws.trellis(&["clean"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(docker(&["image", "inspect", "-f", "{{.Id}}", &old]).is_empty(), "old builds go:\n{stdout}");
+    assert_eq!(image_id(&ws.reference("app", "2")), Some(new), "current images stay");
+    assert!(image_id(&ws.reference("base", "latest")).is_some());
+    let again = ws.trellis(&["clean"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 removed"));
+}
+
+#[test]
+fn refresh_rebuilds_without_the_layer_cache_then_tests_and_tags() {
+    let ws = family("refresh");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let before = image_id(&ws.reference("app", "1")).unwrap();
+    let (code, stderr) = ws.build(&["--refresh", "app/1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "build:app/1"), "run");
+    assert_eq!(action(&report, "test:app/1/smoke"), "run");
+    assert_eq!(action(&report, "build:base"), "skip", "a parent pulled in is not refreshed");
+    assert!(
+        report["nodes"].as_array().unwrap().iter().all(|n| !n["id"].as_str().unwrap().contains("app/2")),
+        "not selected"
+    );
+    let node = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:app/1").unwrap();
+    let log = std::fs::read_to_string(ws.fixture.path(node["log"].as_str().unwrap())).unwrap();
+    assert!(!log.contains("Using cache"), "built without the layer cache:\n{log}");
+    let after = image_id(&ws.reference("app", "1")).unwrap();
+    assert_ne!(before, after, "the refreshed image is new and carries the tags");
+    assert_eq!(image_id(&ws.reference("app", "1.0")), Some(after));
+}
