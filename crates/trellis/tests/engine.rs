@@ -73,6 +73,18 @@ impl EngineWorkspace {
             .unwrap()
     }
 
+    /// Test images of this workspace still in the engine (they inherit its labels).
+    fn test_images(&self) -> String {
+        docker(&[
+            "images",
+            "-q",
+            "--filter",
+            "label=dev.trellis.test=true",
+            "--filter",
+            &format!("label=dev.trellis.workspace={}", self.name),
+        ])
+    }
+
     fn reference(&self, repository: &str, tag: &str) -> String {
         format!("{}/{repository}:{tag}", self.prefix)
     }
@@ -288,18 +300,7 @@ fn a_failing_test_moves_no_tag_and_blocks_the_rest() {
     assert_eq!(status(&report, "tag:app/2"), "blocked");
     assert_eq!(image_id(&ws.reference("app", "2")), Some(tested.clone()), "the old tag still names the tested image");
     assert_eq!(image_id(&ws.reference("app", "2.0")), Some(tested));
-    assert_eq!(
-        docker(&[
-            "images",
-            "-q",
-            "--filter",
-            "label=dev.trellis.test=true",
-            "--filter",
-            &format!("label=dev.trellis.workspace={}", ws.name)
-        ]),
-        "",
-        "no test image is left"
-    );
+    assert_eq!(ws.test_images(), "", "no test image is left");
 }
 
 /// A loopback HTTP service answering "fail" to the first `failures` requests, then "ok".
@@ -380,18 +381,7 @@ image "slow" {
     assert_eq!(code, Some(130), "{stderr}");
     let containers = docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"]);
     assert!(!containers.contains(&marker), "a test container was left:\n{containers}");
-    assert_eq!(
-        docker(&[
-            "images",
-            "-q",
-            "--filter",
-            "label=dev.trellis.test=true",
-            "--filter",
-            &format!("label=dev.trellis.workspace={}", ws.name)
-        ]),
-        "",
-        "no test image is left"
-    );
+    assert_eq!(ws.test_images(), "", "no test image is left");
     assert_eq!(status(&ws.report(), "test:slow/hang"), "cancelled");
 }
 
