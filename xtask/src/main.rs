@@ -36,7 +36,9 @@ tasks:
   bench plan    time parse, expand, keys and plan on synthetic workspaces of
                 100, 1k and 10k variants; print a table with peak RSS
   bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
-                makespan / lower bound (goal <= 1.05)";
+                makespan / lower bound (goal <= 1.05)
+  bench noop    200 up-to-date images: trellis build vs a docker build loop vs
+                the floor (one image listing + hashing); prints both ratios";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -49,7 +51,8 @@ fn main() -> ExitCode {
         ["engine", "--stop"] => engine::stop(),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
-        ["bench", ..] => Err("usage: cargo xtask bench plan|exec".to_owned()),
+        ["bench", "noop"] => bench_noop(),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -184,6 +187,26 @@ fn bench_exec() -> Result {
     let mut command = cargo();
     command.args(["run", "--quiet", "--release", "--package", "trellis-exec", "--example", "bench_exec"]);
     run(command)
+}
+
+fn bench_noop() -> Result {
+    engine::start()?;
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "trellis",
+        "--bin",
+        "trellis",
+        "--example",
+        "bench_noop",
+    ]);
+    run(build)?;
+    let mut bench = Command::new(root().join("target/release/examples/bench_noop"));
+    bench.arg(root().join("target/release/trellis"));
+    run(bench)
 }
 
 fn header() -> String {
