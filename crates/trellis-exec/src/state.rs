@@ -63,7 +63,6 @@ pub struct StateStore {
     records: HashMap<String, NodeRecord>,
     /// `None` when opened read-only.
     journal: Option<File>,
-    durable: bool,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -105,26 +104,11 @@ impl StateStore {
                 }
             }
         }
-        Ok(Self { dir: dir.to_path_buf(), records, journal: None, durable: true })
-    }
-
-    /// Skips the fsync per record (benchmarks, tests on tmpfs). Crash-safety then rests on
-    /// the OS flushing; never use it for real runs.
-    pub fn without_fsync(mut self) -> Self {
-        self.durable = false;
-        self
+        Ok(Self { dir: dir.to_path_buf(), records, journal: None })
     }
 
     pub fn get(&self, id: &str) -> Option<&NodeRecord> {
         self.records.get(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     /// Appends one record durably, then applies it.
@@ -138,9 +122,7 @@ impl StateStore {
             source: io::Error::new(io::ErrorKind::PermissionDenied, "the store was opened read-only"),
         })?;
         journal.write_all(&line).map_err(io_error(&path))?;
-        if self.durable {
-            journal.sync_data().map_err(io_error(&path))?;
-        }
+        journal.sync_data().map_err(io_error(&path))?;
         self.records.insert(id.to_owned(), record);
         Ok(())
     }

@@ -87,10 +87,6 @@ impl DockerIgnore {
         Ok(Self { patterns })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// Whether `path` (relative, `/`-separated) is excluded from the context.
     pub fn excludes(&self, path: &str) -> bool {
         let parents: Vec<&str> = match path.rfind('/') {

@@ -105,12 +105,6 @@ impl Dependencies {
 pub struct Graph {
     pub dag: DiGraph<Node, ()>,
     pub variants: Vec<VariantNodes>,
-    /// Per variant: the variants its Dockerfile builds on, in Dockerfile order.
-    pub parents: Vec<Vec<usize>>,
-    /// Per variant: the external images its Dockerfile names, in Dockerfile order.
-    pub external_bases: Vec<Vec<String>>,
-    /// Per variant: the digest of its build context.
-    pub context_digests: Vec<ContextDigest>,
     /// Per context directory (relative to the root): its files' hashes.
     pub context_manifests: HashMap<PathBuf, Arc<ContextManifest>>,
     by_id: HashMap<String, NodeIndex>,
@@ -129,12 +123,12 @@ impl Graph {
         if !diags.is_empty() {
             return Err(Diagnostics(diags));
         }
-        let Dependencies { parents, external_bases, order } = dependencies.clone();
+        let Dependencies { parents, external_bases, order } = dependencies;
 
         // Build keys need the parents' keys: compute in dependency order.
         let digest_of = |dir: &Path| contexts[&workspace.root.join(dir)].digest;
         let mut builds: Vec<Option<Keyed>> = vec![None; workspace.variants.len()];
-        for &v in &order {
+        for &v in order {
             let variant = &workspace.variants[v];
             let parent_keys: Vec<(&str, NodeKey)> = parents[v]
                 .iter()
@@ -220,12 +214,11 @@ impl Graph {
                 dag.add_edge(variants[parent].push, variants[child].push, ());
             }
         }
-        let context_digests = workspace.variants.iter().map(|v| digest_of(&v.context)).collect();
         let context_manifests = contexts
             .into_iter()
             .map(|(dir, manifest)| (dir.strip_prefix(&workspace.root).map(Path::to_path_buf).unwrap_or(dir), manifest))
             .collect();
-        Ok(Self { dag, variants, parents, external_bases, context_digests, context_manifests, by_id })
+        Ok(Self { dag, variants, context_manifests, by_id })
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {

@@ -241,40 +241,31 @@ impl DockerBackend {
             NodeKind::Test => {
                 let image = self.image_of(node.variant)?;
                 let test = &variant.tests[node.test.unwrap_or_default()];
-                let mut trace = trellis_docker::BuildTrace::default();
-                let result = match &test.body {
-                    trellis_model::VariantTestBody::Run(lines) => {
-                        let request = trellis_docker::TestRequest {
-                            image_id: &image,
-                            run: Some(lines),
-                            dockerfile: None,
-                            network: test.network.as_str(),
-                        };
-                        tokio::select! {
-                            result = self.client.test(request, &mut trace, &mut log) => result.map_err(engine_error),
-                            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
-                        }
-                    }
+                // A Dockerfile test's own Dockerfile and context, read before the request borrows them.
+                let user_test = match &test.body {
+                    trellis_model::VariantTestBody::Run(_) => None,
                     trellis_model::VariantTestBody::Dockerfile { dockerfile, context } => {
-                        let text = std::fs::read_to_string(self.model.root.join(dockerfile)).map_err(|e| {
-                            JobError::new(
-                                ErrorClass::InvalidInput,
-                                format!("cannot read {}: {e}", dockerfile.display()),
-                            )
-                        })?;
+                        let invalid = |e: String| JobError::new(ErrorClass::InvalidInput, e);
+                        let text = std::fs::read_to_string(self.model.root.join(dockerfile))
+                            .map_err(|e| invalid(format!("cannot read {}: {e}", dockerfile.display())))?;
                         let walk = trellis_graph::ContextWalk::new(&self.model.root.join(context))
-                            .map_err(|e| JobError::new(ErrorClass::InvalidInput, e.to_string()))?;
-                        let request = trellis_docker::TestRequest {
-                            image_id: &image,
-                            run: None,
-                            dockerfile: Some((&text, &walk)),
-                            network: test.network.as_str(),
-                        };
-                        tokio::select! {
-                            result = self.client.test(request, &mut trace, &mut log) => result.map_err(engine_error),
-                            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
-                        }
+                            .map_err(|e| invalid(e.to_string()))?;
+                        Some((text, walk))
                     }
+                };
+                let request = trellis_docker::TestRequest {
+                    image_id: &image,
+                    run: match &test.body {
+                        trellis_model::VariantTestBody::Run(lines) => Some(lines),
+                        trellis_model::VariantTestBody::Dockerfile { .. } => None,
+                    },
+                    dockerfile: user_test.as_ref().map(|(text, walk)| (text.as_str(), walk)),
+                    network: test.network.as_str(),
+                };
+                let mut trace = trellis_docker::BuildTrace::default();
+                let result = tokio::select! {
+                    result = self.client.test(request, &mut trace, &mut log) => result.map_err(engine_error),
+                    () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
                 };
                 // After success, failure and cancellation alike: no test container or image stays.
                 self.client.remove_test(&trace).await;

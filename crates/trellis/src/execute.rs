@@ -10,7 +10,7 @@ use petgraph::graph::NodeIndex;
 use trellis_exec::{
     ExecOptions, Initial, Job, JobGraph, Limits, RetryPolicy, RunSummary, Shutdown, StateLock, StateStore,
 };
-use trellis_graph::{Action, NodeKind, Selection};
+use trellis_graph::{Action, Graph, NodeKind, Selection};
 
 use crate::engine::{Backend, NodeEngine, NodeJob};
 use crate::facade::{Error, Workspace};
@@ -68,7 +68,7 @@ impl Workspace {
             engine: backend.images_by_key(),
         };
         let plan = trellis_graph::plan(model, graph, &selection, &view);
-        let (jobs, infos) = self.job_graph(config, &selection, &plan, &store, &view.refresh);
+        let (jobs, infos) = self.job_graph(graph, config, &selection, &plan, &store, &view.refresh);
 
         let run_id = run_id();
         let progress =
@@ -127,13 +127,13 @@ impl Workspace {
     /// kind (tests with `--no-test`) is replaced by that node's own dependencies.
     fn job_graph(
         &self,
+        graph: &Graph,
         config: &RunConfig,
         selection: &Selection,
         plan: &[trellis_graph::PlannedNode],
         store: &StateStore,
         refresh: &std::collections::HashSet<usize>,
     ) -> (JobGraph<NodeJob>, Vec<NodeInfo>) {
-        let graph = self.graph().expect("built before planning");
         let model = self.model();
         let included = |kind: NodeKind| match kind {
             NodeKind::Test => !config.no_test,

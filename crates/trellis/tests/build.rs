@@ -120,12 +120,7 @@ impl Running {
 }
 
 fn last_report(fixture: &Fixture) -> Value {
-    let runs = fixture.path(".trellis/runs");
-    let mut ids: Vec<String> =
-        std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    ids.sort();
-    let text = std::fs::read_to_string(runs.join(ids.last().unwrap()).join("report.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::last_report(fixture.root())
 }
 
 fn node<'r>(report: &'r Value, id: &str) -> &'r Value {

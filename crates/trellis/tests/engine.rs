@@ -65,12 +65,7 @@ impl EngineWorkspace {
     }
 
     fn report(&self) -> Value {
-        let runs = self.fixture.path(".trellis/runs");
-        let mut ids: Vec<String> =
-            std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        ids.sort();
-        serde_json::from_str(&std::fs::read_to_string(runs.join(ids.last().unwrap()).join("report.json")).unwrap())
-            .unwrap()
+        common::last_report(self.fixture.root())
     }
 
     /// Test images of this workspace still in the engine (they inherit its labels).

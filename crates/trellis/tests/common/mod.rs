@@ -89,3 +89,13 @@ pub fn family() -> Fixture {
         ("contexts/tool/tool", "tool"),
     ])
 }
+
+/// The report.json of the newest run under `<root>/.trellis/runs`.
+pub fn last_report(root: &Path) -> serde_json::Value {
+    let runs = root.join(".trellis/runs");
+    let mut ids: Vec<String> =
+        fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    ids.sort();
+    let text = fs::read_to_string(runs.join(ids.last().expect("a run happened")).join("report.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
