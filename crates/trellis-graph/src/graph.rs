@@ -77,27 +77,45 @@ pub struct GraphInputs {
     pub registry: Option<String>,
 }
 
-/// What each variant builds on, from its rendered Dockerfile: no IO, no keys. Enough for
-/// FILTER selection and cycle checks.
+/// What each variant builds on, from its rendered Dockerfile, and what its Dockerfile tests
+/// use besides the image under test: no IO, no keys. Enough for FILTER selection and cycle
+/// checks.
 #[derive(Debug, Clone)]
 pub struct Dependencies {
     /// Per variant: the variants its Dockerfile builds on, in Dockerfile order.
     pub parents: Vec<Vec<usize>>,
     /// Per variant: the external images its Dockerfile names, in Dockerfile order.
     pub external_bases: Vec<Vec<String>>,
-    /// Variants with parents before children.
+    /// Per variant, per test: the variants a Dockerfile test names in a `FROM` or
+    /// `COPY --from` (the decoupled-runtime pattern: a runtime tested with a code image). The
+    /// test runs on their tested, tagged images and re-runs when they change.
+    pub test_parents: Vec<Vec<Vec<usize>>>,
+    /// Per variant, per test: the external images a Dockerfile test names.
+    pub test_bases: Vec<Vec<Vec<String>>>,
+    /// Variants before the variants that build on them or test with them.
     pub order: Vec<usize>,
 }
 
 impl Dependencies {
     pub fn new(workspace: &Workspace) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
-        let (parents, external_bases) = dependencies(workspace, &mut diags);
-        let order = variant_order(workspace, &parents, &mut diags);
+        let uses = dependencies(workspace, &mut diags);
+        let order = variant_order(workspace, &uses, &mut diags);
         match order {
-            Some(order) if diags.is_empty() => Ok(Self { parents, external_bases, order }),
+            Some(order) if diags.is_empty() => Ok(Self {
+                parents: uses.parents,
+                external_bases: uses.bases,
+                test_parents: uses.test_parents,
+                test_bases: uses.test_bases,
+                order,
+            }),
             _ => Err(Diagnostics(diags)),
         }
+    }
+
+    /// Every external image the workspace names, in builds and in tests, each once.
+    pub fn all_external_bases(&self) -> std::collections::BTreeSet<&String> {
+        self.external_bases.iter().flatten().chain(self.test_bases.iter().flatten().flatten()).collect()
     }
 }
 
@@ -123,7 +141,7 @@ impl Graph {
         if !diags.is_empty() {
             return Err(Diagnostics(diags));
         }
-        let Dependencies { parents, external_bases, order } = dependencies;
+        let Dependencies { parents, external_bases, test_parents, test_bases, order } = dependencies;
 
         // Build keys need the parents' keys: compute in dependency order.
         let digest_of = |dir: &Path| contexts[&workspace.root.join(dir)].digest;
@@ -152,7 +170,6 @@ impl Graph {
             by_id.insert(id, index);
             index
         };
-        let mut test_diags = Vec::new();
         for (v, variant) in workspace.variants.iter().enumerate() {
             let (build_key, build_components) = builds[v].clone().expect("every variant has a key");
             let node = |kind: NodeKind, id: String, (key, components): Keyed| Node {
@@ -169,20 +186,11 @@ impl Graph {
             dag.add_edge(render, build, ());
             let mut tests = Vec::new();
             for (t, test) in variant.tests.iter().enumerate() {
-                let keyed = match test_key(workspace, test, &build_key, &digest_of) {
-                    Ok(keyed) => keyed,
-                    Err(why) => {
-                        test_diags.push(
-                            Diagnostic::new(
-                                "trellis::test::unreadable",
-                                format!("test `{}` of {}: {why}", test.name, variant.id),
-                            )
-                            .at(&workspace.manifest, test.span, "declared here")
-                            .help("the path is relative to the directory of matrix.kdl"),
-                        );
-                        (NodeKey([0; 32]), Vec::new())
-                    }
-                };
+                let uses: Vec<(&str, NodeKey)> = test_parents[v][t]
+                    .iter()
+                    .map(|p| (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("every variant has a key").0))
+                    .collect();
+                let keyed = test_key(test, &build_key, &uses, &test_bases[v][t], &inputs.base_images, &digest_of);
                 let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), keyed);
                 n.test = Some(t);
                 let index = add(&mut dag, n);
@@ -203,8 +211,14 @@ impl Graph {
             dag.add_edge(tag, push, ());
             variants.push(VariantNodes { render, build, tests, tag, push });
         }
-        if !test_diags.is_empty() {
-            return Err(Diagnostics(test_diags));
+        for (tested, per_test) in test_parents.iter().enumerate() {
+            for (t, parents) in per_test.iter().enumerate() {
+                for &parent in parents {
+                    // A test runs with the other images it names as they were tagged after
+                    // their own tests.
+                    dag.add_edge(variants[parent].tag, variants[tested].tests[t], ());
+                }
+            }
         }
         for (child, parents) in parents.iter().enumerate() {
             for &parent in parents {
@@ -251,60 +265,122 @@ impl Graph {
     }
 }
 
-/// Parents and external bases of every variant, from its rendered Dockerfile.
-fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> (Vec<Vec<usize>>, Vec<Vec<String>>) {
+/// What every variant's Dockerfile and Dockerfile tests use.
+struct Uses {
+    parents: Vec<Vec<usize>>,
+    bases: Vec<Vec<String>>,
+    test_parents: Vec<Vec<Vec<usize>>>,
+    test_bases: Vec<Vec<Vec<String>>>,
+}
+
+/// What a Dockerfile test's `IMAGE` build arg stands for while its image uses are read: the
+/// variant under test, which is neither a parent nor an external base of its own test.
+const IMAGE_UNDER_TEST: &str = "trellis.invalid/image-under-test";
+
+/// Parents and external bases of every variant, from its rendered Dockerfile, and of every
+/// Dockerfile test, from the test's Dockerfile.
+fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> Uses {
     let mut producers: HashMap<String, usize> = HashMap::new();
     for (v, variant) in workspace.variants.iter().enumerate() {
         for reference in &variant.references {
             producers.insert(normalise(&reference.to_string()).unwrap_or_default(), v);
         }
     }
-    let mut parents = Vec::with_capacity(workspace.variants.len());
-    let mut bases = Vec::with_capacity(workspace.variants.len());
+    let n = workspace.variants.len();
+    let mut uses = Uses {
+        parents: Vec::with_capacity(n),
+        bases: Vec::with_capacity(n),
+        test_parents: Vec::with_capacity(n),
+        test_bases: Vec::with_capacity(n),
+    };
+    let under_test = [("IMAGE".to_owned(), IMAGE_UNDER_TEST.to_owned())];
     for variant in &workspace.variants {
-        let mut mine: Vec<usize> = Vec::new();
-        let mut external: Vec<String> = Vec::new();
-        for image_use in image_uses(&variant.dockerfile, &variant.args) {
-            match normalise(&image_use.reference) {
-                Some(canonical) => match producers.get(&canonical) {
-                    Some(&parent) if !mine.contains(&parent) => mine.push(parent),
-                    Some(_) => {}
-                    None if !external.contains(&image_use.reference) => external.push(image_use.reference),
-                    None => {}
-                },
-                None => {
-                    let image = workspace.image_of(variant);
-                    diags.push(
-                        Diagnostic::new(
-                            "trellis::reference::bad_from",
-                            format!(
-                                "{} uses `{}`, which is not a valid image reference",
-                                variant.id, image_use.reference
-                            ),
+        let image = workspace.image_of(variant);
+        let mut bad = |reference: &str, span, label: String, help: &str| {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::reference::bad_from",
+                    format!("{} uses `{reference}`, which is not a valid image reference", variant.id),
+                )
+                .at(&workspace.manifest, span, label)
+                .help(help),
+            );
+        };
+        let (parents, bases) = classify(&image_uses(&variant.dockerfile, &variant.args), &producers, |u| {
+            bad(
+                &u.reference,
+                image.dockerfile_decl.span,
+                format!("line {} of the rendered Dockerfile", u.line),
+                "check the FROM / COPY --from line of the template and the build args it substitutes",
+            )
+        });
+        uses.parents.push(parents);
+        uses.bases.push(bases);
+        let (mut test_parents, mut test_bases) = (Vec::new(), Vec::new());
+        for test in &variant.tests {
+            let (parents, bases) = match &test.body {
+                VariantTestBody::Run(_) => Default::default(),
+                VariantTestBody::Dockerfile { dockerfile, text, .. } => {
+                    let found = image_uses(text, &under_test);
+                    let found: Vec<_> = found.into_iter().filter(|u| u.reference != IMAGE_UNDER_TEST).collect();
+                    classify(&found, &producers, |u| {
+                        bad(
+                            &u.reference,
+                            test.span,
+                            format!("line {} of {}", u.line, dockerfile.display()),
+                            "a test Dockerfile starts FROM ${IMAGE}; other FROM / COPY --from lines must name images",
                         )
-                        .at(
-                            &workspace.manifest,
-                            image.dockerfile_decl.span,
-                            format!("line {} of the rendered Dockerfile", image_use.line),
-                        )
-                        .help("check the FROM / COPY --from line of the template and the build args it substitutes"),
-                    );
+                    })
                 }
-            }
+            };
+            test_parents.push(parents);
+            test_bases.push(bases);
         }
-        parents.push(mine);
-        bases.push(external);
+        uses.test_parents.push(test_parents);
+        uses.test_bases.push(test_bases);
+    }
+    uses
+}
+
+/// Splits image uses into variants of the workspace and external images, each once, in order
+/// of appearance.
+fn classify(
+    found: &[crate::dockerfile::ImageUse],
+    producers: &HashMap<String, usize>,
+    mut invalid: impl FnMut(&crate::dockerfile::ImageUse),
+) -> (Vec<usize>, Vec<String>) {
+    let (mut parents, mut bases) = (Vec::new(), Vec::new());
+    for image_use in found {
+        match normalise(&image_use.reference) {
+            Some(canonical) => match producers.get(&canonical) {
+                // A Dockerfile naming its own variant is kept: the cycle check reports it.
+                Some(&parent) if !parents.contains(&parent) => parents.push(parent),
+                Some(_) => {}
+                None if !bases.contains(&image_use.reference) => bases.push(image_use.reference.clone()),
+                None => {}
+            },
+            None => invalid(image_use),
+        }
     }
     (parents, bases)
 }
 
-/// Variants with parents before children, or a diagnostic per dependency cycle.
-fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+/// Variants before the variants that build on them or test with them, or a diagnostic per
+/// dependency cycle.
+fn variant_order(workspace: &Workspace, uses: &Uses, diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+    let parents = &uses.parents;
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..parents.len()).map(|v| graph.add_node(v)).collect();
     for (child, ps) in parents.iter().enumerate() {
         for &p in ps {
             graph.add_edge(nodes[p], nodes[child], ());
+        }
+    }
+    for (tested, per_test) in uses.test_parents.iter().enumerate() {
+        for &p in per_test.iter().flatten() {
+            if !graph.contains_edge(nodes[p], nodes[tested]) {
+                graph.add_edge(nodes[p], nodes[tested], ());
+            }
         }
     }
     match petgraph::algo::toposort(&graph, None) {
@@ -319,24 +395,45 @@ fn variant_order(workspace: &Workspace, parents: &[Vec<usize>], diags: &mut Vec<
                 members.sort_unstable();
                 let ids: Vec<&str> = members.iter().map(|v| workspace.variants[*v].id.as_str()).collect();
                 let message = match ids.as_slice() {
-                    [only] => format!("{only} is built FROM one of its own references"),
+                    [only] if uses.parents[members[0]].contains(&members[0]) => {
+                        format!("{only} is built FROM one of its own references")
+                    }
+                    [only] => format!("a test of {only} uses one of its own references"),
                     _ => format!("dependency cycle between {}", ids.join(" → ")),
                 };
                 let mut d = Diagnostic::new("trellis::graph::cycle", message);
                 let mut labelled = HashSet::new();
-                for v in &members {
-                    let image = workspace.image_of(&workspace.variants[*v]);
-                    if labelled.insert(image.dockerfile_decl.span) {
+                let mut tests_involved = false;
+                let in_cycle = |p: &usize| members.contains(p);
+                for &v in &members {
+                    let variant = &workspace.variants[v];
+                    let image = workspace.image_of(variant);
+                    if uses.parents[v].iter().any(in_cycle) && labelled.insert(image.dockerfile_decl.span) {
                         let label = if members.len() == 1 {
                             "its Dockerfile's FROM names this variant's own reference".to_owned()
                         } else {
-                            format!("{} is built FROM another variant of the cycle", workspace.variants[*v].id)
+                            format!("{} is built FROM another variant of the cycle", variant.id)
                         };
                         d = d.at(&workspace.manifest, image.dockerfile_decl.span, label);
                     }
+                    for (test, parents) in variant.tests.iter().zip(&uses.test_parents[v]) {
+                        if parents.iter().any(in_cycle) && labelled.insert(test.span) {
+                            let label = if parents.contains(&v) {
+                                "its Dockerfile names this variant's own reference (the image under test is ${IMAGE})"
+                                    .to_owned()
+                            } else {
+                                format!("{} is tested with another variant of the cycle", variant.id)
+                            };
+                            d = d.at(&workspace.manifest, test.span, label);
+                            tests_involved = true;
+                        }
+                    }
                 }
-                diags
-                    .push(d.help("an image cannot be built on itself: change the FROM line of one of these templates"));
+                diags.push(d.help(if tests_involved {
+                    "an image cannot be tested with an image built on it: change a FROM line of one of these Dockerfiles"
+                } else {
+                    "an image cannot be built on itself: change the FROM line of one of these templates"
+                }));
             }
             None
         }
@@ -444,31 +541,40 @@ fn build_key(
     for (id, parent) in parents {
         key.key(format!("parent {id}"), parent);
     }
-    for base in bases {
-        key.text(format!("base {base}"), ids.0.get(base).map_or("unresolved", String::as_str));
-    }
+    key_bases(&mut key, bases, ids);
     key.finish()
 }
 
 fn test_key(
-    workspace: &Workspace,
     test: &trellis_model::VariantTest,
     build: &NodeKey,
+    uses: &[(&str, NodeKey)],
+    bases: &[String],
+    ids: &BaseImageIds,
     digest_of: &dyn Fn(&Path) -> ContextDigest,
-) -> Result<Keyed, String> {
+) -> Keyed {
     let mut key = ComponentKey::new("test");
     key.key("image", build).text("network", test.network.as_str());
     match &test.body {
         VariantTestBody::Run(lines) => {
             key.text("run", &lines.join("\n"));
         }
-        VariantTestBody::Dockerfile { dockerfile, context } => {
-            let text = std::fs::read_to_string(workspace.root.join(dockerfile))
-                .map_err(|e| format!("cannot read `{}`: {e}", dockerfile.display()))?;
-            key.text("test dockerfile", &text).key("test context", &digest_of(context));
+        VariantTestBody::Dockerfile { text, context, .. } => {
+            key.text("test dockerfile", text).key("test context", &digest_of(context));
         }
     }
-    Ok(key.finish())
+    for (id, used) in uses {
+        key.key(format!("uses {id}"), used);
+    }
+    key_bases(&mut key, bases, ids);
+    key.finish()
+}
+
+/// External images by the ID they had in the engine: a base that moved changes the key.
+fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds) {
+    for base in bases {
+        key.text(format!("base {base}"), ids.0.get(base).map_or("unresolved", String::as_str));
+    }
 }
 
 fn tag_key(variant: &Variant, build: &NodeKey) -> Keyed {

@@ -25,7 +25,8 @@ impl Selection {
         Self { selected: vec![true; workspace.variants.len()], matched: vec![true; workspace.variants.len()] }
     }
 
-    /// Variants matching any filter, plus their ancestors. No filters selects everything.
+    /// Variants matching any filter, plus their ancestors (what they build on or test with).
+    /// No filters selects everything.
     pub fn new(
         workspace: &Workspace,
         dependencies: &Dependencies,
@@ -50,7 +51,9 @@ impl Selection {
         let matched = selected.clone();
         let mut stack: Vec<usize> = (0..selected.len()).filter(|v| selected[*v]).collect();
         while let Some(v) = stack.pop() {
-            for &parent in &dependencies.parents[v] {
+            // Tests need the other images they use too.
+            let tested_with = dependencies.test_parents[v].iter().flatten();
+            for &parent in dependencies.parents[v].iter().chain(tested_with) {
                 if !selected[parent] {
                     selected[parent] = true;
                     stack.push(parent);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use indexmap::IndexMap;
 use miette::SourceSpan;
@@ -46,6 +46,7 @@ pub(crate) fn compile(
         env: template::environment(),
         file_env: template::environment(),
         file_templates: HashMap::new(),
+        test_dockerfiles: HashMap::new(),
         template_sources: Vec::new(),
         dockerfiles_dir: settings.dockerfiles.clone(),
     };
@@ -346,6 +347,8 @@ struct Compiler<'a> {
     file_env: Environment<'static>,
     /// Template path → index into `template_sources`, or `None` when it failed to load.
     file_templates: HashMap<PathBuf, Option<usize>>,
+    /// Test Dockerfiles, read once per path; `None` when unreadable (diagnosed once).
+    test_dockerfiles: HashMap<PathBuf, Option<Arc<str>>>,
     template_sources: Vec<SourceFile>,
     dockerfiles_dir: PathBuf,
 }
@@ -634,6 +637,30 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Reads (once) a test's own Dockerfile. Its text is part of the test's key and is what the
+    /// engine builds, so both see the same bytes.
+    fn test_dockerfile(&mut self, path: &Path, span: SourceSpan, test: &str) -> Option<Arc<str>> {
+        if let Some(known) = self.test_dockerfiles.get(path) {
+            return known.clone();
+        }
+        let loaded = match self.files.read(path) {
+            Ok(text) => Some(Arc::from(text)),
+            Err(error) => {
+                self.diags.push(
+                    Diagnostic::new(
+                        "trellis::test::unreadable",
+                        format!("cannot read the Dockerfile `{}` of test `{test}`: {error}", path.display()),
+                    )
+                    .at(self.source, span, "declared here")
+                    .help("the path is relative to the directory of matrix.kdl"),
+                );
+                None
+            }
+        };
+        self.test_dockerfiles.insert(path.to_path_buf(), loaded.clone());
+        loaded
+    }
+
     /// Loads (once) and compiles a template file; its index in `template_sources`.
     fn template_file(&mut self, path: &Path, decl: &Spanned<String>) -> Option<usize> {
         if let Some(known) = self.file_templates.get(path) {
@@ -854,7 +881,8 @@ impl<'a> Compiler<'a> {
                         }
                         None => dockerfile_path.parent().map(Path::to_path_buf).unwrap_or_default(),
                     };
-                    VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context }
+                    let text = self.test_dockerfile(&dockerfile_path, test.span, &test.name)?;
+                    VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context, text }
                 }
             };
             tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network });

@@ -115,8 +115,9 @@ pub struct VariantTest {
 pub enum VariantTestBody {
     /// One `RUN` layer per line on top of the variant's image.
     Run(Vec<String>),
-    /// A user Dockerfile taking `ARG IMAGE`; paths relative to the root.
-    Dockerfile { dockerfile: PathBuf, context: PathBuf },
+    /// A user Dockerfile taking `ARG IMAGE`; paths relative to the root. `text` is the
+    /// Dockerfile as read when the workspace was loaded.
+    Dockerfile { dockerfile: PathBuf, context: PathBuf, text: std::sync::Arc<str> },
 }
 
 impl Workspace {

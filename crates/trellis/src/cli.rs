@@ -358,8 +358,7 @@ async fn backend(
     // under every policy — before anything builds.
     let mut ids = trellis_graph::BaseImageIds::default();
     let mut missing = Vec::new();
-    let bases: std::collections::BTreeSet<&String> = workspace.dependencies().external_bases.iter().flatten().collect();
-    for base in bases {
+    for base in workspace.dependencies().all_external_bases() {
         match client.image_id(base).await.map_err(|e| Error::NoEngine(e.to_string()))? {
             Some(id) => {
                 ids.0.insert(base.clone(), id);

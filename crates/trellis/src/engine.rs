@@ -241,16 +241,13 @@ impl DockerBackend {
             NodeKind::Test => {
                 let image = self.image_of(node.variant)?;
                 let test = &variant.tests[node.test.unwrap_or_default()];
-                // A Dockerfile test's own Dockerfile and context, read before the request borrows them.
+                // A Dockerfile test's context, walked before the request borrows it.
                 let user_test = match &test.body {
                     trellis_model::VariantTestBody::Run(_) => None,
-                    trellis_model::VariantTestBody::Dockerfile { dockerfile, context } => {
-                        let invalid = |e: String| JobError::new(ErrorClass::InvalidInput, e);
-                        let text = std::fs::read_to_string(self.model.root.join(dockerfile))
-                            .map_err(|e| invalid(format!("cannot read {}: {e}", dockerfile.display())))?;
+                    trellis_model::VariantTestBody::Dockerfile { context, text, .. } => {
                         let walk = trellis_graph::ContextWalk::new(&self.model.root.join(context))
-                            .map_err(|e| invalid(e.to_string()))?;
-                        Some((text, walk))
+                            .map_err(|e| JobError::new(ErrorClass::InvalidInput, e.to_string()))?;
+                        Some((&**text, walk))
                     }
                 };
                 let request = trellis_docker::TestRequest {
@@ -259,7 +256,7 @@ impl DockerBackend {
                         trellis_model::VariantTestBody::Run(lines) => Some(lines),
                         trellis_model::VariantTestBody::Dockerfile { .. } => None,
                     },
-                    dockerfile: user_test.as_ref().map(|(text, walk)| (text.as_str(), walk)),
+                    dockerfile: user_test.as_ref().map(|(text, walk)| (*text, walk)),
                     network: test.network.as_str(),
                 };
                 let mut trace = trellis_docker::BuildTrace::default();

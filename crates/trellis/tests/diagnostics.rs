@@ -196,6 +196,56 @@ fn image_built_on_itself() {
 }
 
 #[test]
+fn test_with_an_image_built_on_it() {
+    // b is built FROM a, and a's test uses b: a's tag would wait for b's, which waits for a's.
+    let matrix = r#"settings { name "t"; }
+axis "v" "1"
+image "a" {
+    matrix "v"
+    repository "acme/a"
+    dockerfile "a.j2"
+    context "."
+    tag "{{ v }}"
+    test "with-b" dockerfile="tests/with-b.Dockerfile" context="tests"
+}
+image "b" {
+    matrix "v"
+    repository "acme/b"
+    dockerfile "b.j2"
+    context "."
+    tag "{{ v }}"
+}
+"#;
+    check_with(
+        "test_with_an_image_built_on_it",
+        matrix,
+        &[
+            ("a.j2", "FROM scratch\n"),
+            ("b.j2", "FROM acme/a:{{ v }}\n"),
+            ("tests/with-b.Dockerfile", "ARG IMAGE\nFROM acme/b:1 AS b\nFROM ${IMAGE}\nCOPY --from=b / /b\n"),
+        ],
+    );
+}
+
+#[test]
+fn test_dockerfile_uses_its_own_tag() {
+    check_with(
+        "test_dockerfile_uses_its_own_tag",
+        &image("    tag \"{{ v }}\"\n    test \"t\" dockerfile=\"t.Dockerfile\" context=\".\""),
+        &[("Dockerfile.j2", "FROM scratch\n"), ("t.Dockerfile", "ARG IMAGE\nFROM ${IMAGE}\nCOPY --from=acme/app:1.0 / /old\n")],
+    );
+}
+
+#[test]
+fn test_dockerfile_invalid_reference() {
+    check_with(
+        "test_dockerfile_invalid_reference",
+        &image("    tag \"{{ v }}\"\n    test \"t\" dockerfile=\"t.Dockerfile\" context=\".\""),
+        &[("Dockerfile.j2", "FROM scratch\n"), ("t.Dockerfile", "ARG IMAGE\nARG HELPER=Bad:Ref:Here\nFROM ${HELPER} AS h\nFROM ${IMAGE}\n")],
+    );
+}
+
+#[test]
 fn invalid_from_reference() {
     check_with(
         "invalid_from_reference",

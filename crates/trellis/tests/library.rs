@@ -274,3 +274,104 @@ fn the_documented_example_behaves_as_documented() {
     assert!(has("node/24.11.1/trixie", "nodesource/trixie:lts"));
     assert_eq!(workspace.graph().unwrap().dag.node_count(), 25);
 }
+
+/// The decoupled-runtime pattern: a code-only image and a runtime per version, the runtimes
+/// tested with the code image by a Dockerfile test.
+fn decoupled() -> Fixture {
+    Fixture::new(&[
+        (
+            "matrix.kdl",
+            r#"settings { name "decoupled"; }
+axis "node" "24.1.0" "22.2.0"
+image "code" {
+    repository "acme/code"
+    dockerfile "code.j2"
+    context "app"
+    tag "1.0.0"
+}
+image "runtime" {
+    matrix "node"
+    repository "acme/runtime"
+    dockerfile "runtime.j2"
+    context "runtime"
+    arg "NODE_VERSION" "{{ node }}"
+    tag "{{ node }}"
+    test "app" dockerfile="tests/app.Dockerfile" context="tests"
+}
+"#,
+        ),
+        ("code.j2", "FROM scratch\nCOPY . /app\nVOLUME /app\n"),
+        ("runtime.j2", "FROM scratch\nARG NODE_VERSION\nENV NODE_VERSION=${NODE_VERSION}\n"),
+        ("app/index.js", "console.log(process.version)\n"),
+        ("runtime/README", "the runtime's context\n"),
+        ("tests/app.Dockerfile", "ARG IMAGE\nARG CODE=acme/code:1.0.0\nFROM ${CODE} AS code\nFROM ${IMAGE}\nCOPY --from=code /app /app\n"),
+    ])
+}
+
+#[test]
+fn a_test_dockerfile_naming_a_workspace_image_depends_on_it() {
+    let fixture = decoupled();
+    let workspace = fixture.load();
+    let deps = workspace.dependencies();
+    let position = |id: &str| workspace.variants().iter().position(|v| v.id == id).unwrap();
+    let (code, runtime) = (position("code"), position("runtime/24.1.0"));
+    assert!(deps.parents[runtime].is_empty(), "the runtime is not built on the code");
+    assert_eq!(deps.test_parents[runtime], [vec![code]]);
+    assert!(deps.test_bases[runtime][0].is_empty(), "${{IMAGE}} is the image under test, not a base");
+
+    let graph = workspace.graph().unwrap();
+    let edge = |from: &str, to: &str| graph.dag.contains_edge(graph.index(from).unwrap(), graph.index(to).unwrap());
+    assert!(edge("tag:code", "test:runtime/24.1.0/app"), "the test runs on the tested code image");
+    assert!(!edge("tag:code", "build:runtime/24.1.0"));
+    // Selecting a runtime pulls in the code image its test needs.
+    let ids: Vec<String> = workspace.tags(&["runtime/22.*".to_owned()]).unwrap().into_iter().map(|t| t.variant).collect();
+    assert_eq!(ids, ["code", "runtime/22.2.0"]);
+}
+
+#[test]
+fn new_code_reruns_the_runtime_tests_and_a_new_runtime_leaves_the_code_alone() {
+    let changed = |edit: &dyn Fn(&Fixture)| {
+        let fixture = decoupled();
+        let before = keys(&fixture.load());
+        edit(&fixture);
+        let after = keys(&fixture.load());
+        let mut changed: Vec<String> = before
+            .iter()
+            .filter(|(id, key)| !id.starts_with("render:") && after.get(*id) != Some(key))
+            .map(|(id, _)| id.clone())
+            .collect();
+        changed.extend(
+            after.keys().filter(|id| !id.starts_with("render:") && !before.contains_key(*id)).map(|id| format!("{id} (new)")),
+        );
+        changed.sort();
+        changed
+    };
+    let code_edit = changed(&|f| f.write("app/index.js", "console.log('v' + process.versions.node)\n"));
+    assert_eq!(
+        code_edit,
+        [
+            "build:code",
+            "push:code",
+            "tag:code",
+            "test:runtime/22.2.0/app",
+            "test:runtime/24.1.0/app",
+        ]
+    );
+    let bump = changed(&|f| {
+        let text = fs::read_to_string(f.path("matrix.kdl")).unwrap();
+        f.write("matrix.kdl", &text.replace("\"22.2.0\"", "\"22.3.0\""));
+    });
+    assert_eq!(
+        bump,
+        [
+            "build:runtime/22.2.0",
+            "build:runtime/22.3.0 (new)",
+            "push:runtime/22.2.0",
+            "push:runtime/22.3.0 (new)",
+            "tag:runtime/22.2.0",
+            "tag:runtime/22.3.0 (new)",
+            "test:runtime/22.2.0/app",
+            "test:runtime/22.3.0/app (new)",
+        ]
+    );
+}
