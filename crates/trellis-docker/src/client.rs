@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use bollard::Docker;
 pub use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptions, BuilderVersion, ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
+    BuildImageOptions, BuilderVersion, CreateImageOptions, ListImagesOptions, PushImageOptions, RemoveImageOptions,
+    TagImageOptions,
 };
 use futures_util::StreamExt;
 use trellis_graph::ContextWalk;
@@ -316,6 +317,39 @@ impl DockerClient {
         self.docker.tag_image(image_id, Some(options)).await.map_err(classify)
     }
 
+    /// Pulls `reference` (`repository[:tag]` or `repository@digest`) and returns the image ID
+    /// it now names. Every status line goes to `line`.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<DockerCredentials>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
+        // Without a tag the API pulls every tag of the repository: always name one.
+        let (from_image, tag) = match reference.contains('@') {
+            true => (reference, None),
+            false => {
+                let (repository, tag) = split_reference(reference);
+                (repository, Some(tag.to_owned()))
+            }
+        };
+        let options = CreateImageOptions { from_image: Some(from_image.to_owned()), tag, ..Default::default() };
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let (Some(status), None) = (&info.status, &info.progress_detail) {
+                        line(status);
+                    }
+                }
+                Err(other) => return Err(classify(other)),
+            }
+        }
+        self.image_id(reference)
+            .await?
+            .ok_or_else(|| EngineError::Failed(format!("the engine has no {reference} after pulling it")))
+    }
+
     /// The image ID a reference (or ID) names, or `None` when the engine has no such image.
     pub async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
         match self.docker.inspect_image(reference).await {
@@ -373,6 +407,15 @@ pub fn credentials_for(registry: &str) -> Option<DockerCredentials> {
             serveraddress: Some(registry.to_owned()),
             ..Default::default()
         }),
+    }
+}
+
+/// Credentials for pulling `reference`, from the docker config entry of its registry (Docker
+/// Hub's entry is keyed by its historical index URL).
+pub fn credentials_for_image(reference: &str) -> Option<DockerCredentials> {
+    match trellis_model::registry_of(reference)?.as_str() {
+        "docker.io" => credentials_for("https://index.docker.io/v1/"),
+        registry => credentials_for(registry),
     }
 }
 

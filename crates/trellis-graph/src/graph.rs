@@ -188,7 +188,9 @@ impl Graph {
             for (t, test) in variant.tests.iter().enumerate() {
                 let uses: Vec<(&str, NodeKey)> = test_parents[v][t]
                     .iter()
-                    .map(|p| (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("every variant has a key").0))
+                    .map(|p| {
+                        (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("every variant has a key").0)
+                    })
                     .collect();
                 let keyed = test_key(test, &build_key, &uses, &test_bases[v][t], &inputs.base_images, &digest_of);
                 let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), keyed);

@@ -81,7 +81,9 @@ fn one_case(matrix: &str, template: &str) {
         .with("D.j2", template)
         .with("dockerfiles/node/Dockerfile.j2", template)
         .with("dockerfiles/debian/Dockerfile.j2", template)
-        .with("dockerfiles/busybox/Dockerfile.j2", template);
+        .with("dockerfiles/busybox/Dockerfile.j2", template)
+        // A test Dockerfile is not a template: its raw text is read for the images it names.
+        .with("T.Dockerfile", template);
     if let Ok(workspace) = compile(Path::new("."), "matrix.kdl", matrix, &files) {
         let _ = trellis_graph::Dependencies::new(&workspace);
         for variant in &workspace.variants {
@@ -119,7 +121,8 @@ fn the_seeds_themselves_compile() {
         .with("D.j2", TEMPLATES[0])
         .with("dockerfiles/node/Dockerfile.j2", TEMPLATES[0])
         .with("dockerfiles/debian/Dockerfile.j2", TEMPLATES[0])
-        .with("dockerfiles/busybox/Dockerfile.j2", TEMPLATES[0]);
+        .with("dockerfiles/busybox/Dockerfile.j2", TEMPLATES[0])
+        .with("T.Dockerfile", TEMPLATES[0]);
     for seed in SEEDS {
         if let Err(d) = compile(Path::new("."), "matrix.kdl", seed, &files) {
             panic!("{:?}", d.0);

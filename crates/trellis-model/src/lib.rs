@@ -27,6 +27,11 @@ pub fn normalise_reference(reference: &str) -> Option<String> {
     oci_spec::distribution::Reference::try_from(reference).ok().map(|r| r.whole())
 }
 
+/// The registry host a reference lives in (`docker.io` when it names none).
+pub fn registry_of(reference: &str) -> Option<String> {
+    oci_spec::distribution::Reference::try_from(reference).ok().map(|r| r.registry().to_owned())
+}
+
 /// The mistakes that kept a workspace from loading, in reading order.
 #[derive(Debug)]
 pub struct Diagnostics(pub Vec<Diagnostic>);

@@ -156,7 +156,7 @@ pub fn main() -> ExitCode {
             };
             let _ = stderr.write_all(text.as_bytes());
             let code = match error {
-                Error::NoEngine(_) => exit::UNREACHABLE,
+                Error::NoEngine(_) | Error::Pull { .. } => exit::UNREACHABLE,
                 _ => exit::INVALID_INPUT,
             };
             ExitCode::from(code)
@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             )
         }
         Command::Plan { filters, json } => {
-            let plan = workspace.plan(&filters)?;
+            let plan = plan(workspace, &filters)?;
             if json { to_json(&plan) } else { output::plan_table(&plan) }
         }
         Command::Tags { filters, json } => {
@@ -239,6 +239,37 @@ fn run(cli: Cli) -> Result<u8, Error> {
     };
     let _ = stdout.write_all(text.as_bytes());
     Ok(exit::SUCCESS)
+}
+
+/// The plan `build` would follow: with an engine at hand, builds and tags are judged by what it
+/// holds (nothing is pulled); without one, by the state store, and stderr says so.
+fn plan(workspace: Workspace, filters: &[String]) -> Result<Vec<trellis_graph::PlannedNode>, Error> {
+    if std::env::var("TRELLIS_ENGINE").as_deref() == Ok("simulate") {
+        return workspace.plan(filters);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Report(std::io::Error::other(e)))?;
+    let loaded = workspace.manifest_path().to_path_buf();
+    match runtime.block_on(workspace.attach(crate::Attach::default())) {
+        Ok((workspace, backend, unresolved)) => {
+            for (base, policy) in &unresolved.0 {
+                let what = match policy {
+                    trellis_model::PullPolicy::Never => "`build` will stop: pull is \"never\"",
+                    _ => "`build` will pull it",
+                };
+                eprintln!("note: external base {base} is not in the engine; {what}");
+            }
+            workspace.plan_on(filters, &backend)
+        }
+        Err(Error::NoEngine(why)) => {
+            let why = why.lines().next().unwrap_or_default().to_owned();
+            eprintln!("note: no engine ({why}); builds are judged by the state store alone");
+            Workspace::load(loaded)?.plan(filters)
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
@@ -342,58 +373,9 @@ async fn backend(
         };
         return Ok((workspace, crate::engine::Backend::Simulate(std::sync::Arc::new(simulation))));
     }
-    let registry = workspace.graph_inputs().registry.clone();
-    if config.push && registry.is_none() {
-        return Err(Error::Unsupported(
-            "--push needs a registry: set `registry` in settings or pass --registry".to_owned(),
-        ));
-    }
-    let client = trellis_docker::DockerClient::connect().await.map_err(|e| {
-        Error::NoEngine(format!(
-            "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
-        ))
-    })?;
-    // External bases are resolved to image IDs before planning: the ID is part of the key.
-    // `pull` never means never; pulling is not available here, so a missing base is an error
-    // under every policy — before anything builds.
-    let mut ids = trellis_graph::BaseImageIds::default();
-    let mut missing = Vec::new();
-    for base in workspace.dependencies().all_external_bases() {
-        match client.image_id(base).await.map_err(|e| Error::NoEngine(e.to_string()))? {
-            Some(id) => {
-                ids.0.insert(base.clone(), id);
-            }
-            None => missing.push(base.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        let policy = workspace.model().settings.pull;
-        return Err(Error::MissingBases { bases: missing, policy: format!("{policy:?}").to_lowercase() });
-    }
-    let workspace = workspace.with_base_images(ids);
-    let images =
-        client.workspace_images(&workspace.model().settings.name).await.map_err(|e| Error::NoEngine(e.to_string()))?;
-    let by_key: std::collections::HashMap<String, trellis_docker::ImageListing> = images
-        .into_iter()
-        .filter_map(|image| image.labels.get("dev.trellis.key").cloned().map(|key| (key, image)))
-        .collect();
-    let graph = workspace.graph()?;
-    let mut up_to_date = std::collections::HashMap::new();
-    for (v, nodes) in graph.variants.iter().enumerate() {
-        if let Some(image) = by_key.get(&graph.dag[nodes.build].key.to_hex()) {
-            up_to_date.insert(v, image.id.clone());
-        }
-    }
-    let docker = crate::engine::DockerBackend {
-        client,
-        model: workspace.shared_model(),
-        by_key,
-        images: std::sync::Mutex::new(up_to_date),
-        run_labels: crate::engine::run_labels(&workspace.model().root),
-        credentials: registry.as_deref().filter(|_| config.push).and_then(trellis_docker::credentials_for),
-        registry,
-    };
-    Ok((workspace, crate::engine::Backend::Docker(std::sync::Arc::new(docker))))
+    let how = crate::Attach { pull: true, push: config.push };
+    let (workspace, backend, _) = workspace.attach(how).await?;
+    Ok((workspace, backend))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -29,6 +29,8 @@ pub enum Error {
     NoEngine(String),
     #[error("external base images missing from the engine (pull \"{policy}\"): {}; nothing was built", bases.join(", "))]
     MissingBases { bases: Vec<String>, policy: String },
+    #[error("cannot pull the external base {base}: {message}; nothing was built")]
+    Pull { base: String, message: String },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -138,15 +140,31 @@ impl Workspace {
             .collect())
     }
 
-    /// Run or skip for every selected node, with the reason. Without a state store every
-    /// build, test, tag and push runs ("never built").
+    /// Run or skip for every selected node, with the reason, from the state store alone (no
+    /// engine: a build whose image was removed still shows as up to date). Without a state
+    /// store every build, test, tag and push runs ("never built").
     pub fn plan(&self, filters: &[String]) -> Result<Vec<PlannedNode>, Error> {
+        self.plan_with(filters, None)
+    }
+
+    /// The plan `build` would follow with `backend` (from [`Workspace::attach`]): builds and
+    /// tags judged by what the engine holds, tests and pushes by the state store.
+    pub fn plan_on(&self, filters: &[String], backend: &crate::engine::Backend) -> Result<Vec<PlannedNode>, Error> {
+        self.plan_with(filters, backend.images_by_key())
+    }
+
+    fn plan_with(
+        &self,
+        filters: &[String],
+        engine: Option<&std::collections::HashMap<String, trellis_docker::ImageListing>>,
+    ) -> Result<Vec<PlannedNode>, Error> {
         let selection = self.select(filters)?;
         let graph = self.graph()?;
         let state_dir = self.model.root.join(&self.model.settings.state);
-        if !state_dir.join("state.json").exists() {
+        if engine.is_none() && !state_dir.join("state.json").exists() {
             return Ok(trellis_graph::plan(&self.model, graph, &selection, &NoState));
         }
+        // A missing store reads as empty.
         let store = trellis_exec::StateStore::read(&state_dir)?;
         let view = crate::store_view::StoreView {
             store: &store,
@@ -154,9 +172,18 @@ impl Workspace {
             workspace: &self.model,
             graph,
             refresh: Default::default(),
-            engine: None,
+            engine,
+            unresolved: self.unresolved_bases(),
         };
         Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
+    }
+
+    /// Per variant, the first external base without an image ID.
+    fn unresolved_bases(&self) -> std::collections::HashMap<usize, &str> {
+        let known = &self.inputs.base_images.0;
+        (self.dependencies.external_bases.iter().enumerate())
+            .filter_map(|(v, bases)| bases.iter().find(|b| !known.contains_key(*b)).map(|b| (v, b.as_str())))
+            .collect()
     }
 
     /// Writes the rendered Dockerfiles that changed; removes orphaned ones.

@@ -16,6 +16,7 @@
 //! below it are pure.
 
 pub mod cli;
+mod connect;
 pub mod engine;
 mod execute;
 mod facade;
@@ -23,6 +24,7 @@ pub mod output;
 mod reporter;
 mod store_view;
 
+pub use connect::{Attach, Unresolved};
 pub use execute::{RunConfig, RunOutcome};
 pub use facade::{Error, TagEntry, Workspace, find_manifest};
 pub use trellis_exec::{RunSummary, Shutdown};

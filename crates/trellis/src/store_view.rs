@@ -18,6 +18,8 @@ pub struct StoreView<'a> {
     /// The engine's images of the workspace by build key (one listing per run), when an
     /// engine is at hand: builds and tags are judged by what the engine really holds.
     pub engine: Option<&'a HashMap<String, trellis_docker::ImageListing>>,
+    /// Per variant, an external base the engine does not hold (a plan pulls nothing).
+    pub unresolved: HashMap<usize, &'a str>,
 }
 
 impl StateView for StoreView<'_> {
@@ -26,6 +28,13 @@ impl StateView for StoreView<'_> {
             return Err("refresh requested: rebuilt without the layer cache".to_owned());
         }
         if let Some(images) = self.engine {
+            // A base the engine lacks (a plan does not pull): the build's key is not final yet.
+            if let (NodeKind::Build, Some(base)) = (node.kind, self.unresolved.get(&node.variant)) {
+                return Err(match self.workspace.settings.pull {
+                    trellis_model::PullPolicy::Never => format!("base {base} is not in the engine (pull \"never\")"),
+                    _ => format!("base {base} is not in the engine yet: pulled first"),
+                });
+            }
             match node.kind {
                 NodeKind::Build => {
                     return match images.get(&node.key.to_hex()) {

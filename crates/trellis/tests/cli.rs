@@ -13,10 +13,15 @@ struct Run {
 
 impl Run {
     fn new(dir: &Path, args: &[&str]) -> Self {
+        Self::with_env(dir, args, &[])
+    }
+
+    fn with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let output = Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .output()
             .expect("the binary runs");
         Self { output }
@@ -75,8 +80,11 @@ fn invalid_input_exits_2_with_every_diagnostic() {
 #[test]
 fn plan_json_has_the_documented_shape() {
     let fixture = family();
-    let run = Run::new(fixture.root(), &["plan", "--json", "tool"]);
+    // No engine at that socket: the plan is judged by the state store alone, and says so.
+    let run =
+        Run::with_env(fixture.root(), &["plan", "--json", "tool"], &[("DOCKER_HOST", "unix:///nonexistent.sock")]);
     run.code(0);
+    assert!(run.stderr().contains("note: no engine"), "{}", run.stderr());
     let plan = run.json();
     let nodes = plan.as_array().unwrap();
     assert_eq!(nodes.len(), 8);

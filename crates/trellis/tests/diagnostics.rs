@@ -232,7 +232,10 @@ fn test_dockerfile_uses_its_own_tag() {
     check_with(
         "test_dockerfile_uses_its_own_tag",
         &image("    tag \"{{ v }}\"\n    test \"t\" dockerfile=\"t.Dockerfile\" context=\".\""),
-        &[("Dockerfile.j2", "FROM scratch\n"), ("t.Dockerfile", "ARG IMAGE\nFROM ${IMAGE}\nCOPY --from=acme/app:1.0 / /old\n")],
+        &[
+            ("Dockerfile.j2", "FROM scratch\n"),
+            ("t.Dockerfile", "ARG IMAGE\nFROM ${IMAGE}\nCOPY --from=acme/app:1.0 / /old\n"),
+        ],
     );
 }
 
@@ -241,7 +244,10 @@ fn test_dockerfile_invalid_reference() {
     check_with(
         "test_dockerfile_invalid_reference",
         &image("    tag \"{{ v }}\"\n    test \"t\" dockerfile=\"t.Dockerfile\" context=\".\""),
-        &[("Dockerfile.j2", "FROM scratch\n"), ("t.Dockerfile", "ARG IMAGE\nARG HELPER=Bad:Ref:Here\nFROM ${HELPER} AS h\nFROM ${IMAGE}\n")],
+        &[
+            ("Dockerfile.j2", "FROM scratch\n"),
+            ("t.Dockerfile", "ARG IMAGE\nARG HELPER=Bad:Ref:Here\nFROM ${HELPER} AS h\nFROM ${IMAGE}\n"),
+        ],
     );
 }
 

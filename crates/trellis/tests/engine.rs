@@ -88,9 +88,9 @@ impl EngineWorkspace {
 impl Drop for EngineWorkspace {
     fn drop(&mut self) {
         // What a test pushed: delete its manifests from the shared registry.
-        for repository in ["base", "app", "tool"] {
+        for repository in ["/base", "/app", "/tool", "-ext/busybox"] {
             for tag in ["latest", "1", "1.0", "2", "2.0"] {
-                let name = format!("{}/{repository}", self.prefix);
+                let name = format!("{}{repository}", self.prefix);
                 if let Some(digest) =
                     registry_request("HEAD", &name, tag).and_then(|r| header(&r, "Docker-Content-Digest"))
                 {
@@ -98,16 +98,23 @@ impl Drop for EngineWorkspace {
                 }
             }
         }
-        let mut ids: Vec<String> =
-            docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
-                .lines()
-                .map(str::to_owned)
-                .collect();
-        ids.extend(docker(&["images", "-q", &format!("{}*/*", self.prefix)]).lines().map(str::to_owned));
-        ids.extend(docker(&["images", "-q", &format!("{}-ext/*", self.prefix)]).lines().map(str::to_owned));
-        ids.sort();
-        ids.dedup();
-        if !ids.is_empty() {
+        // A parent cannot be removed while a child exists, and `rmi` takes its arguments in
+        // order: repeat until nothing of this test is left.
+        for _ in 0..4 {
+            let mut ids: Vec<String> =
+                docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+            ids.extend(docker(&["images", "-q", &format!("{}*/*", self.prefix)]).lines().map(str::to_owned));
+            ids.extend(
+                docker(&["images", "-q", &format!("127.0.0.1:5000/{}*/*", self.prefix)]).lines().map(str::to_owned),
+            );
+            ids.sort();
+            ids.dedup();
+            if ids.is_empty() {
+                return;
+            }
             let mut args = vec!["rmi", "-f"];
             args.extend(ids.iter().map(String::as_str));
             docker(&args);
@@ -573,4 +580,132 @@ fn refresh_rebuilds_without_the_layer_cache_then_tests_and_tags() {
     let after = image_id(&ws.reference("app", "1")).unwrap();
     assert_ne!(before, after, "the refreshed image is new and carries the tags");
     assert_eq!(image_id(&ws.reference("app", "1.0")), Some(after));
+}
+
+/// Puts a busybox image marked `marker` into the test registry as `<prefix>-ext/busybox:1`
+/// (with the docker CLI: setup, not under test), and removes its local tag.
+fn registry_base(ws: &EngineWorkspace, marker: &str, config: &std::path::Path) -> String {
+    external_base(ws, marker);
+    let local = format!("{}-ext/busybox:1", ws.prefix);
+    let remote = format!("127.0.0.1:5000/{local}");
+    docker(&["tag", &local, &remote]);
+    let pushed = Command::new("docker").args(["--config"]).arg(config).args(["push", &remote]).output().unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    docker(&["rmi", &remote]);
+    remote
+}
+
+#[test]
+fn pull_missing_fetches_a_base_and_pull_always_follows_it_when_it_moves() {
+    let config = docker_config(true);
+    let matrix = r#"
+settings { name "NAME"; retries 0; pull "POLICY"; }
+image "tool" {
+    repository "PREFIX/tool"
+    dockerfile "tool.j2"
+    context "busybox"
+    tag "latest"
+}
+"#;
+    let with_policy = |policy: &str| matrix.replace("POLICY", policy);
+    let ws = EngineWorkspace::new(
+        "pulls",
+        &with_policy("missing"),
+        &[("tool.j2", "FROM 127.0.0.1:5000/PREFIX-ext/busybox:1\nRUN echo tool > /tool\n")],
+    );
+    let base = registry_base(&ws, "one", config.path());
+    let run = |args: &[&str]| {
+        let output = ws.trellis(args).env("DOCKER_CONFIG", config.path()).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), text)
+    };
+    let (_, plan) = run(&["plan"]);
+    assert!(plan.contains(&format!("base {base} is not in the engine yet: pulled first")), "{plan}");
+    assert_eq!(image_id(&base), None, "a plan pulls nothing");
+
+    let (code, stderr) = run(&["build"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("pulling {base}")), "{stderr}");
+    let marker = |reference: &str| docker(&["image", "inspect", "-f", "{{.Config.Labels.marker}}", reference]);
+    assert_eq!(marker(&ws.reference("tool", "latest")), "one");
+
+    // The registry's tag moves; "missing" keeps the base the engine has.
+    let old = image_id(&base).unwrap();
+    docker(&["tag", &old, &format!("{}-ext/keep:1", ws.prefix)]);
+    let moved = registry_base(&ws, "two", config.path());
+    assert_eq!(moved, base);
+    docker(&["tag", &old, &base]);
+    let (code, stderr) = run(&["build"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("pulling"), "{stderr}");
+    assert_eq!(action(&ws.report(), "build:tool"), "skip");
+
+    // "always" asks the registry every run: the moved base rebuilds its dependent.
+    ws.fixture.write("matrix.kdl", &with_policy("always").replace("NAME", &ws.name).replace("PREFIX", &ws.prefix));
+    let (code, stderr) = run(&["build"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "build:tool"), "run");
+    assert_eq!(marker(&ws.reference("tool", "latest")), "two");
+    let (code, stderr) = run(&["build"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(action(&ws.report(), "build:tool"), "skip", "pulled again, unchanged: nothing to rebuild");
+}
+
+#[test]
+fn a_base_that_cannot_be_pulled_stops_the_run_before_anything_builds() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let matrix = r#"
+settings { name "NAME"; retries 1; backoff "10ms"; pull "missing"; }
+image "app" {
+    repository "PREFIX/app"
+    dockerfile "app.j2"
+    context "busybox"
+    tag "latest"
+}
+image "other" {
+    repository "PREFIX/other"
+    dockerfile "other.j2"
+    context "busybox"
+    tag "latest"
+}
+"#;
+    let from = format!("FROM 127.0.0.1:{closed}/PREFIX-ext/absent:1\n");
+    let ws = EngineWorkspace::new("nopull", matrix, &[("app.j2", &from), ("other.j2", BASE)]);
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(3), "the registry is unreachable:\n{stderr}");
+    assert!(stderr.contains("pulling") && stderr.contains("retrying"), "{stderr}");
+    assert!(stderr.contains(&format!("cannot pull the external base 127.0.0.1:{closed}/{}-ext/absent:1", ws.prefix)));
+    assert_eq!(
+        docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", ws.name)]),
+        "",
+        "nothing was built"
+    );
+}
+
+#[test]
+fn plan_asks_the_engine_and_a_removed_image_is_rebuilt() {
+    let ws = family("gone");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let two = image_id(&ws.reference("app", "2")).unwrap();
+    docker(&["rmi", "-f", &two]);
+    let plan = ws.trellis(&["plan", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let node = |id: &str| plan.as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone();
+    assert_eq!(node("build:app/2")["action"], "run");
+    assert_eq!(node("build:app/2")["reason"], "its image is gone from the engine");
+    assert_eq!(node("build:app/1")["action"], "skip");
+    assert!(node("build:app/1")["reason"].as_str().unwrap().starts_with("image "), "{}", node("build:app/1"));
+    assert_eq!(node("tag:app/2")["action"], "run");
+
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "build:app/2"), "run");
+    assert_eq!(action(&report, "build:app/1"), "skip");
+    let plan = ws.trellis(&["plan", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let pending: Vec<&Value> =
+        plan.as_array().unwrap().iter().filter(|n| n["kind"] != "push" && n["action"] != "skip").collect();
+    assert!(pending.is_empty(), "converged (no --push): {pending:?}");
 }

@@ -304,7 +304,10 @@ image "runtime" {
         ("runtime.j2", "FROM scratch\nARG NODE_VERSION\nENV NODE_VERSION=${NODE_VERSION}\n"),
         ("app/index.js", "console.log(process.version)\n"),
         ("runtime/README", "the runtime's context\n"),
-        ("tests/app.Dockerfile", "ARG IMAGE\nARG CODE=acme/code:1.0.0\nFROM ${CODE} AS code\nFROM ${IMAGE}\nCOPY --from=code /app /app\n"),
+        (
+            "tests/app.Dockerfile",
+            "ARG IMAGE\nARG CODE=acme/code:1.0.0\nFROM ${CODE} AS code\nFROM ${IMAGE}\nCOPY --from=code /app /app\n",
+        ),
     ])
 }
 
@@ -324,7 +327,8 @@ fn a_test_dockerfile_naming_a_workspace_image_depends_on_it() {
     assert!(edge("tag:code", "test:runtime/24.1.0/app"), "the test runs on the tested code image");
     assert!(!edge("tag:code", "build:runtime/24.1.0"));
     // Selecting a runtime pulls in the code image its test needs.
-    let ids: Vec<String> = workspace.tags(&["runtime/22.*".to_owned()]).unwrap().into_iter().map(|t| t.variant).collect();
+    let ids: Vec<String> =
+        workspace.tags(&["runtime/22.*".to_owned()]).unwrap().into_iter().map(|t| t.variant).collect();
     assert_eq!(ids, ["code", "runtime/22.2.0"]);
 }
 
@@ -341,7 +345,10 @@ fn new_code_reruns_the_runtime_tests_and_a_new_runtime_leaves_the_code_alone() {
             .map(|(id, _)| id.clone())
             .collect();
         changed.extend(
-            after.keys().filter(|id| !id.starts_with("render:") && !before.contains_key(*id)).map(|id| format!("{id} (new)")),
+            after
+                .keys()
+                .filter(|id| !id.starts_with("render:") && !before.contains_key(*id))
+                .map(|id| format!("{id} (new)")),
         );
         changed.sort();
         changed
@@ -349,13 +356,7 @@ fn new_code_reruns_the_runtime_tests_and_a_new_runtime_leaves_the_code_alone() {
     let code_edit = changed(&|f| f.write("app/index.js", "console.log('v' + process.versions.node)\n"));
     assert_eq!(
         code_edit,
-        [
-            "build:code",
-            "push:code",
-            "tag:code",
-            "test:runtime/22.2.0/app",
-            "test:runtime/24.1.0/app",
-        ]
+        ["build:code", "push:code", "tag:code", "test:runtime/22.2.0/app", "test:runtime/24.1.0/app",]
     );
     let bump = changed(&|f| {
         let text = fs::read_to_string(f.path("matrix.kdl")).unwrap();
