@@ -96,8 +96,10 @@ fn has_nextest() -> bool {
 }
 
 fn test(extra: &[&str]) -> Result {
-    // The end-to-end tests use a real engine and registry.
+    // The end-to-end tests use a real engine and registry; the example's test builds on this
+    // repository's Node.js images, so their inputs are prepared too.
     engine::start()?;
+    prepare_inputs()?;
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
     let mut command = cargo();
     if has_nextest() {
@@ -112,7 +114,8 @@ fn test(extra: &[&str]) -> Result {
     doc.args(["test", "--workspace", "--doc"]);
     run(doc)?;
     // The committed rendered Dockerfiles must match their templates.
-    trellis(&["render", "--check"])
+    trellis(&["render", "--check"])?;
+    trellis(&["-f", "examples/decoupled-runtime/matrix.kdl", "render", "--check"])
 }
 
 /// Runs the trellis CLI (built in debug) on this repository's matrix.kdl.
@@ -122,8 +125,9 @@ fn trellis(args: &[&str]) -> Result {
     run(command)
 }
 
-fn build(extra: &[&str]) -> Result {
-    engine::start()?;
+/// What matrix.kdl builds from, made or fetched here: busybox, the Debian rootfs tarballs and
+/// the pinned Node.js wheels (each only when missing).
+fn prepare_inputs() -> Result {
     let pins = inputs::Pins::load()?;
     inputs::busybox()?;
     for release in &pins.releases {
@@ -132,6 +136,12 @@ fn build(extra: &[&str]) -> Result {
     for (version, sha256) in &pins.wheels {
         inputs::wheel(version, sha256)?;
     }
+    Ok(())
+}
+
+fn build(extra: &[&str]) -> Result {
+    engine::start()?;
+    prepare_inputs()?;
     trellis(&["render"])?;
     trellis(&["render", "--check"])?;
     // Build, test, tag and push to the local registry, with its credentials.

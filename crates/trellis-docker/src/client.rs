@@ -180,8 +180,8 @@ impl DockerClient {
         id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
     }
 
-    /// Streams one build; returns the image ID and the IDs of the layers each step after the
-    /// first made (what a test build must remove).
+    /// Streams one build; returns the image ID and records the IDs of the layers its steps
+    /// made, FROM images excepted (what a test build must remove).
     async fn run_build(
         &self,
         options: BuildImageOptions,
@@ -192,19 +192,22 @@ impl DockerClient {
         let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
         let mut pending = String::new();
         let mut image = None;
-        let mut step = 0u32;
+        // Whether the current step is a FROM, whose " ---> id" names an existing image (the
+        // image under test, another stage's base) rather than a layer this build made.
+        let mut from_step = true;
         let mut failure = None;
-        let mut emit = |text: &str, pending: &mut String, step: &mut u32, trace: &mut BuildTrace| {
+        let mut emit = |text: &str, pending: &mut String, from_step: &mut bool, trace: &mut BuildTrace| {
             pending.push_str(text);
             while let Some(end) = pending.find('\n') {
                 let whole: String = pending.drain(..=end).collect();
                 let whole = whole.trim_end_matches(['\n', '\r']);
-                if whole.starts_with("Step ") {
-                    *step += 1;
+                if let Some(step) = whole.strip_prefix("Step ") {
+                    let instruction = step.split_once(" : ").map_or("", |(_, rest)| rest);
+                    *from_step = instruction.split_whitespace().next().is_some_and(|i| i.eq_ignore_ascii_case("FROM"));
                 }
-                // " ---> 1a2b3c4d5e6f": the layer a step committed (step 1 is the FROM image).
+                // " ---> 1a2b3c4d5e6f": the layer a step committed.
                 if let Some(id) = whole.strip_prefix(" ---> ")
-                    && *step > 1
+                    && !*from_step
                     && id.len() == 12
                     && id.bytes().all(|b| b.is_ascii_hexdigit())
                 {
@@ -220,7 +223,7 @@ impl DockerClient {
             match item {
                 Ok(info) => {
                     if let Some(text) = &info.stream {
-                        emit(text, &mut pending, &mut step, trace);
+                        emit(text, &mut pending, &mut from_step, trace);
                     }
                     if let Some(id) = info.aux.and_then(|aux| aux.id) {
                         image = Some(id);
@@ -237,7 +240,7 @@ impl DockerClient {
             }
         }
         if !pending.is_empty() {
-            emit("\n", &mut pending, &mut step, trace);
+            emit("\n", &mut pending, &mut from_step, trace);
         }
         match failure {
             Some(message) => {

@@ -1,6 +1,8 @@
 //! A workspace on disk for tests: files written into a temp dir, loaded through the facade.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
