@@ -149,11 +149,17 @@ fn start_registry() -> Result {
     Ok(())
 }
 
+/// SIGTERM, then waits for the process to be gone: a dockerd still shutting down holds its
+/// pid file and containerd, and a new one started meanwhile fails (and would fall back to vfs).
 fn stop_pid(pid_file: &PathBuf) {
-    if let Ok(pid) = fs::read_to_string(pid_file) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
-        let _ = fs::remove_file(pid_file);
+    let Ok(pid) = fs::read_to_string(pid_file) else { return };
+    let pid = pid.trim().to_owned();
+    let _ = Command::new("kill").arg(&pid).status();
+    let alive = || Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if wait_until("the process to exit", Duration::from_secs(60), || !alive()).is_err() {
+        eprintln!("xtask: process {pid} did not exit within 60s");
     }
+    let _ = fs::remove_file(pid_file);
 }
 
 pub fn stop() -> Result {

@@ -49,10 +49,6 @@ image "tool" {
 }
 "#;
 
-/// A unique first layer keeps each test's image chain its own: identical steps would share
-/// cached layers between tests, and one test's cleanup (which prunes untagged parents) could
-/// delete layers another test is building on.
-const BASE: &str = "FROM scratch\nLABEL e2e=NAME\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 const APP: &str = "FROM PREFIX/base:latest\nRUN mkdir -p /app && echo {{ v }} > /app/v{{ v }}\n";
 const TOOL: &str = "FROM PREFIX-ext/busybox:1\nRUN echo tool > /tool\n";
 

@@ -9,6 +9,11 @@ use serde_json::Value;
 
 use super::Fixture;
 
+/// A unique first layer keeps each test's image chain its own: identical steps would share
+/// cached layers between tests, and one test's cleanup (which prunes untagged parents) could
+/// delete layers another test is building on.
+pub const BASE: &str = "FROM scratch\nLABEL e2e=NAME\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
 /// A workspace on the engine, cleaned up on drop.
 pub struct EngineWorkspace {
     pub fixture: Fixture,
@@ -147,7 +152,6 @@ pub fn status(report: &Value, id: &str) -> String {
         .map(|n| n["status"].as_str().unwrap().to_owned())
         .unwrap()
 }
-
 
 /// The registry `cargo xtask engine` runs, and its password (with `+ / ? > ~` in it).
 pub fn registry_password() -> String {
