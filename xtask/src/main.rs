@@ -3,6 +3,7 @@
 //!
 //!   cargo xtask test          every test, the fuzz harness, and `render --check`
 //!   cargo xtask build         the main job on this repository's matrix.kdl
+//!   cargo xtask inputs        fetch or make what matrix.kdl builds from (no build)
 //!   cargo xtask engine        start dockerd and a registry when they are not running
 //!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
@@ -27,6 +28,9 @@ tasks:
   build         the main job: start the engine, prepare the inputs (busybox, Debian
                 rootfs, Node.js wheels), render and check the Dockerfiles, then build,
                 test and tag this repository's Node.js image family; prints the tags
+  inputs        prepare the family's inputs only (what `build` does first): after
+                bumping a pinned Node.js version, `trellis plan` can then say what
+                will rebuild
   engine [--stop]
                 start (or stop) dockerd and a registry on 127.0.0.1:5000 with
                 htpasswd auth when they are not running; installs them as root
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test", rest @ ..] => test(rest),
         ["build", rest @ ..] => build(rest),
+        ["inputs"] => prepare_inputs(),
         ["rootfs", rest @ ..] => rootfs(rest),
         ["engine"] => engine::start(),
         ["engine", "--stop"] => engine::stop(),

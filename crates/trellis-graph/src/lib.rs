@@ -18,5 +18,5 @@ mod select;
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes};
 pub use key::{ComponentKey, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
-pub use plan::{Action, NoState, PlannedNode, StateView, plan};
+pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};
 pub use select::{Selection, UnmatchedFilter};

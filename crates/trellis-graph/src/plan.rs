@@ -37,8 +37,19 @@ pub trait StateView {
 pub struct NoState;
 
 impl StateView for NoState {
-    fn judge(&self, _node: &Node) -> Result<String, String> {
-        Err("never built".to_owned())
+    fn judge(&self, node: &Node) -> Result<String, String> {
+        Err(never(node.kind).to_owned())
+    }
+}
+
+/// Why a node with no record runs: "never built", "never run", …
+pub fn never(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Render => "never rendered",
+        NodeKind::Build => "never built",
+        NodeKind::Test => "never run",
+        NodeKind::Tag => "never tagged",
+        NodeKind::Push => "never pushed",
     }
 }
 

@@ -142,7 +142,7 @@ impl Workspace {
 
     /// Run or skip for every selected node, with the reason, from the state store alone (no
     /// engine: a build whose image was removed still shows as up to date). Without a state
-    /// store every build, test, tag and push runs ("never built").
+    /// store every build, test, tag and push runs ("never built", "never run", …).
     pub fn plan(&self, filters: &[String]) -> Result<Vec<PlannedNode>, Error> {
         self.plan_with(filters, None)
     }

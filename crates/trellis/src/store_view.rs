@@ -61,7 +61,7 @@ impl StateView for StoreView<'_> {
                 _ => {}
             }
         }
-        let Some(record) = self.store.get(&node.id) else { return Err("never built".to_owned()) };
+        let Some(record) = self.store.get(&node.id) else { return Err(trellis_graph::never(node.kind).to_owned()) };
         if record.key == node.key.to_hex() {
             return match record.outcome {
                 Outcome::Succeeded => Ok(format!("up to date (run {})", record.run)),

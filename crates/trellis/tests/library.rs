@@ -37,7 +37,15 @@ fn an_xtask_can_drive_the_facade() {
     let plan = workspace.plan(&[]).unwrap();
     // 10 variants × (render, build, tag, push) + 6 app tests.
     assert_eq!(plan.len(), 46);
-    assert!(plan.iter().filter(|n| n.kind != trellis::NodeKind::Render).all(|n| n.reason == "never built"));
+    for node in plan.iter().filter(|n| n.kind != trellis::NodeKind::Render) {
+        let expected = match node.kind {
+            trellis::NodeKind::Build => "never built",
+            trellis::NodeKind::Test => "never run",
+            trellis::NodeKind::Tag => "never tagged",
+            _ => "never pushed",
+        };
+        assert_eq!(node.reason, expected, "{}", node.id);
+    }
 
     let report = workspace.render().unwrap();
     assert_eq!(report.written.len(), 10);
