@@ -12,6 +12,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Building from another repository's `cargo xtask`: attach to the Docker engine (external
+//! bases resolved and pulled per `pull`, the workspace's images listed once), look at the plan
+//! `build` would follow, run it.
+//!
+//! ```no_run
+//! # async fn xtask() -> Result<(), trellis::Error> {
+//! let workspace = trellis::Workspace::load("matrix.kdl")?;
+//! let (workspace, backend, _) = workspace.attach(trellis::Attach { pull: true, push: true }).await?;
+//! let filters = vec!["node=22.*".to_owned()];
+//! for node in workspace.plan_on(&filters, &backend)? {
+//!     println!("{:?} {} — {}", node.action, node.id, node.reason);
+//! }
+//! let config = trellis::RunConfig { filters, push: true, ..Default::default() };
+//! let outcome = workspace.run(&config, backend, trellis::Shutdown::new()).await?;
+//! assert!(outcome.summary.succeeded(), "see {}", outcome.report.display());
+//! # Ok(()) }
+//! ```
+//!
 //! Only this crate knows about the terminal, JSON and exit codes; the model and graph crates
 //! below it are pure.
 

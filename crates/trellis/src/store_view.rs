@@ -104,7 +104,8 @@ impl StoreView<'_> {
             "run" => "test commands changed".to_owned(),
             "test dockerfile" => "test Dockerfile changed".to_owned(),
             "references" => "tag references changed".to_owned(),
-            "tag" => "tags changed".to_owned(),
+            // A push's key covers its tag node's: the image and the references it pushes.
+            "tag" => "the image or references it pushes changed".to_owned(),
             other => match other.split_once(' ') {
                 Some(("arg", arg)) => format!("build arg {arg} changed"),
                 Some(("label", label)) => format!("label {label} changed"),

@@ -529,3 +529,23 @@ fn plan_asks_the_engine_and_a_removed_image_is_rebuilt() {
         plan.as_array().unwrap().iter().filter(|n| n["kind"] != "push" && n["action"] != "skip").collect();
     assert!(pending.is_empty(), "converged (no --push): {pending:?}");
 }
+
+#[test]
+fn a_library_caller_attaches_plans_and_runs_on_the_engine() {
+    let ws = family("library");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let summary = runtime.block_on(async {
+        let workspace = trellis::Workspace::load(ws.fixture.path("matrix.kdl")).unwrap();
+        let (workspace, backend, unresolved) = workspace.attach(trellis::Attach::default()).await.unwrap();
+        assert!(unresolved.0.is_empty(), "the external base is in the engine");
+        let filters = vec!["app".to_owned()];
+        let plan = workspace.plan_on(&filters, &backend).unwrap();
+        let ids: Vec<&str> = plan.iter().filter(|n| n.id.starts_with("build:")).map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["build:base", "build:app/1", "build:app/2"], "the parent is pulled in");
+        let config = trellis::RunConfig { filters, ..Default::default() };
+        workspace.run(&config, backend, trellis::Shutdown::new()).await.unwrap().summary
+    });
+    assert!(summary.succeeded(), "{summary}");
+    assert!(image_id(&ws.reference("app", "2.0")).is_some());
+    assert!(image_id(&ws.reference("tool", "latest")).is_none(), "not selected");
+}
