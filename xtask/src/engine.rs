@@ -68,8 +68,12 @@ pub fn start() -> Result {
     }
     start_docker()?;
     start_registry()?;
+    // The registry's credentials as a docker config, for `DOCKER_CONFIG` (the main job and the
+    // tests that push as the family does).
+    docker_config()?;
     println!(
-        "engine: Docker answers on {}; registry on {REGISTRY} (user {REGISTRY_USER}, password in .cache/engine/registry/password)\n\
+        "engine: Docker answers on {}; registry on {REGISTRY} (user {REGISTRY_USER}, password in .cache/engine/registry/password,\n\
+         a docker config with it in .cache/engine/docker)\n\
          stop them with: cargo xtask engine --stop",
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
     );

@@ -11,6 +11,7 @@
 
 mod engine;
 mod inputs;
+mod verify;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -157,7 +158,8 @@ fn build(extra: &[&str]) -> Result {
         .args(extra)
         .env("DOCKER_CONFIG", &config);
     run(command)?;
-    trellis(&["tags"])
+    trellis(&["tags"])?;
+    verify::aliases()
 }
 
 fn rootfs(args: &[&str]) -> Result {

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use trellis_model::Workspace;
 
+use petgraph::graph::NodeIndex;
+
 use crate::graph::{Graph, Node, NodeKind};
 use crate::key::NodeKey;
 use crate::select::Selection;
@@ -56,7 +58,11 @@ pub fn never(kind: NodeKind) -> &'static str {
 /// The plan of the selected nodes in execution order.
 pub fn plan(workspace: &Workspace, graph: &Graph, selection: &Selection, state: &dyn StateView) -> Vec<PlannedNode> {
     let mut out = Vec::new();
-    let mut runs = vec![false; graph.dag.node_count()];
+    // Per node: the build upstream of it that runs, if any. A rebuilt image has a new ID even
+    // under the same key (`--refresh`, an image gone from the engine), so everything built
+    // on it, testing it, tagging or pushing it runs again. Tags, tests and pushes that run
+    // leave images as they are: they do not make their dependents run.
+    let mut rebuilt: Vec<Option<NodeIndex>> = vec![None; graph.dag.node_count()];
     for index in graph.stable_order() {
         let node = &graph.dag[index];
         if !selection.contains(node.variant) {
@@ -66,16 +72,17 @@ pub fn plan(workspace: &Workspace, graph: &Graph, selection: &Selection, state: 
             NodeKind::Render => judge_render(&workspace.root, &workspace.variants[node.variant]),
             _ => state.judge(node),
         };
-        let upstream = graph
-            .dag
-            .neighbors_directed(index, petgraph::Incoming)
-            .find(|p| runs[p.index()] && graph.dag[*p].kind != NodeKind::Render);
+        let upstream = graph.dag.neighbors_directed(index, petgraph::Incoming).find_map(|p| rebuilt[p.index()]);
         let (action, reason) = match (judged, upstream) {
             (Err(reason), _) => (Action::Run, reason),
-            (Ok(_), Some(p)) => (Action::Run, format!("{} re-runs", graph.dag[p].id)),
+            (Ok(_), Some(build)) => (Action::Run, format!("{} re-runs", graph.dag[build].id)),
             (Ok(reason), None) => (Action::Skip, reason),
         };
-        runs[index.index()] = action == Action::Run;
+        rebuilt[index.index()] = match (node.kind, action) {
+            (NodeKind::Build, Action::Run) => Some(index),
+            (NodeKind::Render, _) => None,
+            _ => upstream,
+        };
         out.push(PlannedNode { id: node.id.clone(), kind: node.kind, action, reason, key: node.key });
     }
     out

@@ -57,7 +57,12 @@ impl Workspace {
             .enumerate()
             .filter_map(|(v, nodes)| by_key.get(&graph.dag[nodes.build].key.to_hex()).map(|i| (v, i.id.clone())))
             .collect();
+        let served = match (&registry, how.push) {
+            (Some(registry), true) => Some(served_digests(&client, &workspace, registry).await),
+            _ => None,
+        };
         let docker = DockerBackend {
+            served,
             client,
             model: workspace.shared_model(),
             by_key,
@@ -68,6 +73,31 @@ impl Workspace {
         };
         Ok((workspace, Backend::Docker(Arc::new(docker)), unresolved))
     }
+}
+
+/// The digest the registry serves for every reference of the workspace, asked through the
+/// engine a few at a time. A reference it cannot tell about counts as not served: its push
+/// node then runs, and reports the registry's error itself.
+async fn served_digests(
+    client: &DockerClient,
+    workspace: &Workspace,
+    registry: &str,
+) -> HashMap<String, Option<String>> {
+    use futures_util::StreamExt;
+    let credentials = trellis_docker::credentials_for(registry);
+    let targets: Vec<String> =
+        workspace.variants().iter().flat_map(|v| v.references.iter().map(|r| format!("{registry}/{r}"))).collect();
+    futures_util::stream::iter(targets)
+        .map(|target| {
+            let credentials = credentials.clone();
+            async move {
+                let digest = client.registry_digest(&target, credentials).await.ok().flatten();
+                (target, digest)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
 }
 
 fn unreachable(error: EngineError) -> Error {

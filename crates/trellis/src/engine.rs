@@ -35,6 +35,15 @@ impl Backend {
             Backend::Docker(docker) => Some(&docker.by_key),
         }
     }
+
+    /// When the run pushes: what the registry serves, by `registry/repository:tag`, and the
+    /// registry.
+    pub fn served(&self) -> Option<(&HashMap<String, Option<String>>, &str)> {
+        match self {
+            Backend::Docker(docker) => docker.served.as_ref().zip(docker.registry.as_deref()),
+            Backend::Simulate(_) => None,
+        }
+    }
 }
 
 /// The Docker Engine: builds, tests as layers, tags.
@@ -50,6 +59,9 @@ pub struct DockerBackend {
     /// config, looked up once per run.
     pub registry: Option<String>,
     pub credentials: Option<trellis_docker::DockerCredentials>,
+    /// When the run pushes: the digest the registry serves for every reference
+    /// (`registry/repository:tag`), asked once before planning; `None` when it serves none.
+    pub served: Option<HashMap<String, Option<String>>>,
     /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
     /// git). Not part of any key: a new commit alone must not rebuild anything.
     pub run_labels: HashMap<String, String>,

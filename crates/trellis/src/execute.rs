@@ -68,6 +68,7 @@ impl Workspace {
             engine: backend.images_by_key(),
             // `attach` pulled or refused every missing base before the run.
             unresolved: HashMap::new(),
+            served: backend.served(),
         };
         let plan = trellis_graph::plan(model, graph, &selection, &view);
         let (jobs, infos) = self.job_graph(graph, config, &selection, &plan, &store, &view.refresh);

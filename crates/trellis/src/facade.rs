@@ -150,14 +150,15 @@ impl Workspace {
     /// The plan `build` would follow with `backend` (from [`Workspace::attach`]): builds and
     /// tags judged by what the engine holds, tests and pushes by the state store.
     pub fn plan_on(&self, filters: &[String], backend: &crate::engine::Backend) -> Result<Vec<PlannedNode>, Error> {
-        self.plan_with(filters, backend.images_by_key())
+        self.plan_with(filters, Some(backend))
     }
 
     fn plan_with(
         &self,
         filters: &[String],
-        engine: Option<&std::collections::HashMap<String, trellis_docker::ImageListing>>,
+        backend: Option<&crate::engine::Backend>,
     ) -> Result<Vec<PlannedNode>, Error> {
+        let engine = backend.and_then(crate::engine::Backend::images_by_key);
         let selection = self.select(filters)?;
         let graph = self.graph()?;
         let state_dir = self.model.root.join(&self.model.settings.state);
@@ -174,6 +175,7 @@ impl Workspace {
             refresh: Default::default(),
             engine,
             unresolved: self.unresolved_bases(),
+            served: backend.and_then(crate::engine::Backend::served),
         };
         Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
     }

@@ -20,6 +20,10 @@ pub struct StoreView<'a> {
     pub engine: Option<&'a HashMap<String, trellis_docker::ImageListing>>,
     /// Per variant, an external base the engine does not hold (a plan pulls nothing).
     pub unresolved: HashMap<usize, &'a str>,
+    /// When pushing: what the registry serves (`registry/repository:tag` → digest), and the
+    /// registry. A push is up to date only when it serves every reference at the digest
+    /// recorded for the push.
+    pub served: Option<(&'a HashMap<String, Option<String>>, &'a str)>,
 }
 
 impl StateView for StoreView<'_> {
@@ -62,6 +66,20 @@ impl StateView for StoreView<'_> {
             }
         }
         let Some(record) = self.store.get(&node.id) else { return Err(trellis_graph::never(node.kind).to_owned()) };
+        if let (NodeKind::Push, Some((served, registry)), Outcome::Succeeded) =
+            (node.kind, self.served, &record.outcome)
+            && record.key == node.key.to_hex()
+        {
+            let pushed = record.details.get("digest").map(String::as_str);
+            for reference in &self.workspace.variants[node.variant].references {
+                let target = format!("{registry}/{reference}");
+                match served.get(&target).and_then(Option::as_deref) {
+                    Some(digest) if Some(digest) == pushed => {}
+                    Some(_) => return Err(format!("{target} is served at another digest")),
+                    None => return Err(format!("{target} is not served")),
+                }
+            }
+        }
         if record.key == node.key.to_hex() {
             return match record.outcome {
                 Outcome::Succeeded => Ok(format!("up to date (run {})", record.run)),

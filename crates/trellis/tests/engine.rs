@@ -311,6 +311,23 @@ fn a_push_to_the_authenticated_registry_serves_the_tested_image() {
     let (code, stderr) = push(&ws);
     assert_eq!(code, Some(0));
     assert!(stderr.contains("0 passed"), "an unchanged workspace pushes nothing:\n{stderr}");
+
+    // Someone moves a tag in the registry: the store still says "pushed", the registry does
+    // not, and the registry wins.
+    let moved = format!("127.0.0.1:5000/{repository}:1.0");
+    docker(&["tag", &image_id(&ws.reference("base", "latest")).unwrap(), &moved]);
+    let pushed = Command::new("docker").arg("--config").arg(config.path()).args(["push", &moved]).output().unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    assert_ne!(served_digest(&repository, "1.0"), Some(digest.clone()));
+    let (code, stderr) = push(&ws);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "push:app/1"), "run");
+    let reason =
+        report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "push:app/1").unwrap()["reason"].clone();
+    assert_eq!(reason, format!("{moved} is served at another digest"));
+    assert_eq!(action(&report, "push:app/2"), "skip");
+    assert_eq!(served_digest(&repository, "1.0"), Some(digest));
 }
 
 fn ws_digest(report: &Value, id: &str) -> String {

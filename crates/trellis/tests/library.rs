@@ -384,3 +384,37 @@ fn new_code_reruns_the_runtime_tests_and_a_new_runtime_leaves_the_code_alone() {
         ]
     );
 }
+
+/// A scripted history: every node up to date except the ones named.
+struct Except(Vec<&'static str>);
+
+impl trellis_graph::StateView for Except {
+    fn judge(&self, node: &trellis_graph::Node) -> Result<String, String> {
+        if self.0.contains(&node.id.as_str()) { Err("scripted".to_owned()) } else { Ok("up to date".to_owned()) }
+    }
+}
+
+#[test]
+fn a_rebuilt_image_reruns_what_uses_it_and_a_retag_reruns_nothing_else() {
+    let fixture = family();
+    let workspace = fixture.load();
+    fixture.load().render().unwrap();
+    let graph = workspace.graph().unwrap();
+    let running = |view: &Except| {
+        let selection = workspace.select(&[]).unwrap();
+        let plan = trellis_graph::plan(workspace.model(), graph, &selection, view);
+        plan.into_iter().filter(|n| n.action == trellis::Action::Run).map(|n| (n.id, n.reason)).collect::<Vec<_>>()
+    };
+    // The base's tag was moved by someone: re-pointing it changes no image.
+    assert_eq!(running(&Except(vec!["tag:base/trixie"])), [("tag:base/trixie".to_owned(), "scripted".to_owned())]);
+    // The base is rebuilt under the same key (--refresh, or its image was removed): a new
+    // image ID, so its children are rebuilt on it and everything after them runs too.
+    let rebuilt = running(&Except(vec!["build:base/trixie"]));
+    let ids: Vec<&str> = rebuilt.iter().map(|(id, _)| id.as_str()).collect();
+    for id in ["build:base/trixie", "tag:base/trixie", "build:app/2.0.0/trixie", "test:app/2.0.0/trixie/runs"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    assert!(!ids.iter().any(|id| id.contains("bookworm") || id.contains("tool")), "{ids:?}");
+    let reason = &rebuilt.iter().find(|(id, _)| id == "build:app/2.0.0/trixie").unwrap().1;
+    assert_eq!(reason, "build:base/trixie re-runs");
+}
