@@ -256,11 +256,8 @@ image "slow" {
     assert_eq!(status(&ws.report(), "test:slow/hang"), "cancelled");
 }
 
-#[test]
-fn pull_never_with_a_missing_base_fails_before_anything_builds() {
-    let matrix = r#"
-settings { name "NAME"; pull "never"; }
-image "app" {
+/// Two images: `app`, whose template each test writes, and `other`, which builds.
+const APP_AND_OTHER: &str = r#"image "app" {
     repository "PREFIX/app"
     dockerfile "app.j2"
     context "busybox"
@@ -273,7 +270,11 @@ image "other" {
     tag "latest"
 }
 "#;
-    let ws = EngineWorkspace::new("pull", matrix, &[("app.j2", "FROM PREFIX-ext/absent:1\n"), ("other.j2", BASE)]);
+
+#[test]
+fn pull_never_with_a_missing_base_fails_before_anything_builds() {
+    let matrix = format!("settings {{ name \"NAME\"; pull \"never\"; }}\n{APP_AND_OTHER}");
+    let ws = EngineWorkspace::new("pull", &matrix, &[("app.j2", "FROM PREFIX-ext/absent:1\n"), ("other.j2", BASE)]);
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(&format!("{}-ext/absent:1", ws.prefix)) && stderr.contains("pull \"never\""), "{stderr}");
@@ -492,23 +493,10 @@ image "tool" {
 #[test]
 fn a_base_that_cannot_be_pulled_stops_the_run_before_anything_builds() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let matrix = r#"
-settings { name "NAME"; retries 1; backoff "10ms"; pull "missing"; }
-image "app" {
-    repository "PREFIX/app"
-    dockerfile "app.j2"
-    context "busybox"
-    tag "latest"
-}
-image "other" {
-    repository "PREFIX/other"
-    dockerfile "other.j2"
-    context "busybox"
-    tag "latest"
-}
-"#;
+    let matrix =
+        format!("settings {{ name \"NAME\"; retries 1; backoff \"10ms\"; pull \"missing\"; }}\n{APP_AND_OTHER}");
     let from = format!("FROM 127.0.0.1:{closed}/PREFIX-ext/absent:1\n");
-    let ws = EngineWorkspace::new("nopull", matrix, &[("app.j2", &from), ("other.j2", BASE)]);
+    let ws = EngineWorkspace::new("nopull", &matrix, &[("app.j2", &from), ("other.j2", BASE)]);
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(3), "the registry is unreachable:\n{stderr}");
     assert!(stderr.contains("pulling") && stderr.contains("retrying"), "{stderr}");
