@@ -107,7 +107,7 @@ fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -
     let state = relative_path(&decl.state, "the state directory", source, diags);
     if let Some(registry) = &decl.registry {
         let probe = format!("{}/probe:latest", registry.value);
-        if registry.value.contains("://") || oci_spec::distribution::Reference::try_from(probe.as_str()).is_err() {
+        if registry.value.contains("://") || crate::reference::check(&probe).is_err() {
             diags.push(
                 Diagnostic::new(
                     "trellis::reference::bad_registry",
@@ -309,6 +309,9 @@ struct Tmpl<'m> {
     decl: &'m Spanned<String>,
     /// Characters the template source has before the user's text (`when` is wrapped).
     prefix: usize,
+    /// Text without template syntax renders to itself: not compiled, not rendered (most
+    /// repositories, paths and tags of a large workspace are plain strings).
+    literal: bool,
 }
 
 /// Per-image templates, registered once and rendered for each variant.
@@ -460,9 +463,13 @@ impl<'a> Compiler<'a> {
 
     fn add_wrapped(&mut self, decl: &'a Spanned<String>, what: &str, before: &str, after: &str) -> Option<Tmpl<'a>> {
         let name = format!("{}@{}", self.source.name(), decl.span.offset());
+        // minijinja would drop one trailing newline; every other text without `{` is itself.
+        if before.is_empty() && !decl.value.contains('{') && !decl.value.ends_with('\n') {
+            return Some(Tmpl { name, decl, prefix: 0, literal: true });
+        }
         let text = format!("{before}{}{after}", decl.value);
         match self.env.add_template_owned(name.clone(), text) {
-            Ok(()) => Some(Tmpl { name, decl, prefix: before.len() }),
+            Ok(()) => Some(Tmpl { name, decl, prefix: before.len(), literal: false }),
             Err(error) => {
                 let origin = Origin::Inline(self.source, decl, before.len());
                 self.diags.push(template::diagnostic(&error, origin, &format!("in {what}"), ""));
@@ -602,6 +609,9 @@ impl<'a> Compiler<'a> {
 
     /// Renders an inline template; `None` (with a diagnostic) when rendering fails.
     fn render(&mut self, t: &Tmpl<'a>, ctx: &Value, variant: &str, variables: &str) -> Option<String> {
+        if t.literal {
+            return Some(t.decl.value.clone());
+        }
         let result = self.env.get_template(&t.name).and_then(|tmpl| tmpl.render(ctx));
         match result {
             Ok(text) => Some(text),
@@ -996,8 +1006,7 @@ fn check_reference(repository: &str, tag: &str) -> Result<(), String> {
     if repository.contains('@') || repository.rsplit('/').next().is_some_and(|last| last.contains(':')) {
         return Err("the repository must not carry a tag or digest".into());
     }
-    let text = format!("{repository}:{tag}");
-    oci_spec::distribution::Reference::try_from(text.as_str()).map(|_| ()).map_err(|e| e.to_string())
+    crate::reference::check(&format!("{repository}:{tag}"))
 }
 
 fn describe_variables(matrix: &[&CompiledAxis]) -> String {

@@ -11,6 +11,7 @@ mod decode;
 mod diagnostic;
 mod files;
 pub mod manifest;
+pub mod reference;
 mod template;
 mod workspace;
 
@@ -21,16 +22,7 @@ pub use files::{DiskFiles, Files, MemoryFiles};
 pub use manifest::{AttributeValue, Jobs, NetworkMode, PullPolicy};
 pub use workspace::*;
 
-/// Docker's normalised form of an image reference (`debian` → `docker.io/library/debian:latest`),
-/// or `None` when it is not a valid reference.
-pub fn normalise_reference(reference: &str) -> Option<String> {
-    oci_spec::distribution::Reference::try_from(reference).ok().map(|r| r.whole())
-}
-
-/// The registry host a reference lives in (`docker.io` when it names none).
-pub fn registry_of(reference: &str) -> Option<String> {
-    oci_spec::distribution::Reference::try_from(reference).ok().map(|r| r.registry().to_owned())
-}
+pub use reference::{normalise as normalise_reference, registry_of};
 
 /// The mistakes that kept a workspace from loading, in reading order.
 #[derive(Debug)]
