@@ -463,8 +463,9 @@ impl<'a> Compiler<'a> {
 
     fn add_wrapped(&mut self, decl: &'a Spanned<String>, what: &str, before: &str, after: &str) -> Option<Tmpl<'a>> {
         let name = format!("{}@{}", self.source.name(), decl.span.offset());
-        // minijinja would drop one trailing newline; every other text without `{` is itself.
-        if before.is_empty() && !decl.value.contains('{') && !decl.value.ends_with('\n') {
+        // Without `{` there is no template syntax (the environment keeps trailing newlines and
+        // escapes nothing): the text renders to itself.
+        if before.is_empty() && !decl.value.contains('{') {
             return Some(Tmpl { name, decl, prefix: 0, literal: true });
         }
         let text = format!("{before}{}{after}", decl.value);
