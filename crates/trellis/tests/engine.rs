@@ -278,11 +278,7 @@ fn pull_never_with_a_missing_base_fails_before_anything_builds() {
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(&format!("{}-ext/absent:1", ws.prefix)) && stderr.contains("pull \"never\""), "{stderr}");
-    assert_eq!(
-        docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", ws.name)]),
-        "",
-        "nothing was built"
-    );
+    assert_eq!(ws.images(), "", "nothing was built");
 }
 
 #[test]
@@ -501,11 +497,7 @@ fn a_base_that_cannot_be_pulled_stops_the_run_before_anything_builds() {
     assert_eq!(code, Some(3), "the registry is unreachable:\n{stderr}");
     assert!(stderr.contains("pulling") && stderr.contains("retrying"), "{stderr}");
     assert!(stderr.contains(&format!("cannot pull the external base 127.0.0.1:{closed}/{}-ext/absent:1", ws.prefix)));
-    assert_eq!(
-        docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", ws.name)]),
-        "",
-        "nothing was built"
-    );
+    assert_eq!(ws.images(), "", "nothing was built");
 }
 
 #[test]

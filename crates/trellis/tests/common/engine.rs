@@ -79,6 +79,11 @@ impl EngineWorkspace {
         super::last_report(self.fixture.root())
     }
 
+    /// Images labelled with this workspace, one ID per line.
+    pub fn images(&self) -> String {
+        docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
+    }
+
     /// Test images of this workspace still in the engine (they inherit its labels).
     pub fn test_images(&self) -> String {
         docker(&[
