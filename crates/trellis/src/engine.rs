@@ -221,6 +221,11 @@ impl DockerBackend {
                     ));
                 }
                 let mut labels = self.run_labels.clone();
+                // The version is the variant's first tag unless the matrix says otherwise (like
+                // the run's labels it is not part of the key: renaming a tag rebuilds nothing).
+                if let Some(first) = variant.references.first() {
+                    labels.insert("org.opencontainers.image.version".to_owned(), first.tag.clone());
+                }
                 // The matrix's own labels win over the run's.
                 labels.extend(variant.labels.iter().cloned());
                 labels.insert("dev.trellis.workspace".to_owned(), self.model.settings.name.clone());

@@ -98,6 +98,7 @@ fn every_tag_of_a_variant_is_one_image_and_a_second_run_does_nothing() {
     assert_eq!(label("dev.trellis.variant"), "app/1");
     assert_eq!(label("dev.trellis.key").len(), 64);
     assert!(label("org.opencontainers.image.created").starts_with("20"));
+    assert_eq!(label("org.opencontainers.image.version"), "1", "the variant's first tag");
 
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(0));
