@@ -48,7 +48,10 @@ impl Workspace {
         // The daemon takes a while to list images (~0.1 s for 200): hash the build contexts on
         // a blocking thread meanwhile. A no-op run costs the longer of the two, not their sum.
         let name = workspace.model().settings.name.clone();
-        let hashing = tokio::task::spawn_blocking(move || workspace.graph().map(|_| ()).map(|()| workspace));
+        let hashing = tokio::task::spawn_blocking(move || -> Result<Workspace, Error> {
+            workspace.graph()?;
+            Ok(workspace)
+        });
         let listing = client.workspace_images(&name).await;
         let workspace = hashing.await.map_err(|e| Error::Report(std::io::Error::other(e)))??;
         let listing = listing.map_err(unreachable)?;
