@@ -112,33 +112,18 @@ impl DockerClient {
         self.tag(image_id, target).await?;
         let (repository, tag) = split_reference(target);
         let options = PushImageOptions { tag: Some(tag.to_owned()), ..Default::default() };
-        let mut stream = self.docker.push_image(repository, Some(options), credentials);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let (Some(status), None) = (&info.status, &info.progress_detail) {
-                        line(status);
-                    }
-                }
-                Err(bollard::errors::Error::DockerStreamError { error }) => return Err(EngineError::Failed(error)),
-                Err(other) => return Err(classify(other)),
-            }
-        }
-        self.local_digest(image_id, repository)
-            .await?
+        let stream = self.docker.push_image(repository, Some(options), credentials);
+        follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
+        let recorded = self.repo_digests(image_id).await?;
+        digest_in(&recorded, repository)
             .ok_or_else(|| EngineError::Failed(format!("the engine recorded no digest for {target} after the push")))
     }
 
-    /// The digest under which `repository` holds `image_id`, as the engine recorded it when
-    /// the image was last pushed there (`push_image` itself reports none).
-    pub async fn local_digest(&self, image_id: &str, repository: &str) -> Result<Option<String>, EngineError> {
+    /// Every `repository@digest` the engine recorded for `image_id`: one per repository it was
+    /// pushed to (`push_image` itself reports no digest). See [`digest_in`].
+    pub async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, EngineError> {
         let inspect = self.docker.inspect_image(image_id).await.map_err(classify)?;
-        let prefix = format!("{repository}@");
-        Ok(inspect
-            .repo_digests
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned)))
+        Ok(inspect.repo_digests.unwrap_or_default())
     }
 
     /// The digest the registry serves for `target`, or `None` when it has no such tag.
@@ -337,17 +322,8 @@ impl DockerClient {
             }
         };
         let options = CreateImageOptions { from_image: Some(from_image.to_owned()), tag, ..Default::default() };
-        let mut stream = self.docker.create_image(Some(options), None, credentials);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let (Some(status), None) = (&info.status, &info.progress_detail) {
-                        line(status);
-                    }
-                }
-                Err(other) => return Err(classify(other)),
-            }
-        }
+        let stream = self.docker.create_image(Some(options), None, credentials);
+        follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
         self.image_id(reference)
             .await?
             .ok_or_else(|| EngineError::Failed(format!("the engine has no {reference} after pulling it")))
@@ -376,6 +352,27 @@ impl DockerClient {
         let options = RemoveImageOptions { force, noprune: false, ..Default::default() };
         self.docker.remove_image(id, Some(options), None).await.map(|_| ()).map_err(classify)
     }
+}
+
+/// The digest under which `repository` holds an image, among its [`DockerClient::repo_digests`].
+pub fn digest_in(repo_digests: &[String], repository: &str) -> Option<String> {
+    let prefix = format!("{repository}@");
+    repo_digests.iter().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// Drains a push or pull progress stream: status lines (not byte counters, which `status`
+/// leaves out) go to `line`; an error inside the stream ends it.
+async fn follow<T>(
+    mut stream: impl futures_util::Stream<Item = Result<T, bollard::errors::Error>> + Unpin,
+    status: impl Fn(&T) -> Option<&str>,
+    line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), EngineError> {
+    while let Some(item) = stream.next().await {
+        if let Some(text) = status(&item.map_err(classify)?) {
+            line(text);
+        }
+    }
+    Ok(())
 }
 
 /// bollard encodes `X-Registry-Auth` with standard base64; the daemon expects URL-safe and

@@ -13,6 +13,6 @@ mod context_tar;
 
 pub use client::{
     BuildRequest, BuildTrace, DockerClient, DockerCredentials, EngineError, ImageListing, TestRequest, credentials_for,
-    credentials_for_image,
+    credentials_for_image, digest_in,
 };
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};

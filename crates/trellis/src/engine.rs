@@ -303,13 +303,15 @@ impl DockerBackend {
                     )
                 })?;
                 let image = self.image_of(node.variant)?;
+                // Where the engine recorded this image as pushed: one inspect for all references.
+                let mut recorded = self.client.repo_digests(&image).await.map_err(engine_error)?;
                 let mut digest = String::new();
                 for reference in &variant.references {
                     let target = format!("{registry}/{reference}");
                     let repository = format!("{registry}/{}", reference.repository);
                     // Skipped when the registry already serves this reference at the digest
                     // this image was pushed under.
-                    let local = self.client.local_digest(&image, &repository).await.map_err(engine_error)?;
+                    let local = trellis_docker::digest_in(&recorded, &repository);
                     let served =
                         self.client.registry_digest(&target, self.credentials.clone()).await.map_err(engine_error)?;
                     if let (Some(local), Some(served)) = (&local, &served)
@@ -325,6 +327,10 @@ impl DockerBackend {
                         () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
                     };
                     ctx.line(format!("pushed {target} at {pushed}"));
+                    // The engine now records this digest for the repository, as a new
+                    // inspect would show.
+                    recorded.retain(|d| !d.starts_with(&format!("{repository}@")));
+                    recorded.push(format!("{repository}@{pushed}"));
                     digest = pushed;
                 }
                 output.insert("image".to_owned(), image);
