@@ -253,12 +253,12 @@ fn plan(workspace: Workspace, filters: &[String]) -> Result<Vec<trellis_graph::P
         .map_err(|e| Error::Report(std::io::Error::other(e)))?;
     let loaded = workspace.manifest_path().to_path_buf();
     match runtime.block_on(workspace.attach(crate::Attach::default())) {
-        Ok((workspace, backend, unresolved)) => {
-            for (base, policy) in &unresolved.0 {
-                let what = match policy {
-                    trellis_model::PullPolicy::Never => "`build` will stop: pull is \"never\"",
-                    _ => "`build` will pull it",
-                };
+        Ok((workspace, backend)) => {
+            let what = match workspace.model().settings.pull {
+                trellis_model::PullPolicy::Never => "`build` will stop: pull is \"never\"",
+                _ => "`build` will pull it",
+            };
+            for base in workspace.unresolved_bases() {
                 eprintln!("note: external base {base} is not in the engine; {what}");
             }
             workspace.plan_on(filters, &backend)
@@ -374,8 +374,7 @@ async fn backend(
         return Ok((workspace, crate::engine::Backend::Simulate(std::sync::Arc::new(simulation))));
     }
     let how = crate::Attach { pull: true, push: config.push };
-    let (workspace, backend, _) = workspace.attach(how).await?;
-    Ok((workspace, backend))
+    workspace.attach(how).await
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -2,7 +2,7 @@
 //! image IDs (pulled per the `pull` policy when building), and the one listing of the
 //! workspace's images by build key that judges every build and tag.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use trellis_docker::{DockerClient, EngineError, ImageListing};
@@ -22,16 +22,12 @@ pub struct Attach {
     pub push: bool,
 }
 
-/// External bases the engine does not hold (a plan under `pull "missing"`/`"always"` leaves
-/// them for the build to pull).
-#[derive(Debug, Clone, Default)]
-pub struct Unresolved(pub BTreeMap<String, PullPolicy>);
-
 impl Workspace {
     /// Connects to the Docker engine (DOCKER_HOST or the default socket) and returns this
     /// workspace keyed with its external bases' image IDs, and the backend `run` uses.
-    /// Under `pull "never"` a missing base is an error here, before anything builds.
-    pub async fn attach(self, how: Attach) -> Result<(Workspace, Backend, Unresolved), Error> {
+    /// Under `pull "never"` a missing base is an error here, before anything builds; a base
+    /// left without an ID (a plan pulls nothing) is in [`Workspace::unresolved_bases`].
+    pub async fn attach(self, how: Attach) -> Result<(Workspace, Backend), Error> {
         let registry = self.graph_inputs().registry.clone();
         if how.push && registry.is_none() {
             return Err(Error::Unsupported(
@@ -43,7 +39,7 @@ impl Workspace {
                 "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
             ))
         })?;
-        let (ids, unresolved) = resolve_bases(&client, &self, how.pull).await?;
+        let ids = resolve_bases(&client, &self, how.pull).await?;
         let workspace = self.with_base_images(ids);
         // The daemon takes a while to list images (~0.1 s for 200): hash the build contexts on
         // a blocking thread meanwhile. A no-op run costs the longer of the two, not their sum.
@@ -80,7 +76,7 @@ impl Workspace {
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
         };
-        Ok((workspace, Backend::Docker(Arc::new(docker)), unresolved))
+        Ok((workspace, Backend::Docker(Arc::new(docker))))
     }
 }
 
@@ -120,12 +116,11 @@ async fn resolve_bases(
     client: &DockerClient,
     workspace: &Workspace,
     pull: bool,
-) -> Result<(trellis_graph::BaseImageIds, Unresolved), Error> {
+) -> Result<trellis_graph::BaseImageIds, Error> {
     let settings = &workspace.model().settings;
     let policy = settings.pull;
     let retry = RetryPolicy { retries: settings.retries, delay: settings.backoff, ..RetryPolicy::default() };
     let mut ids = trellis_graph::BaseImageIds::default();
-    let mut unresolved = Unresolved::default();
     let mut missing = Vec::new();
     for base in workspace.dependencies().all_external_bases() {
         let present = client.image_id(base).await.map_err(unreachable)?;
@@ -139,15 +134,13 @@ async fn resolve_bases(
                 ids.0.insert(base.clone(), id);
             }
             None if policy == PullPolicy::Never && pull => missing.push(base.clone()),
-            None => {
-                unresolved.0.insert(base.clone(), policy);
-            }
+            None => {}
         }
     }
     if !missing.is_empty() {
         return Err(Error::MissingBases { bases: missing, policy: "never".to_owned() });
     }
-    Ok((ids, unresolved))
+    Ok(ids)
 }
 
 /// Pulls one base with the run's retry policy; the last error says why it could not be had.

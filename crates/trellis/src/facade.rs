@@ -174,14 +174,26 @@ impl Workspace {
             graph,
             refresh: Default::default(),
             engine,
-            unresolved: self.unresolved_bases(),
+            unresolved: self.first_unresolved_base(),
             served: backend.and_then(crate::engine::Backend::served),
         };
         Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
     }
 
-    /// Per variant, the first external base without an image ID.
-    fn unresolved_bases(&self) -> std::collections::HashMap<usize, &str> {
+    /// External bases (of builds and Dockerfile tests) without an image ID: all of them
+    /// offline; after [`Workspace::attach`] without pulling, those the engine lacks.
+    pub fn unresolved_bases(&self) -> std::collections::BTreeSet<&str> {
+        let known = &self.inputs.base_images.0;
+        self.dependencies
+            .all_external_bases()
+            .into_iter()
+            .filter(|b| !known.contains_key(*b))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Per variant, the first external base of its build without an image ID.
+    fn first_unresolved_base(&self) -> std::collections::HashMap<usize, &str> {
         let known = &self.inputs.base_images.0;
         (self.dependencies.external_bases.iter().enumerate())
             .filter_map(|(v, bases)| bases.iter().find(|b| !known.contains_key(*b)).map(|b| (v, b.as_str())))

@@ -19,7 +19,7 @@
 //! ```no_run
 //! # async fn xtask() -> Result<(), trellis::Error> {
 //! let workspace = trellis::Workspace::load("matrix.kdl")?;
-//! let (workspace, backend, _) = workspace.attach(trellis::Attach { pull: true, push: true }).await?;
+//! let (workspace, backend) = workspace.attach(trellis::Attach { pull: true, push: true }).await?;
 //! let filters = vec!["node=22.*".to_owned()];
 //! for node in workspace.plan_on(&filters, &backend)? {
 //!     println!("{:?} {} — {}", node.action, node.id, node.reason);
@@ -42,7 +42,7 @@ pub mod output;
 mod reporter;
 mod store_view;
 
-pub use connect::{Attach, Unresolved};
+pub use connect::Attach;
 pub use execute::{RunConfig, RunOutcome};
 pub use facade::{Error, TagEntry, Workspace, find_manifest};
 pub use trellis_exec::{RunSummary, Shutdown};

@@ -534,8 +534,8 @@ fn a_library_caller_attaches_plans_and_runs_on_the_engine() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let summary = runtime.block_on(async {
         let workspace = trellis::Workspace::load(ws.fixture.path("matrix.kdl")).unwrap();
-        let (workspace, backend, unresolved) = workspace.attach(trellis::Attach::default()).await.unwrap();
-        assert!(unresolved.0.is_empty(), "the external base is in the engine");
+        let (workspace, backend) = workspace.attach(trellis::Attach::default()).await.unwrap();
+        assert!(workspace.unresolved_bases().is_empty(), "the external base is in the engine");
         let filters = vec!["app".to_owned()];
         let plan = workspace.plan_on(&filters, &backend).unwrap();
         let ids: Vec<&str> = plan.iter().filter(|n| n.id.starts_with("build:")).map(|n| n.id.as_str()).collect();
