@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,10 +57,8 @@ fn external_base(ws: &EngineWorkspace, marker: &str) {
     let dir = ws.fixture.path("ext");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
-    std::fs::write(dir.join("Dockerfile"), format!(
-            "FROM scratch\nLABEL e2e={}\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nLABEL marker={marker}\n",
-            ws.name
-        )).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("{}LABEL marker={marker}\n", BASE.replace("NAME", &ws.name)))
+        .unwrap();
     let status = Command::new("docker")
         .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
         .arg(&dir)
@@ -176,24 +174,14 @@ fn a_failing_test_moves_no_tag_and_blocks_the_rest() {
 }
 
 /// A loopback HTTP service answering "fail" to the first `failures` requests, then "ok".
-fn counter_service(failures: usize) -> (u16, Arc<AtomicUsize>, mpsc::Receiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+fn counter_service(failures: usize) -> (u16, Arc<AtomicUsize>, mpsc::Receiver<usize>) {
     let hits = Arc::new(AtomicUsize::new(0));
-    let (tx, rx) = mpsc::channel();
     let counter = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let mut buffer = [0u8; 1024];
-            let _ = stream.read(&mut buffer);
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            let body = if n < failures { "fail" } else { "ok" };
-            let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-            let _ = tx.send(());
-        }
+    let (port, answered) = loopback_service(None, move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        if n < failures { "fail" } else { "ok" }
     });
-    (port, hits, rx)
+    (port, hits, answered)
 }
 
 #[test]

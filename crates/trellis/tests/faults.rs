@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,39 +20,15 @@ use common::engine::*;
 fn gate_service(netns: Option<&Path>) -> (u16, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let (started_tx, started) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
-    let (port_tx, port) = mpsc::channel();
-    let netns = netns.map(Path::to_path_buf);
-    std::thread::spawn(move || {
-        if let Some(netns) = netns {
-            enter_netns(&netns);
+    let (port, _) = loopback_service(netns, move |n| {
+        if n > 0 {
+            return "ok";
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { break };
-            let mut buffer = [0u8; 1024];
-            let _ = stream.read(&mut buffer);
-            let body = if n == 0 {
-                let _ = started_tx.send(());
-                let _ = released.recv();
-                "fail"
-            } else {
-                "ok"
-            };
-            let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        }
+        let _ = started_tx.send(());
+        let _ = released.recv();
+        "fail"
     });
-    (port.recv().unwrap(), started, release)
-}
-
-/// Moves the calling thread (only) into the network namespace at `path`.
-fn enter_netns(path: &Path) {
-    use std::os::fd::AsRawFd;
-    let namespace = std::fs::File::open(path).unwrap();
-    // SAFETY: setns(2) with a namespace file descriptor that is open for the whole call; it
-    // changes the network namespace of this thread alone.
-    let rc = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    (port, started, release)
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! trellis's own).
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
 
 use serde_json::Value;
 
@@ -227,4 +229,43 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path, replace: &[(String, S
             }
         }
     }
+}
+
+/// A loopback HTTP/1.0 service on 127.0.0.1 — in the network namespace at `netns` when given —
+/// that answers request `n` (from 0) with the body `respond(n)` (which may block, holding the
+/// request) and announces every answered request on the returned channel. The builds under
+/// test call it with host networking: it is how a test synchronises with a running step.
+pub fn loopback_service(
+    netns: Option<&Path>,
+    mut respond: impl FnMut(usize) -> &'static str + Send + 'static,
+) -> (u16, mpsc::Receiver<usize>) {
+    let (answered_tx, answered) = mpsc::channel();
+    let (port_tx, port) = mpsc::channel();
+    let netns = netns.map(Path::to_path_buf);
+    std::thread::spawn(move || {
+        if let Some(netns) = netns {
+            enter_netns(&netns);
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { break };
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer);
+            let body = respond(n);
+            let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = answered_tx.send(n);
+        }
+    });
+    (port.recv().unwrap(), answered)
+}
+
+/// Moves the calling thread (only) into the network namespace at `path`.
+fn enter_netns(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let namespace = std::fs::File::open(path).unwrap();
+    // SAFETY: setns(2) with a namespace file descriptor that is open for the whole call; it
+    // changes the network namespace of this thread alone.
+    let rc = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
