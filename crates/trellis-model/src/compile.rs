@@ -15,6 +15,7 @@ use regex::Regex;
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::files::Files;
 use crate::manifest::*;
+use crate::axis_vars::{self, AxisFacts, Prepared};
 use crate::template::{self, AxisValueObject, Origin};
 use crate::workspace::*;
 
@@ -39,10 +40,13 @@ pub(crate) fn compile(
     let before = diags.len();
     let settings = settings(&manifest.settings, source, diags);
     let axes = axes(&manifest.axes, source, diags);
+    let facts = axes.iter().map(|a| (a.axis.name.clone(), facts(&a.axis))).collect();
     let mut compiler = Compiler {
         source,
         files,
         diags,
+        facts,
+        syntax: template::syntax(),
         env: template::environment(),
         file_env: template::environment(),
         file_templates: HashMap::new(),
@@ -62,7 +66,7 @@ pub(crate) fn compile(
     let variants = compiler.resolve_tags(drafts, &manifest);
     check_render_paths(&variants, source, compiler.diags);
     let mut names: Vec<String> = vec![source.name().to_owned()];
-    names.extend(compiler.template_sources.iter().map(|f| f.name().to_owned()));
+    names.extend(compiler.template_sources.iter().map(|(f, _)| f.name().to_owned()));
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let tidy = crate::diagnostic::tidy(compiler.diags.split_off(before), &name_refs);
     compiler.diags.extend(tidy);
@@ -140,11 +144,11 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
     let mut out = Vec::new();
     for decl in decls {
         let name = &decl.name;
-        if RESERVED_AXIS_NAMES.contains(&name.value.as_str()) {
+        if RESERVED_AXIS_NAMES.contains(&name.value.as_str()) || name.value.starts_with("__") {
             diags.push(
                 Diagnostic::new("trellis::axis::reserved_name", format!("`{}` cannot name an axis", name.value))
                     .at(source, name.span, "reserved")
-                    .help("`image` and `axes` are template variables of their own; pick another name"),
+                    .help("`image` and `axes` are template variables of their own, names starting with `__` are trellis's; pick another name"),
             );
         } else if !IDENTIFIER.is_match(&name.value) {
             diags.push(
@@ -246,10 +250,37 @@ fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) ->
             values = sortable.into_iter().map(|(_, v)| (v, &decl.name)).collect();
         }
         let values: Vec<AxisValue> = values.into_iter().map(|(v, _)| v).collect();
-        let objects = values.iter().map(|v| AxisValueObject::value(&v.value, &v.version, &v.attributes)).collect();
+        // An attribute declared on some values is `none` on the others.
+        let mut attributes: Vec<&str> = Vec::new();
+        for name in values.iter().flat_map(|v| v.attributes.keys()) {
+            if !attributes.contains(&name.as_str()) {
+                attributes.push(name);
+            }
+        }
+        let objects =
+            values.iter().map(|v| AxisValueObject::value(&v.value, &v.version, &v.attributes, &attributes)).collect();
         out.push(CompiledAxis { axis: Axis { name: name.value.clone(), values }, objects });
     }
     out
+}
+
+/// What comparisons can be checked against: the values, and each attribute whose declared
+/// values are all strings.
+fn facts(axis: &Axis) -> AxisFacts {
+    let mut string_attributes: HashMap<String, Vec<String>> = HashMap::new();
+    let mut not_strings = Vec::new();
+    for value in &axis.values {
+        for (name, attribute) in &value.attributes {
+            match attribute {
+                AttributeValue::String(s) => string_attributes.entry(name.clone()).or_default().push(s.clone()),
+                _ => not_strings.push(name.clone()),
+            }
+        }
+    }
+    for name in not_strings {
+        string_attributes.remove(&name);
+    }
+    AxisFacts { values: axis.values.iter().map(|v| v.value.clone()).collect(), string_attributes }
 }
 
 /// `[major, minor, patch]` (as many as present) when `value` reads as a loose version.
@@ -312,6 +343,8 @@ struct Tmpl<'m> {
     /// Text without template syntax renders to itself: not compiled, not rendered (most
     /// repositories, paths and tags of a large workspace are plain strings).
     literal: bool,
+    /// The text as compiled (attribute reads on axis variables rewritten).
+    prepared: Prepared,
 }
 
 /// Per-image templates, registered once and rendered for each variant.
@@ -344,6 +377,9 @@ struct Compiler<'a> {
     source: &'a SourceFile,
     files: &'a dyn Files,
     diags: &'a mut Vec<Diagnostic>,
+    /// Every axis's values and string attributes, by axis name.
+    facts: HashMap<String, AxisFacts>,
+    syntax: minijinja::syntax::SyntaxConfig,
     /// Inline templates of matrix.kdl, `when` expressions included.
     env: Environment<'static>,
     /// Template files, loaded on first use (a `dockerfile` path may itself be a template).
@@ -352,7 +388,8 @@ struct Compiler<'a> {
     file_templates: HashMap<PathBuf, Option<usize>>,
     /// Test Dockerfiles, read once per path; `None` when unreadable (diagnosed once).
     test_dockerfiles: HashMap<PathBuf, Option<Arc<str>>>,
-    template_sources: Vec<SourceFile>,
+    /// Template files (included ones too) and the text they were compiled as.
+    template_sources: Vec<(SourceFile, Prepared)>,
     dockerfiles_dir: PathBuf,
 }
 
@@ -466,16 +503,41 @@ impl<'a> Compiler<'a> {
         // Without `{` there is no template syntax (the environment keeps trailing newlines and
         // escapes nothing): the text renders to itself.
         if before.is_empty() && !decl.value.contains('{') {
-            return Some(Tmpl { name, decl, prefix: 0, literal: true });
+            return Some(Tmpl { name, decl, prefix: 0, literal: true, prepared: Prepared::default() });
         }
         let text = format!("{before}{}{after}", decl.value);
-        match self.env.add_template_owned(name.clone(), text) {
-            Ok(()) => Some(Tmpl { name, decl, prefix: before.len(), literal: false }),
+        let prepared = axis_vars::prepare(&text, &self.facts, &self.syntax);
+        let impossible = axis_vars::impossible_comparisons(&text, &self.facts, &self.syntax);
+        let origin = Origin::Inline(self.source, decl, before.len(), &prepared);
+        // Reported, but the template still renders: what it renders may hold more mistakes.
+        self.report_impossible(impossible, origin);
+        match self.env.add_template_owned(name.clone(), prepared.text.clone()) {
+            Ok(()) => Some(Tmpl { name, decl, prefix: before.len(), literal: false, prepared }),
             Err(error) => {
-                let origin = Origin::Inline(self.source, decl, before.len());
                 self.diags.push(template::diagnostic(&error, origin, &format!("in {what}"), ""));
                 None
             }
+        }
+    }
+
+    /// One diagnostic per comparison that can never hold.
+    fn report_impossible(&mut self, found: Vec<axis_vars::Impossible>, origin: Origin<'_>) {
+        for impossible in found {
+            let (file, span, _) = origin.locate(Some(impossible.range.clone()));
+            let names: Vec<&str> = impossible.takes.iter().map(String::as_str).collect();
+            let help = match crate::decode::did_you_mean(&impossible.value, &names) {
+                Some(close) => format!("did you mean `{close}`? `{}` takes: {}", impossible.subject, names.join(", ")),
+                None => format!("`{}` takes: {}", impossible.subject, names.join(", ")),
+            };
+            let always = if impossible.negated { "always true" } else { "never true" };
+            self.diags.push(
+                Diagnostic::new(
+                    "trellis::template::impossible_comparison",
+                    format!("`{}` is never `{}`", impossible.subject, impossible.value),
+                )
+                .at(file, span, format!("so this comparison is {always}"))
+                .help(help),
+            );
         }
     }
 
@@ -617,7 +679,7 @@ impl<'a> Compiler<'a> {
         match result {
             Ok(text) => Some(text),
             Err(error) => {
-                let origin = Origin::Inline(self.source, t.decl, t.prefix);
+                let origin = Origin::Inline(self.source, t.decl, t.prefix, &t.prepared);
                 self.diags.push(template::diagnostic(&error, origin, &format!("for {variant}"), variables));
                 None
             }
@@ -677,26 +739,13 @@ impl<'a> Compiler<'a> {
         if let Some(known) = self.file_templates.get(path) {
             return *known;
         }
-        let display = path.to_string_lossy().into_owned();
         let loaded = match self.files.read(path) {
-            Ok(text) => {
-                let file = SourceFile::new(display.clone(), text.clone());
-                match self.file_env.add_template_owned(display.clone(), text) {
-                    Ok(()) => {
-                        self.template_sources.push(file);
-                        Some(self.template_sources.len() - 1)
-                    }
-                    Err(error) => {
-                        self.diags.push(template::diagnostic(&error, Origin::File(&file), "in this template", ""));
-                        None
-                    }
-                }
-            }
+            Ok(text) => self.add_template_file(path, text),
             Err(error) => {
                 self.diags.push(
                     Diagnostic::new(
                         "trellis::template::unreadable",
-                        format!("cannot read template `{display}`: {error}"),
+                        format!("cannot read template `{}`: {error}", path.display()),
                     )
                     .at(self.source, decl.span, "this file")
                     .help("the path is relative to the directory of matrix.kdl"),
@@ -706,6 +755,50 @@ impl<'a> Compiler<'a> {
         };
         self.file_templates.insert(path.to_path_buf(), loaded);
         loaded
+    }
+
+    /// Compiles a template file, then the files it includes, imports or extends by name (relative
+    /// to its folder): they are its sources for diagnostics, and what they render is part of
+    /// the Dockerfile, hence of the keys.
+    fn add_template_file(&mut self, path: &Path, text: String) -> Option<usize> {
+        let name = path.to_string_lossy().into_owned();
+        let file = SourceFile::new(name.clone(), text.clone());
+        let prepared = axis_vars::prepare(&text, &self.facts, &self.syntax);
+        let found = axis_vars::impossible_comparisons(&text, &self.facts, &self.syntax);
+        self.report_impossible(found, Origin::File(&file, &prepared));
+        let mut ok = true;
+        if let Err(error) = self.file_env.add_template_owned(name.clone(), prepared.text.clone()) {
+            self.diags.push(template::diagnostic(&error, Origin::File(&file, &prepared), "in this template", ""));
+            ok = false;
+        }
+        let index = self.template_sources.len();
+        self.template_sources.push((file, prepared));
+        // Known before its includes load: a template that includes itself is not read twice.
+        self.file_templates.insert(path.to_path_buf(), ok.then_some(index));
+        for (included, range) in axis_vars::template_names(&text, &self.syntax) {
+            let joined = PathBuf::from(template::join_template_path(&name, &included));
+            if self.file_templates.contains_key(&joined) {
+                continue;
+            }
+            let loaded = match self.files.read(&joined) {
+                Ok(text) => self.add_template_file(&joined, text),
+                Err(error) => {
+                    let file = &self.template_sources[index].0;
+                    self.diags.push(
+                        Diagnostic::new(
+                            "trellis::template::unreadable",
+                            format!("cannot read template `{}`: {error}", joined.display()),
+                        )
+                        .at(file, SourceSpan::from(range), "named here")
+                        .help("included templates are found relative to the including template's folder"),
+                    );
+                    None
+                }
+            };
+            ok &= loaded.is_some();
+            self.file_templates.insert(joined, loaded);
+        }
+        ok.then_some(index)
     }
 
     fn expand(
@@ -768,33 +861,30 @@ impl<'a> Compiler<'a> {
         for (axis, &i) in matrix.iter().zip(odometer) {
             let value = &axis.axis.values[i].value;
             values.insert(axis.axis.name.clone(), value.clone());
-            ctx.insert(axis.axis.name.clone(), axis.objects[i].clone());
+            // The variable is the value string; its attributes are read from the object.
+            ctx.insert(axis.axis.name.clone(), Value::from(value.as_str()));
+            ctx.insert(axis_vars::object_name(&axis.axis.name), axis.objects[i].clone());
             id.push('/');
             id.push_str(value);
         }
+        ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
+        ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        let ctx = Value::from_pairs(ctx);
         // Excludes first: an excluded combination is never rendered.
         for (exclude, when) in decl.excludes.iter().zip(&t.excludes) {
             let globs_match = exclude.globs.iter().all(|(axis, glob)| {
                 values.get(&axis.value).is_some_and(|v| wildmatch::WildMatch::new(&glob.value).matches(v))
             });
-            if globs_match {
-                ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
-                ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
-                let context = Value::from_pairs(ctx.clone());
-                match self.holds(when.as_ref(), &context, &id, variables) {
-                    Some(true) => return,
-                    Some(false) => {}
-                    None => return,
-                }
+            if globs_match && self.holds(when.as_ref(), &ctx, &id, variables) != Some(false) {
+                return;
             }
         }
-        ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
-        ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
-        let ctx = Value::from_pairs(ctx);
         let Some(draft) = self.render_variant(index, decl, t, &ctx, id, values, variables) else { return };
         out.push(draft);
     }
 
+    /// Renders every template of one variant. Every failing template is reported (a variant
+    /// with four mistakes shows four diagnostics), then the variant is dropped.
     #[allow(clippy::too_many_arguments)]
     fn render_variant(
         &mut self,
@@ -806,111 +896,34 @@ impl<'a> Compiler<'a> {
         values: IndexMap<String, String>,
         variables: &str,
     ) -> Option<Draft> {
-        let repository = self.render(t.repository.as_ref()?, ctx, &id, variables)?;
+        let repository = self.render(t.repository.as_ref()?, ctx, &id, variables);
         let dockerfile_decl = t.dockerfile.as_ref()?;
-        let template_path = self.render(dockerfile_decl, ctx, &id, variables)?;
-        let template_path = self.path(template_path, dockerfile_decl.decl, "the dockerfile path", &id)?;
+        let template_path = self
+            .render(dockerfile_decl, ctx, &id, variables)
+            .and_then(|p| self.path(p, dockerfile_decl.decl, "the dockerfile path", &id));
         let context = match &t.context {
-            Some(c) => {
-                let rendered = self.render(c, ctx, &id, variables)?;
-                self.path(rendered, c.decl, "the context path", &id)?
-            }
-            None => template_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            Some(c) => self.render(c, ctx, &id, variables).and_then(|p| self.path(p, c.decl, "the context path", &id)),
+            None => template_path.as_ref().map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default()),
         };
-        let (sub_path, render_decl) = match &t.path {
-            Some(p) => {
-                let rendered = self.render(p, ctx, &id, variables)?;
-                (self.path(rendered, p.decl, "the render path", &id)?, p.decl.span)
-            }
-            None => (values.values().collect::<PathBuf>(), decl.name.span),
+        let render_at = match &t.path {
+            Some(p) => self
+                .render(p, ctx, &id, variables)
+                .and_then(|r| self.path(r, p.decl, "the render path", &id))
+                .map(|sub| (sub, p.decl.span)),
+            None => Some((values.values().collect::<PathBuf>(), decl.name.span)),
         };
-        let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
         let target = match &t.target {
-            Some(target) => Some(self.render(target, ctx, &id, variables)?),
-            None => None,
+            Some(target) => self.render(target, ctx, &id, variables).map(Some),
+            None => Some(None),
         };
-        let mut args = Vec::new();
-        for (name, value) in &t.args {
-            args.push((name.clone(), self.render(value.as_ref()?, ctx, &id, variables)?));
-        }
-        let mut labels = Vec::new();
-        for (name, value) in &t.labels {
-            labels.push((name.clone(), self.render(value.as_ref()?, ctx, &id, variables)?));
-        }
-        let mut produced = Vec::new();
-        let mut tags_ok = true;
-        for (rule, ((tag, when), tag_decl)) in t.tags.iter().zip(&decl.tags).enumerate() {
-            if !self.holds(when.as_ref(), ctx, &id, variables)? {
-                continue;
-            }
-            let rendered = self.render(tag.as_ref()?, ctx, &id, variables)?;
-            match check_reference(&repository, &rendered) {
-                Ok(()) => produced.push((
-                    Reference { repository: repository.clone(), tag: rendered, floating: tag_decl.float },
-                    rule,
-                )),
-                Err(why) => {
-                    tags_ok = false;
-                    self.diags.push(
-                        Diagnostic::new("trellis::reference::invalid", format!("`{repository}:{}` is not a valid image reference: {why}", rendered.escape_debug()))
-                            .at(self.source, tag_decl.template.span, format!("rendered for {id}"))
-                            .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`; a repository is lowercase path components"),
-                    );
-                }
-            }
-        }
-        let mut tests = Vec::new();
-        for test in &t.tests {
-            if !self.holds(test.when.as_ref(), ctx, &id, variables)? {
-                continue;
-            }
-            let body = match &test.dockerfile {
-                None => {
-                    let mut lines = Vec::new();
-                    for run in &test.runs {
-                        let run = run.as_ref()?;
-                        let line = self.render(run, ctx, &id, variables)?;
-                        if line.contains(['\n', '\r']) || line.trim().is_empty() {
-                            self.diags.push(
-                                Diagnostic::new("trellis::test::bad_run_line", "a run line must render to one non-empty line")
-                                    .at(self.source, run.decl.span, format!("rendered for {id}"))
-                                    .help("each `run` becomes one RUN instruction: write one command per `run`, or join them with &&"),
-                            );
-                            return None;
-                        }
-                        lines.push(line);
-                    }
-                    VariantTestBody::Run(lines)
-                }
-                Some(dockerfile) => {
-                    let rendered = self.render(dockerfile, ctx, &id, variables)?;
-                    let dockerfile_path = self.path(rendered, dockerfile.decl, "the test dockerfile", &id)?;
-                    let context = match &test.context {
-                        Some(c) => {
-                            let rendered = self.render(c, ctx, &id, variables)?;
-                            self.path(rendered, c.decl, "the test context", &id)?
-                        }
-                        None => dockerfile_path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                    };
-                    let text = self.test_dockerfile(&dockerfile_path, test.span, &test.name)?;
-                    VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context, text }
-                }
-            };
-            tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network });
-        }
-        let file = self.template_file(&template_path, dockerfile_decl.decl)?;
-        let rendered = self.file_env.get_template(self.template_sources[file].name()).and_then(|tmpl| tmpl.render(ctx));
-        let dockerfile = match rendered {
-            Ok(text) => with_header(&text, &template_path, &id),
-            Err(error) => {
-                let origin = Origin::File(&self.template_sources[file]);
-                self.diags.push(template::diagnostic(&error, origin, &format!("for {id}"), variables));
-                return None;
-            }
-        };
-        if !tags_ok {
-            return None;
-        }
+        let args = self.render_pairs(&t.args, ctx, &id, variables);
+        let labels = self.render_pairs(&t.labels, ctx, &id, variables);
+        let produced = self.render_tags(decl, t, ctx, &id, repository.as_deref(), variables);
+        let tests = self.render_tests(t, ctx, &id, variables);
+        let dockerfile = template_path.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, ctx, &id, variables));
+        let (repository, template_path, context, (sub_path, render_decl), target, args, labels, produced, tests, dockerfile) =
+            (repository?, template_path?, context?, render_at?, target?, args?, labels?, produced?, tests?, dockerfile?);
+        let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
         Some(Draft {
             variant: Variant {
                 id,
@@ -931,6 +944,176 @@ impl<'a> Compiler<'a> {
             produced,
             render_decl,
         })
+    }
+
+    /// Build args or labels: every value rendered, every failure reported.
+    fn render_pairs(
+        &mut self,
+        pairs: &[(String, Option<Tmpl<'a>>)],
+        ctx: &Value,
+        id: &str,
+        variables: &str,
+    ) -> Option<Vec<(String, String)>> {
+        let rendered: Vec<Option<(String, String)>> = pairs
+            .iter()
+            .map(|(name, value)| Some((name.clone(), self.render(value.as_ref()?, ctx, id, variables)?)))
+            .collect();
+        rendered.into_iter().collect()
+    }
+
+    /// The references the variant's tag rules produce, with the index of each rule.
+    fn render_tags(
+        &mut self,
+        decl: &'a ImageDecl,
+        t: &ImageTemplates<'a>,
+        ctx: &Value,
+        id: &str,
+        repository: Option<&str>,
+        variables: &str,
+    ) -> Option<Vec<(Reference, usize)>> {
+        let mut produced = Vec::new();
+        let mut ok = true;
+        for (rule, ((tag, when), tag_decl)) in t.tags.iter().zip(&decl.tags).enumerate() {
+            match self.holds(when.as_ref(), ctx, id, variables) {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
+                    ok = false;
+                    continue;
+                }
+            }
+            let Some(rendered) = tag.as_ref().and_then(|tag| self.render(tag, ctx, id, variables)) else {
+                ok = false;
+                continue;
+            };
+            let Some(repository) = repository else { continue };
+            match check_reference(repository, &rendered) {
+                Ok(()) => produced.push((
+                    Reference { repository: repository.to_owned(), tag: rendered, floating: tag_decl.float },
+                    rule,
+                )),
+                Err(why) => {
+                    ok = false;
+                    self.diags.push(
+                        Diagnostic::new("trellis::reference::invalid", format!("`{repository}:{}` is not a valid image reference: {why}", rendered.escape_debug()))
+                            .at(self.source, tag_decl.template.span, format!("rendered for {id}"))
+                            .help("a tag is up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`; a repository is lowercase path components"),
+                    );
+                }
+            }
+        }
+        ok.then_some(produced)
+    }
+
+    /// The variant's tests whose `when` holds, each rendered.
+    fn render_tests(&mut self, t: &ImageTemplates<'a>, ctx: &Value, id: &str, variables: &str) -> Option<Vec<VariantTest>> {
+        let mut tests = Vec::new();
+        let mut ok = true;
+        for test in &t.tests {
+            match self.holds(test.when.as_ref(), ctx, id, variables) {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
+                    ok = false;
+                    continue;
+                }
+            }
+            let body = match &test.dockerfile {
+                None => self.render_run_lines(&test.runs, ctx, id, variables).map(VariantTestBody::Run),
+                Some(dockerfile) => self.test_body(test, dockerfile, ctx, id, variables),
+            };
+            match body {
+                Some(body) => tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(tests)
+    }
+
+    fn render_run_lines(
+        &mut self,
+        runs: &[Option<Tmpl<'a>>],
+        ctx: &Value,
+        id: &str,
+        variables: &str,
+    ) -> Option<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut ok = true;
+        for run in runs {
+            let Some(run) = run.as_ref() else {
+                ok = false;
+                continue;
+            };
+            let Some(line) = self.render(run, ctx, id, variables) else {
+                ok = false;
+                continue;
+            };
+            if line.contains(['\n', '\r']) || line.trim().is_empty() {
+                self.diags.push(
+                    Diagnostic::new("trellis::test::bad_run_line", "a run line must render to one non-empty line")
+                        .at(self.source, run.decl.span, format!("rendered for {id}"))
+                        .help("each `run` becomes one RUN instruction: write one command per `run`, or join them with &&"),
+                );
+                ok = false;
+                continue;
+            }
+            lines.push(line);
+        }
+        ok.then_some(lines)
+    }
+
+    /// A Dockerfile test: its paths rendered, its Dockerfile read.
+    fn test_body(
+        &mut self,
+        test: &TestTemplates<'a>,
+        dockerfile: &Tmpl<'a>,
+        ctx: &Value,
+        id: &str,
+        variables: &str,
+    ) -> Option<VariantTestBody> {
+        let rendered = self.render(dockerfile, ctx, id, variables)?;
+        let dockerfile_path = self.path(rendered, dockerfile.decl, "the test dockerfile", id)?;
+        let context = match &test.context {
+            Some(c) => {
+                let rendered = self.render(c, ctx, id, variables)?;
+                self.path(rendered, c.decl, "the test context", id)?
+            }
+            None => dockerfile_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let text = self.test_dockerfile(&dockerfile_path, test.span, &test.name)?;
+        Some(VariantTestBody::Dockerfile { dockerfile: dockerfile_path, context, text })
+    }
+
+    /// The variant's Dockerfile from its template file, with the generated-by header.
+    fn render_file(
+        &mut self,
+        template_path: &Path,
+        decl: &Tmpl<'a>,
+        ctx: &Value,
+        id: &str,
+        variables: &str,
+    ) -> Option<String> {
+        let file = self.template_file(template_path, decl.decl)?;
+        let rendered =
+            self.file_env.get_template(self.template_sources[file].0.name()).and_then(|tmpl| tmpl.render(ctx));
+        match rendered {
+            Ok(text) => Some(with_header(&text, template_path, id)),
+            Err(error) => {
+                // The error may be in an included template: minijinja wraps it, innermost last.
+                let mut error = &error;
+                while let Some(inner) =
+                    std::error::Error::source(error).and_then(|e| e.downcast_ref::<minijinja::Error>())
+                {
+                    error = inner;
+                }
+                let (source, prepared) = (self.template_sources.iter())
+                    .find(|(f, _)| Some(f.name()) == error.name())
+                    .unwrap_or(&self.template_sources[file]);
+                let origin = Origin::File(source, prepared);
+                self.diags.push(template::diagnostic(error, origin, &format!("for {id}"), variables));
+                None
+            }
+        }
     }
 
     /// Floating tags go to the first producer in variant order; a reference produced by two

@@ -6,6 +6,7 @@
 //! crate) → [`manifest::Manifest`] (`decode`: shapes and types, spans kept) → [`Workspace`]
 //! (`compile`: names, axes, variants, minijinja templates, floating tags, references).
 
+mod axis_vars;
 mod compile;
 mod decode;
 mod diagnostic;

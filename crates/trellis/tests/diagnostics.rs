@@ -268,3 +268,81 @@ fn bad_dockerignore() {
         &[("Dockerfile.j2", "FROM scratch\n"), (".dockerignore", "node_modules\n!\n")],
     );
 }
+
+/// The first-contact report: four mistakes in four stages (an unknown node, an attribute in a
+/// tag, a variable in a run line, an attribute in the template file) are all reported by one
+/// `check`.
+#[test]
+fn four_stages_of_mistakes_at_once() {
+    let matrix = r#"settings { name "t"; }
+axis "node" {
+    value "22.20.0" codename="jod"
+    value "24.11.1" codename="krypton"
+}
+image "node" {
+    matrix "node"
+    repository "acme/node"
+    dockerfile "Dockerfile.j2"
+    tagg "{{ node }}"
+    tag "{{ node.codenam }}"
+    test "version" {
+        run "node --version | grep {{ nod }}"
+    }
+}
+"#;
+    check_with(
+        "four_stages_of_mistakes_at_once",
+        matrix,
+        &[("Dockerfile.j2", "FROM scratch\nLABEL major={{ node.majr }}\n")],
+    );
+}
+
+/// Comparisons with a value the axis (or a string attribute) never takes can never hold.
+#[test]
+fn impossible_comparisons() {
+    let matrix = r#"settings { name "t"; }
+axis "os" "trixie" "bookworm"
+axis "node" {
+    value "22.20.0" codename="jod"
+    value "24.11.1" codename="krypton"
+}
+image "app" {
+    matrix "node" "os"
+    repository "acme/app"
+    dockerfile "Dockerfile.j2"
+    tag "{{ node }}-{{ os }}"
+    tag "latest" float=#true when="os == 'bookwrm'"
+    tag "old" float=#true when="node in ['22.20.0', '1.10.0']"
+    test "jod" when="node.codename != 'Jod'" {
+        run "true"
+    }
+}
+"#;
+    check_with(
+        "impossible_comparisons",
+        matrix,
+        &[("Dockerfile.j2", "FROM scratch\n{% if axes.os == 'sid' %}RUN true\n{% endif %}")],
+    );
+}
+
+#[test]
+fn included_template_missing() {
+    check_with(
+        "included_template_missing",
+        &image("    tag \"{{ v }}\""),
+        &[("Dockerfile.j2", "FROM scratch\n{% include \"common.j2\" %}{% include \"gone.j2\" %}"), ("common.j2", "")],
+    );
+}
+
+/// A mistake in an included template points into that file (found beside the template).
+#[test]
+fn included_template_undefined() {
+    check_with(
+        "included_template_undefined",
+        &image("    tag \"{{ v }}\"").replace("\"Dockerfile.j2\"", "\"templates/Dockerfile.j2\""),
+        &[
+            ("templates/Dockerfile.j2", "FROM scratch\n{% include \"parts/labels.j2\" %}"),
+            ("templates/parts/labels.j2", "LABEL v={{ v }}\nLABEL c={{ v.codename }}\n"),
+        ],
+    );
+}
