@@ -27,6 +27,9 @@ pub(crate) fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_syntax(syntax());
     env.set_path_join_callback(|name, parent| join_template_path(parent, name).into());
+    // An axis variable is a string: Python's string methods (`os.startswith('book')`,
+    // `os.upper()`) work on it as in Jinja2.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env
 }
 
