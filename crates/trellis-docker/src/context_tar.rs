@@ -91,7 +91,7 @@ mod tests {
         fs::write(dir.path().join(".dockerignore"), "*.log").unwrap();
         fs::write(dir.path().join("app.js"), "1").unwrap();
         fs::write(dir.path().join("debug.log"), "noise").unwrap();
-        let walk = ContextWalk::new(dir.path()).unwrap();
+        let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
         let entries = names(&context_tar(Some(&walk), "FROM scratch\n").unwrap());
         let paths: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(paths, ["app.js", ".dockerignore", RESERVED_DOCKERFILE]);
@@ -111,10 +111,10 @@ mod tests {
     fn the_same_walk_gives_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("a"), "1").unwrap();
-        let walk = ContextWalk::new(dir.path()).unwrap();
+        let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
         let first = context_tar(Some(&walk), "FROM x\n").unwrap();
         fs::write(dir.path().join("a"), "1").unwrap(); // new mtime, same content
-        let walk = ContextWalk::new(dir.path()).unwrap();
+        let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
         assert_eq!(first, context_tar(Some(&walk), "FROM x\n").unwrap());
     }
 }

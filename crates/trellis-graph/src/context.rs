@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::dockerignore::{DockerIgnore, PatternError};
 use crate::key::{KeyHasher, NodeKey};
+use crate::own_files::{ContextExclusions, Own};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EntryKind {
@@ -48,6 +49,8 @@ pub struct ContextWalk {
 pub enum ContextError {
     #[error("build context `{path}` is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("build context `{path}` leads outside the workspace, to `{real}`")]
+    OutsideWorkspace { path: PathBuf, real: PathBuf },
     #[error("cannot read `{path}`")]
     Io { path: PathBuf, source: io::Error },
     #[error("bad .dockerignore in `{context}`: {source}")]
@@ -90,8 +93,8 @@ impl ContextManifest {
 }
 
 impl ContextWalk {
-    /// Walks `root`, applying `root/.dockerignore`.
-    pub fn new(root: &Path) -> Result<Self, ContextError> {
+    /// Walks `root`, leaving out trellis's own files (`own`) and applying `root/.dockerignore`.
+    pub fn new(root: &Path, own: &ContextExclusions) -> Result<Self, ContextError> {
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ContextError::Io { path, source }
@@ -121,6 +124,16 @@ impl ContextWalk {
                 });
             };
             let file_type = item.file_type();
+            match own.judge(relative, file_type.is_dir(), item.path()) {
+                Own::No => {}
+                Own::DirectoryOnly => continue,
+                Own::Whole => {
+                    if file_type.is_dir() {
+                        walker.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
             if ignore.excludes(relative) {
                 if file_type.is_dir() && !ignore.may_reinclude_under(relative) {
                     walker.skip_current_dir();
@@ -233,19 +246,19 @@ mod tests {
             ("docs/keep.md", "x"),
             ("docs/drop.md", "x"),
         ]);
-        let walk = ContextWalk::new(dir.path()).unwrap();
+        let walk = ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap();
         assert_eq!(paths(&walk), [".dockerignore", "docs/keep.md", "index.js"]);
     }
 
     #[test]
     fn ignored_files_do_not_change_the_digest() {
         let dir = tree(&[(".dockerignore", "*.log\n"), ("a.txt", "a")]);
-        let before = ContextWalk::new(dir.path()).unwrap().digest().unwrap();
+        let before = ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap();
         fs::write(dir.path().join("noise.log"), "changes every run").unwrap();
-        let after = ContextWalk::new(dir.path()).unwrap().digest().unwrap();
+        let after = ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap();
         assert_eq!(before, after);
         fs::write(dir.path().join("a.txt"), "b").unwrap();
-        assert_ne!(ContextWalk::new(dir.path()).unwrap().digest().unwrap(), after);
+        assert_ne!(ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap(), after);
     }
 
     #[test]
@@ -254,7 +267,7 @@ mod tests {
         let path = dir.path().join("run.sh");
         let digest = |mode| {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-            ContextWalk::new(dir.path()).unwrap().digest().unwrap()
+            ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap()
         };
         assert_eq!(digest(0o644), digest(0o664));
         assert_ne!(digest(0o644), digest(0o755));
@@ -264,8 +277,8 @@ mod tests {
     #[test]
     fn renaming_a_file_changes_the_digest() {
         let dir = tree(&[("a", "same")]);
-        let before = ContextWalk::new(dir.path()).unwrap().digest().unwrap();
+        let before = ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap();
         fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
-        assert_ne!(ContextWalk::new(dir.path()).unwrap().digest().unwrap(), before);
+        assert_ne!(ContextWalk::new(dir.path(), &ContextExclusions::default()).unwrap().digest().unwrap(), before);
     }
 }

@@ -13,6 +13,7 @@ use trellis_model::{Diagnostic, Diagnostics, Variant, VariantTestBody, Workspace
 use crate::context::{ContextDigest, ContextError, ContextManifest, ContextWalk};
 use crate::dockerfile::image_uses;
 use crate::key::{ComponentKey, NodeKey};
+use crate::own_files::OwnFiles;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +76,8 @@ pub struct GraphInputs {
     pub base_images: BaseImageIds,
     /// Push target (settings' registry unless overridden on the command line).
     pub registry: Option<String>,
+    /// Reports runs write inside the workspace (relative to the root): never build context.
+    pub reports: Vec<PathBuf>,
 }
 
 /// What each variant builds on, from its rendered Dockerfile, and what its Dockerfile tests
@@ -125,6 +128,8 @@ pub struct Graph {
     pub variants: Vec<VariantNodes>,
     /// Per context directory (relative to the root): its files' hashes.
     pub context_manifests: HashMap<PathBuf, Arc<ContextManifest>>,
+    /// trellis's own files, left out of every context: the builds' tars leave out the same.
+    pub own_files: Arc<OwnFiles>,
     by_id: HashMap<String, NodeIndex>,
 }
 
@@ -137,7 +142,8 @@ impl Graph {
         inputs: &GraphInputs,
     ) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
-        let contexts = context_digests(workspace, &mut diags);
+        let own_files = OwnFiles::of(workspace, &inputs.reports);
+        let contexts = context_digests(workspace, &own_files, &mut diags);
         if !diags.is_empty() {
             return Err(Diagnostics(diags));
         }
@@ -234,7 +240,7 @@ impl Graph {
             .into_iter()
             .map(|(dir, manifest)| (dir.strip_prefix(&workspace.root).map(Path::to_path_buf).unwrap_or(dir), manifest))
             .collect();
-        Ok(Self { dag, variants, context_manifests, by_id })
+        Ok(Self { dag, variants, context_manifests, own_files: Arc::new(own_files), by_id })
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
@@ -444,26 +450,40 @@ fn variant_order(workspace: &Workspace, uses: &Uses, diags: &mut Vec<Diagnostic>
 
 /// The digest of every distinct context directory (variants' and Dockerfile tests'), in
 /// parallel, once each.
-fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMap<PathBuf, Arc<ContextManifest>> {
-    let mut dirs: Vec<(PathBuf, miette::SourceSpan, String)> = Vec::new();
+fn context_digests(
+    workspace: &Workspace,
+    own: &OwnFiles,
+    diags: &mut Vec<Diagnostic>,
+) -> HashMap<PathBuf, Arc<ContextManifest>> {
+    let mut dirs: Vec<(PathBuf, PathBuf, miette::SourceSpan, String)> = Vec::new();
     let mut seen = HashSet::new();
     for variant in &workspace.variants {
-        let dir = workspace.root.join(&variant.context);
-        if seen.insert(dir.clone()) {
-            dirs.push((dir, workspace.image_of(variant).context_span, variant.id.clone()));
+        if seen.insert(variant.context.clone()) {
+            dirs.push((
+                workspace.root.join(&variant.context),
+                variant.context.clone(),
+                workspace.image_of(variant).context_span,
+                variant.id.clone(),
+            ));
         }
         for test in &variant.tests {
-            if let VariantTestBody::Dockerfile { context, .. } = &test.body {
-                let dir = workspace.root.join(context);
-                if seen.insert(dir.clone()) {
-                    dirs.push((dir, test.span, variant.id.clone()));
-                }
+            if let VariantTestBody::Dockerfile { context, .. } = &test.body
+                && seen.insert(context.clone())
+            {
+                dirs.push((workspace.root.join(context), context.clone(), test.span, variant.id.clone()));
             }
         }
     }
-    let results: Vec<_> = dirs.par_iter().map(|(dir, _, _)| ContextWalk::new(dir).and_then(|w| w.manifest())).collect();
+    let root = workspace.root.canonicalize().unwrap_or_else(|_| workspace.root.clone());
+    let results: Vec<_> = dirs
+        .par_iter()
+        .map(|(dir, relative, _, _)| {
+            inside_workspace(&root, dir)?;
+            ContextWalk::new(dir, &own.in_context(relative)).and_then(|w| w.manifest())
+        })
+        .collect();
     let mut out = HashMap::new();
-    for ((dir, span, variant), result) in dirs.into_iter().zip(results) {
+    for ((dir, _, span, variant), result) in dirs.into_iter().zip(results) {
         match result {
             Ok(manifest) => {
                 out.insert(dir, Arc::new(manifest));
@@ -472,6 +492,15 @@ fn context_digests(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> HashMa
         }
     }
     out
+}
+
+/// A context reached through a symlink must still be inside the workspace, like any path.
+fn inside_workspace(root: &Path, dir: &Path) -> Result<(), ContextError> {
+    match dir.canonicalize() {
+        Ok(real) if !real.starts_with(root) => Err(ContextError::OutsideWorkspace { path: dir.to_path_buf(), real }),
+        // A missing directory is reported by the walk.
+        _ => Ok(()),
+    }
 }
 
 /// Paths in messages are relative to the root, so diagnostics read the same in every checkout.
@@ -493,6 +522,12 @@ fn context_diagnostic(
             "trellis::context::bad_dockerignore",
             format!("`{}` {source}", Path::new(&shown).join(".dockerignore").display()),
             "Docker refuses this pattern too: fix or remove the line".to_owned(),
+        ),
+        ContextError::OutsideWorkspace { real, .. } => (
+            "trellis::path::outside_workspace",
+            format!("build context `{shown}` of {variant} leads outside the workspace, to `{}`", real.display()),
+            "paths may not leave the directory of matrix.kdl, through `..` or a symlink: copy or move the files inside it"
+                .to_owned(),
         ),
         ContextError::NotADirectory { .. } => (
             "trellis::context::not_a_directory",

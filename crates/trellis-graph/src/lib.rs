@@ -11,12 +11,14 @@ pub mod dockerfile;
 pub mod dockerignore;
 mod graph;
 mod key;
+mod own_files;
 mod plan;
 pub mod render;
 mod select;
 
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes};
+pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use key::{ComponentKey, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
 pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};
 pub use select::{Selection, UnmatchedFilter};

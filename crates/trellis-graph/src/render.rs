@@ -57,7 +57,8 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    // Named so that a context walk running meanwhile leaves it out (it is trellis's own).
+    let mut temp = tempfile::Builder::new().prefix(crate::TEMP_PREFIX).tempfile_in(dir)?;
     io::Write::write_all(&mut temp, bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;

@@ -93,6 +93,7 @@ pub(crate) fn compile(
         axes: axes.into_iter().map(|a| a.axis).collect(),
         images,
         variants: variants.into_iter().map(|v| v.variant).collect(),
+        template_files: compiler.template_sources.iter().map(|(f, _)| PathBuf::from(f.name())).collect(),
     })
 }
 

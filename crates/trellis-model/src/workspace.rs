@@ -20,6 +20,9 @@ pub struct Workspace {
     pub images: Vec<Image>,
     /// In variant order: images as declared, then the first axis slowest.
     pub variants: Vec<Variant>,
+    /// Every template file read (Dockerfile templates and what they include), relative to the
+    /// root.
+    pub template_files: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

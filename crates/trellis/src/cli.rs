@@ -278,7 +278,11 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
     else {
         unreachable!("called for build only")
     };
-    let inputs = trellis_graph::GraphInputs { registry, ..Default::default() };
+    // Reports written inside the workspace are trellis's own files, never build context.
+    let root = manifest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let reports =
+        [&summary_md, &junit].into_iter().flatten().filter_map(|p| crate::facade::inside(root, p)).collect();
+    let inputs = trellis_graph::GraphInputs { registry, reports, ..Default::default() };
     let workspace = Workspace::load_with(manifest, inputs)?;
     let config = crate::RunConfig {
         filters,

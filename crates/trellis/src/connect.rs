@@ -56,6 +56,7 @@ impl Workspace {
             .filter_map(|image| image.labels.get("dev.trellis.key").cloned().map(|key| (key, image)))
             .collect();
         let graph = workspace.graph()?;
+        let own_files = Arc::clone(&graph.own_files);
         let up_to_date: HashMap<usize, String> = graph
             .variants
             .iter()
@@ -73,6 +74,7 @@ impl Workspace {
             by_key,
             images: Mutex::new(up_to_date),
             run_labels: crate::engine::run_labels(&workspace.model().root),
+            own_files,
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
         };

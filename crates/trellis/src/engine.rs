@@ -65,6 +65,8 @@ pub struct DockerBackend {
     /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
     /// git). Not part of any key: a new commit alone must not rebuild anything.
     pub run_labels: HashMap<String, String>,
+    /// trellis's own files: left out of the tars as they were left out of the keys.
+    pub own_files: Arc<trellis_graph::OwnFiles>,
 }
 
 /// The OCI labels describing this run: when, and from which commit of which repository.
@@ -204,10 +206,11 @@ impl DockerBackend {
         match node.kind {
             NodeKind::Build => {
                 let dir = self.model.root.join(&variant.context);
+                let own = self.own_files.in_context(&variant.context);
                 let planned = node.components.iter().find(|(n, _)| n == "context").map(|(_, d)| d.clone());
                 // The tar comes from the same walk as the key; refuse to build other content.
                 let walk = tokio::task::spawn_blocking(move || {
-                    let walk = trellis_graph::ContextWalk::new(&dir)?;
+                    let walk = trellis_graph::ContextWalk::new(&dir, &own)?;
                     let digest = walk.digest()?;
                     Ok::<_, trellis_graph::ContextError>((walk, digest))
                 })
@@ -262,7 +265,8 @@ impl DockerBackend {
                 let user_test = match &test.body {
                     trellis_model::VariantTestBody::Run(_) => None,
                     trellis_model::VariantTestBody::Dockerfile { context, text, .. } => {
-                        let walk = trellis_graph::ContextWalk::new(&self.model.root.join(context))
+                        let own = self.own_files.in_context(context);
+                        let walk = trellis_graph::ContextWalk::new(&self.model.root.join(context), &own)
                             .map_err(|e| JobError::new(ErrorClass::InvalidInput, e.to_string()))?;
                         Some((&**text, walk))
                     }

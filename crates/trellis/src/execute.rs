@@ -96,6 +96,12 @@ impl Workspace {
         if let Some(path) = &config.junit {
             write(path, &reporter.junit(&summary))?;
         }
+        let inside: Vec<PathBuf> = [&config.summary_md, &config.junit]
+            .into_iter()
+            .flatten()
+            .filter_map(|path| crate::facade::inside(&model.root, path))
+            .collect();
+        crate::facade::record_reports(&state_dir, &inside).map_err(Error::Report)?;
         reporter.store.compact()?;
         for problem in &reporter.store_errors {
             eprintln!("warning: {problem}: the next run may repeat work");

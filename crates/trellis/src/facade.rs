@@ -71,6 +71,12 @@ impl Workspace {
         if inputs.registry.is_none() {
             inputs.registry = model.settings.registry.clone();
         }
+        // Reports earlier runs wrote inside the workspace stay out of every context.
+        for report in recorded_reports(&model.root.join(&model.settings.state)) {
+            if !inputs.reports.contains(&report) {
+                inputs.reports.push(report);
+            }
+        }
         let dependencies = Dependencies::new(&model).map_err(Error::Invalid)?;
         Ok(Self { manifest: path.to_path_buf(), model: Arc::new(model), dependencies, inputs, graph: OnceLock::new() })
     }
@@ -209,6 +215,49 @@ impl Workspace {
     pub fn check_rendered(&self) -> Result<render::RenderCheck, Error> {
         render::check(&self.model).map_err(Error::Render)
     }
+}
+
+const REPORTS_FILE: &str = "reports.json";
+
+/// The reports runs wrote inside the workspace (relative to its root), as recorded in the
+/// state directory.
+fn recorded_reports(state_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read(state_dir.join(REPORTS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Records reports a run wrote inside the workspace: trellis's own files, never build context.
+pub(crate) fn record_reports(state_dir: &Path, written: &[PathBuf]) -> std::io::Result<()> {
+    let mut reports = recorded_reports(state_dir);
+    let before = reports.len();
+    for report in written {
+        if !reports.contains(report) {
+            reports.push(report.clone());
+        }
+    }
+    if reports.len() == before {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec_pretty(&reports).map_err(std::io::Error::other)?;
+    render::write_if_changed(&state_dir.join(REPORTS_FILE), &bytes).map(|_| ())
+}
+
+/// `path` relative to the workspace `root`, when it lies inside it (it need not exist yet).
+pub fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
+    let real = |p: &Path| -> Option<PathBuf> {
+        match p.canonicalize() {
+            Ok(real) => Some(real),
+            Err(_) => Some(real_parent(p)?.join(p.file_name()?)),
+        }
+    };
+    fn real_parent(p: &Path) -> Option<PathBuf> {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        parent.canonicalize().ok()
+    }
+    let root = root.canonicalize().ok()?;
+    real(path)?.strip_prefix(&root).ok().map(Path::to_path_buf)
 }
 
 /// The nearest `matrix.kdl` in `start` or its ancestors, the way cargo finds Cargo.toml.
