@@ -77,6 +77,8 @@ pub struct ImageListing {
     pub id: String,
     pub repo_tags: Vec<String>,
     pub labels: HashMap<String, String>,
+    /// Seconds since the epoch.
+    pub created: i64,
 }
 
 #[derive(Clone)]
@@ -265,7 +267,7 @@ impl DockerClient {
         let options = BuildImageOptions {
             dockerfile: RESERVED_DOCKERFILE.to_owned(),
             buildargs: Some(args),
-            labels: Some(HashMap::from([("dev.trellis.test".to_owned(), "true".to_owned())])),
+            labels: Some(HashMap::from([(crate::labels::TEST.to_owned(), "true".to_owned())])),
             networkmode: Some(request.network.to_owned()),
             // Tests must really run: never satisfied from the layer cache.
             nocache: true,
@@ -341,10 +343,13 @@ impl DockerClient {
     /// Every image labelled with this workspace: one call per run answers "is this build up
     /// to date" for every variant, and which references point where.
     pub async fn workspace_images(&self, workspace: &str) -> Result<Vec<ImageListing>, EngineError> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("dev.trellis.workspace={workspace}")])]);
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{}={workspace}", crate::labels::WORKSPACE)])]);
         let options = ListImagesOptions { all: false, filters: Some(filters), ..Default::default() };
         let images = self.docker.list_images(Some(options)).await.map_err(classify)?;
-        Ok(images.into_iter().map(|i| ImageListing { id: i.id, repo_tags: i.repo_tags, labels: i.labels }).collect())
+        Ok(images
+            .into_iter()
+            .map(|i| ImageListing { id: i.id, repo_tags: i.repo_tags, labels: i.labels, created: i.created })
+            .collect())
     }
 
     /// Removes an image by ID (for `trellis clean` and tests).

@@ -11,6 +11,23 @@
 mod client;
 mod context_tar;
 
+/// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
+/// the plan read back. Defined once, here.
+pub mod labels {
+    /// The workspace's `name`: one listing per run finds its images.
+    pub const WORKSPACE: &str = "dev.trellis.workspace";
+    /// The variant id.
+    pub const VARIANT: &str = "dev.trellis.variant";
+    /// The build key (hex): an image with the current key is up to date.
+    pub const KEY: &str = "dev.trellis.key";
+    /// `<parent variant>@<image id>` of each workspace image the build stood on, comma
+    /// separated: a parent whose tested image changed under the same key (`--refresh`) makes
+    /// its children rebuild.
+    pub const PARENTS: &str = "dev.trellis.parents";
+    /// On test images (removed after each test; `clean` removes what a crash left).
+    pub const TEST: &str = "dev.trellis.test";
+}
+
 pub use client::{
     BuildRequest, BuildTrace, DockerClient, DockerCredentials, EngineError, ImageListing, TestRequest, credentials_for,
     credentials_for_image, digest_in,

@@ -118,7 +118,15 @@ impl Dependencies {
 
     /// Every external image the workspace names, in builds and in tests, each once.
     pub fn all_external_bases(&self) -> std::collections::BTreeSet<&String> {
-        self.external_bases.iter().flatten().chain(self.test_bases.iter().flatten().flatten()).collect()
+        self.external_bases_of(|_| true)
+    }
+
+    /// The external images the builds and tests of the variants `selected` names, each once.
+    pub fn external_bases_of(&self, selected: impl Fn(usize) -> bool) -> std::collections::BTreeSet<&String> {
+        (0..self.external_bases.len())
+            .filter(|v| selected(*v))
+            .flat_map(|v| self.external_bases[v].iter().chain(self.test_bases[v].iter().flatten()))
+            .collect()
     }
 }
 

@@ -81,6 +81,12 @@ pub enum Command {
         /// Print JSON: [{"id","kind","action","reason","key"}]
         #[arg(long)]
         json: bool,
+        /// Plan a pushing build (`build --push`): push nodes are shown, judged by the registry
+        #[arg(long)]
+        push: bool,
+        /// The registry a pushing build would push to [default: the settings' registry]
+        #[arg(long, value_name = "HOST[:PORT]", requires = "push")]
+        registry: Option<String>,
     },
     /// Run the graph: render, build, test and tag the selected variants (push with --push)
     Build {
@@ -172,16 +178,37 @@ fn run(cli: Cli) -> Result<u8, Error> {
             find_manifest(&cwd)?
         }
     };
-    if let Command::Build { .. } = cli.command {
-        return build(&manifest, cli.command);
-    }
-    if let Command::Clean = cli.command {
-        return clean(&manifest);
-    }
+    let command = match cli.command {
+        Command::Build { filters, push, no_test, refresh, registry, jobs, retries, fail_fast, summary_md, junit } => {
+            let config = crate::RunConfig {
+                filters,
+                push,
+                no_test,
+                refresh,
+                jobs: jobs.map(usize::from),
+                retries,
+                fail_fast,
+                summary_md,
+                junit,
+                terminal: std::io::stderr().is_terminal(),
+                grace: None,
+            };
+            return build(&manifest, registry, config);
+        }
+        Command::Clean => return clean(&manifest),
+        Command::Plan { filters, json, push, registry } => {
+            let inputs = trellis_graph::GraphInputs { registry, ..Default::default() };
+            let plan = plan(Workspace::load_with(&manifest, inputs)?, &filters, push)?;
+            let text = if json { to_json(&plan) } else { output::plan_table(&plan) };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return Ok(exit::SUCCESS);
+        }
+        other => other,
+    };
     let workspace = Workspace::load(&manifest)?;
     let mut stdout = std::io::stdout().lock();
-    let text = match cli.command {
-        Command::Build { .. } | Command::Clean => unreachable!("handled above"),
+    let text = match command {
+        Command::Build { .. } | Command::Clean | Command::Plan { .. } => return Ok(exit::INVALID_INPUT),
         Command::Check => {
             let model = workspace.model();
             let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
@@ -192,10 +219,6 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 plural(model.variants.len(), "variant"),
                 plural(workspace.graph()?.dag.node_count(), "node")
             )
-        }
-        Command::Plan { filters, json } => {
-            let plan = plan(workspace, &filters)?;
-            if json { to_json(&plan) } else { output::plan_table(&plan) }
         }
         Command::Tags { filters, json } => {
             let tags = workspace.tags(&filters)?;
@@ -242,23 +265,43 @@ fn run(cli: Cli) -> Result<u8, Error> {
 }
 
 /// The plan `build` would follow: with an engine at hand, builds and tags are judged by what it
-/// holds (nothing is pulled); without one, by the state store, and stderr says so.
-fn plan(workspace: Workspace, filters: &[String]) -> Result<Vec<trellis_graph::PlannedNode>, Error> {
-    if std::env::var("TRELLIS_ENGINE").as_deref() == Ok("simulate") {
-        return workspace.plan(filters);
+/// holds (nothing is pulled); without one, by the state store, and stderr says so. Push nodes
+/// are planned only for a pushing build (`push`), as `build` runs them only then.
+fn plan(workspace: Workspace, filters: &[String], push: bool) -> Result<Vec<trellis_graph::PlannedNode>, Error> {
+    let mut plan = if std::env::var("TRELLIS_ENGINE").as_deref() == Ok("simulate") {
+        workspace.plan(filters)?
+    } else {
+        plan_with_engine(workspace, filters, push)?
+    };
+    if !push {
+        let before = plan.len();
+        plan.retain(|node| node.kind != trellis_graph::NodeKind::Push);
+        if plan.len() != before {
+            eprintln!("note: push nodes not shown; `plan --push` plans `build --push`");
+        }
     }
+    Ok(plan)
+}
+
+fn plan_with_engine(
+    workspace: Workspace,
+    filters: &[String],
+    push: bool,
+) -> Result<Vec<trellis_graph::PlannedNode>, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Report(std::io::Error::other(e)))?;
     let loaded = workspace.manifest_path().to_path_buf();
-    match runtime.block_on(workspace.attach(crate::Attach::default())) {
+    let inputs = workspace.graph_inputs().clone();
+    let how = crate::Attach { pull: false, push, filters: filters.to_vec() };
+    match runtime.block_on(workspace.attach(how)) {
         Ok((workspace, backend)) => {
             let what = match workspace.model().settings.pull {
                 trellis_model::PullPolicy::Never => "`build` will stop: pull is \"never\"",
                 _ => "`build` will pull it",
             };
-            for base in workspace.unresolved_bases() {
+            for base in workspace.unresolved_bases(filters)? {
                 eprintln!("note: external base {base} is not in the engine; {what}");
             }
             workspace.plan_on(filters, &backend)
@@ -266,37 +309,22 @@ fn plan(workspace: Workspace, filters: &[String]) -> Result<Vec<trellis_graph::P
         Err(Error::NoEngine(why)) => {
             let why = why.lines().next().unwrap_or_default().to_owned();
             eprintln!("note: no engine ({why}); builds are judged by the state store alone");
-            Workspace::load(loaded)?.plan(filters)
+            Workspace::load_with(loaded, inputs)?.plan(filters)
         }
         Err(other) => Err(other),
     }
 }
 
-fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
-    let Command::Build { filters, push, no_test, refresh, registry, jobs, retries, fail_fast, summary_md, junit } =
-        command
-    else {
-        unreachable!("called for build only")
-    };
+fn build(manifest: &std::path::Path, registry: Option<String>, config: crate::RunConfig) -> Result<u8, Error> {
     // Reports written inside the workspace are trellis's own files, never build context.
     let root = manifest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let reports =
-        [&summary_md, &junit].into_iter().flatten().filter_map(|p| crate::facade::inside(root, p)).collect();
+    let reports = [&config.summary_md, &config.junit]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| crate::facade::inside(root, p))
+        .collect();
     let inputs = trellis_graph::GraphInputs { registry, reports, ..Default::default() };
     let workspace = Workspace::load_with(manifest, inputs)?;
-    let config = crate::RunConfig {
-        filters,
-        push,
-        no_test,
-        refresh,
-        jobs: jobs.map(usize::from),
-        retries,
-        fail_fast,
-        summary_md,
-        junit,
-        terminal: std::io::stderr().is_terminal(),
-        grace: None,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -319,44 +347,22 @@ fn build(manifest: &std::path::Path, command: Command) -> Result<u8, Error> {
     })
 }
 
-/// Removes the workspace's images (by label) whose build key no current variant has: old
-/// builds, and test layers a crash left behind.
+/// Removes the workspace's images no current variant produces (see [`Workspace::clean`]).
 fn clean(manifest: &std::path::Path) -> Result<u8, Error> {
     let workspace = Workspace::load(manifest)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Report(std::io::Error::other(e)))?;
-    runtime.block_on(async {
-        let client = trellis_docker::DockerClient::connect().await.map_err(|e| Error::NoEngine(e.to_string()))?;
-        let images = client
-            .workspace_images(&workspace.model().settings.name)
-            .await
-            .map_err(|e| Error::NoEngine(e.to_string()))?;
-        let graph = workspace.graph()?;
-        let current: std::collections::HashSet<String> =
-            graph.variants.iter().map(|v| graph.dag[v.build].key.to_hex()).collect();
-        let (mut removed, mut kept) = (0, 0);
-        for image in images {
-            let key = image.labels.get("dev.trellis.key").cloned().unwrap_or_default();
-            let is_test = image.labels.contains_key("dev.trellis.test");
-            if current.contains(&key) && !is_test {
-                kept += 1;
-                continue;
-            }
-            let what = image.labels.get("dev.trellis.variant").cloned().unwrap_or_else(|| "?".to_owned());
-            match client.remove_image(&image.id, true).await {
-                Ok(()) => {
-                    removed += 1;
-                    println!("removed {} ({what}{})", &image.id, if is_test { ", a test image" } else { "" });
-                }
-                // An image another one is built on cannot go before its children.
-                Err(e) => eprintln!("kept {} ({what}): {e}", &image.id),
-            }
-        }
-        println!("{removed} removed, {kept} current images kept");
-        Ok(exit::SUCCESS)
-    })
+    let report = runtime.block_on(workspace.clean())?;
+    for (id, variant, test) in &report.removed {
+        println!("removed {id} ({variant}{})", if *test { ", a test image" } else { "" });
+    }
+    for (id, variant, why) in &report.refused {
+        eprintln!("kept {id} ({variant}): {why}");
+    }
+    println!("{} removed, {} current images kept", report.removed.len(), report.kept);
+    Ok(exit::SUCCESS)
 }
 
 /// The container engine: the Docker Engine (through DOCKER_HOST or the default socket), or,
@@ -377,7 +383,7 @@ async fn backend(
         };
         return Ok((workspace, crate::engine::Backend::Simulate(std::sync::Arc::new(simulation))));
     }
-    let how = crate::Attach { pull: true, push: config.push };
+    let how = crate::Attach { pull: true, push: config.push, filters: config.filters.clone() };
     workspace.attach(how).await
 }
 

@@ -2,7 +2,7 @@
 //! image IDs (pulled per the `pull` policy when building), and the one listing of the
 //! workspace's images by build key that judges every build and tag.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use trellis_docker::{DockerClient, EngineError, ImageListing};
@@ -13,13 +13,16 @@ use crate::engine::{Backend, DockerBackend};
 use crate::facade::{Error, Workspace};
 
 /// What attaching is for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Attach {
     /// Pull bases per the `pull` policy (a build). A plan never pulls: it reports what a build
     /// would pull.
     pub pull: bool,
     /// The run pushes: credentials for the push registry are looked up once.
     pub push: bool,
+    /// The FILTERs of the run: only the external bases of the variants they select (with
+    /// their parents) are resolved, pulled and required. Empty: every variant.
+    pub filters: Vec<String>,
 }
 
 impl Workspace {
@@ -34,12 +37,9 @@ impl Workspace {
                 "--push needs a registry: set `registry` in settings or pass --registry".to_owned(),
             ));
         }
-        let client = DockerClient::connect().await.map_err(|e| {
-            Error::NoEngine(format!(
-                "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
-            ))
-        })?;
-        let ids = resolve_bases(&client, &self, how.pull).await?;
+        let client = connect().await?;
+        let selection = self.select(&how.filters)?;
+        let ids = resolve_bases(&client, &self, &selection, how.pull).await?;
         let workspace = self.with_base_images(ids);
         // The daemon takes a while to list images (~0.1 s for 200): hash the build contexts on
         // a blocking thread meanwhile. A no-op run costs the longer of the two, not their sum.
@@ -51,10 +51,7 @@ impl Workspace {
         let listing = client.workspace_images(&name).await;
         let workspace = hashing.await.map_err(|e| Error::Report(std::io::Error::other(e)))??;
         let listing = listing.map_err(unreachable)?;
-        let by_key: HashMap<String, ImageListing> = listing
-            .into_iter()
-            .filter_map(|image| image.labels.get("dev.trellis.key").cloned().map(|key| (key, image)))
-            .collect();
+        let by_key = images_by_key(listing, workspace.model());
         let graph = workspace.graph()?;
         let own_files = Arc::clone(&graph.own_files);
         let up_to_date: HashMap<usize, String> = graph
@@ -64,7 +61,7 @@ impl Workspace {
             .filter_map(|(v, nodes)| by_key.get(&graph.dag[nodes.build].key.to_hex()).map(|i| (v, i.id.clone())))
             .collect();
         let served = match (&registry, how.push) {
-            (Some(registry), true) => Some(served_digests(&client, &workspace, registry).await),
+            (Some(registry), true) => Some(served_digests(&client, &workspace, &selection, registry).await),
             _ => None,
         };
         let docker = DockerBackend {
@@ -75,6 +72,7 @@ impl Workspace {
             images: Mutex::new(up_to_date),
             run_labels: crate::engine::run_labels(&workspace.model().root),
             own_files,
+            parents: workspace.dependencies().parents.clone(),
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
         };
@@ -88,12 +86,15 @@ impl Workspace {
 async fn served_digests(
     client: &DockerClient,
     workspace: &Workspace,
+    selection: &trellis_graph::Selection,
     registry: &str,
 ) -> HashMap<String, Option<String>> {
     use futures_util::StreamExt;
     let credentials = trellis_docker::credentials_for(registry);
-    let targets: Vec<String> =
-        workspace.variants().iter().flat_map(|v| v.references.iter().map(|r| format!("{registry}/{r}"))).collect();
+    let targets: Vec<String> = (workspace.variants().iter().enumerate())
+        .filter(|(v, _)| selection.contains(*v))
+        .flat_map(|(_, v)| v.references.iter().map(|r| format!("{registry}/{r}")))
+        .collect();
     futures_util::stream::iter(targets)
         .map(|target| {
             let credentials = credentials.clone();
@@ -111,12 +112,99 @@ fn unreachable(error: EngineError) -> Error {
     Error::NoEngine(error.to_string())
 }
 
+async fn connect() -> Result<DockerClient, Error> {
+    DockerClient::connect().await.map_err(|e| {
+        Error::NoEngine(format!(
+            "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
+        ))
+    })
+}
+
+/// The workspace's images by build key. Two images can carry one key (`--refresh` rebuilt the
+/// variant; the old image stays while children are built on it): the one the variant's
+/// references point at — its tested image — wins, then the newest.
+pub(crate) fn images_by_key(
+    listing: Vec<ImageListing>,
+    model: &trellis_model::Workspace,
+) -> HashMap<String, ImageListing> {
+    let first_reference: HashMap<&str, String> = (model.variants.iter())
+        .filter_map(|v| v.references.first().map(|r| (v.id.as_str(), r.to_string())))
+        .collect();
+    let tested = |image: &ImageListing| {
+        let variant = image.labels.get(trellis_docker::labels::VARIANT).map(String::as_str).unwrap_or_default();
+        first_reference.get(variant).is_some_and(|r| image.repo_tags.contains(r))
+    };
+    let mut by_key: HashMap<String, ImageListing> = HashMap::new();
+    for image in listing {
+        let Some(key) = image.labels.get(trellis_docker::labels::KEY).cloned() else { continue };
+        match by_key.get(&key) {
+            Some(held) if (tested(held), held.created) >= (tested(&image), image.created) => {}
+            _ => {
+                by_key.insert(key, image);
+            }
+        }
+    }
+    by_key
+}
+
+/// What `trellis clean` did.
+#[derive(Debug, Default)]
+pub struct CleanReport {
+    /// (image ID, variant, whether it was a test image).
+    pub removed: Vec<(String, String, bool)>,
+    /// Images kept because a current variant names them.
+    pub kept: usize,
+    /// (image ID, variant, why the engine refused).
+    pub refused: Vec<(String, String, String)>,
+}
+
+impl Workspace {
+    /// Removes the workspace's images that no current variant produces: images under keys no
+    /// variant has any more, and test images a crash left behind. Never an image a current
+    /// build key names, one a current reference points at, or one of a variant whose key
+    /// cannot be known yet (an external base missing from the engine). Pulls nothing.
+    pub async fn clean(self) -> Result<CleanReport, Error> {
+        let client = connect().await?;
+        let everything = self.select(&[])?;
+        let ids = resolve_bases(&client, &self, &everything, false).await?;
+        let workspace = self.with_base_images(ids);
+        let model = workspace.model();
+        let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
+        let graph = workspace.graph()?;
+        let current: HashSet<String> = graph.variants.iter().map(|v| graph.dag[v.build].key.to_hex()).collect();
+        let references: HashSet<String> =
+            model.variants.iter().flat_map(|v| v.references.iter().map(ToString::to_string)).collect();
+        let unknown: HashSet<&str> =
+            workspace.first_unresolved_base().keys().map(|v| model.variants[*v].id.as_str()).collect();
+        let mut report = CleanReport::default();
+        for image in images {
+            let label = |name: &str| image.labels.get(name).cloned().unwrap_or_default();
+            let is_test = image.labels.contains_key(trellis_docker::labels::TEST);
+            let variant = label(trellis_docker::labels::VARIANT);
+            let named = current.contains(&label(trellis_docker::labels::KEY))
+                || image.repo_tags.iter().any(|t| references.contains(t))
+                || unknown.contains(variant.as_str());
+            if named && !is_test {
+                report.kept += 1;
+                continue;
+            }
+            match client.remove_image(&image.id, true).await {
+                Ok(()) => report.removed.push((image.id, variant, is_test)),
+                // An image another one is built on cannot go before its children.
+                Err(e) => report.refused.push((image.id, variant, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}
+
 /// Every external base's image ID. `pull "always"` pulls each one (a base that moved in its
 /// registry then changes its dependents' keys); `"missing"` pulls those the engine lacks;
 /// `"never"` never pulls, and a missing base is an error before anything builds.
 async fn resolve_bases(
     client: &DockerClient,
     workspace: &Workspace,
+    selection: &trellis_graph::Selection,
     pull: bool,
 ) -> Result<trellis_graph::BaseImageIds, Error> {
     let settings = &workspace.model().settings;
@@ -124,7 +212,7 @@ async fn resolve_bases(
     let retry = RetryPolicy { retries: settings.retries, delay: settings.backoff, ..RetryPolicy::default() };
     let mut ids = trellis_graph::BaseImageIds::default();
     let mut missing = Vec::new();
-    for base in workspace.dependencies().all_external_bases() {
+    for base in workspace.dependencies().external_bases_of(|v| selection.contains(v)) {
         let present = client.image_id(base).await.map_err(unreachable)?;
         let id = match (present, policy) {
             (present, PullPolicy::Always) if pull => Some(pull_base(client, base, &retry, present.is_some()).await?),

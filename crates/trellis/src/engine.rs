@@ -67,6 +67,8 @@ pub struct DockerBackend {
     pub run_labels: HashMap<String, String>,
     /// trellis's own files: left out of the tars as they were left out of the keys.
     pub own_files: Arc<trellis_graph::OwnFiles>,
+    /// Per variant, the variants its Dockerfile builds on.
+    pub parents: Vec<Vec<usize>>,
 }
 
 /// The OCI labels describing this run: when, and from which commit of which repository.
@@ -231,9 +233,17 @@ impl DockerBackend {
                 }
                 // The matrix's own labels win over the run's.
                 labels.extend(variant.labels.iter().cloned());
-                labels.insert("dev.trellis.workspace".to_owned(), self.model.settings.name.clone());
-                labels.insert("dev.trellis.variant".to_owned(), variant.id.clone());
-                labels.insert("dev.trellis.key".to_owned(), node.key.to_hex());
+                use trellis_docker::labels as trellis_labels;
+                labels.insert(trellis_labels::WORKSPACE.to_owned(), self.model.settings.name.clone());
+                labels.insert(trellis_labels::VARIANT.to_owned(), variant.id.clone());
+                labels.insert(trellis_labels::KEY.to_owned(), node.key.to_hex());
+                // The tested images of the parents the FROM lines resolve to now: a parent
+                // rebuilt later under the same key then makes this image stale.
+                let mut parents = Vec::new();
+                for &parent in &self.parents[node.variant] {
+                    parents.push(format!("{}@{}", self.model.variants[parent].id, self.image_of(parent)?));
+                }
+                labels.insert(trellis_labels::PARENTS.to_owned(), parents.join(","));
                 let request = trellis_docker::BuildRequest {
                     dockerfile: &variant.dockerfile,
                     context: Some(&walk.0),

@@ -106,8 +106,7 @@ impl Workspace {
         for problem in &reporter.store_errors {
             eprintln!("warning: {problem}: the next run may repeat work");
         }
-        let shown = report.strip_prefix(&model.root).unwrap_or(&report).display().to_string();
-        eprintln!("{summary} — report: {shown}");
+        eprintln!("{summary} — report: {}", crate::output::path_for_user(&report));
         Ok(RunOutcome { run_id, summary, report })
     }
 

@@ -186,20 +186,22 @@ impl Workspace {
         Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
     }
 
-    /// External bases (of builds and Dockerfile tests) without an image ID: all of them
-    /// offline; after [`Workspace::attach`] without pulling, those the engine lacks.
-    pub fn unresolved_bases(&self) -> std::collections::BTreeSet<&str> {
+    /// External bases (of the builds and Dockerfile tests FILTERs select) without an image ID:
+    /// all of them offline; after [`Workspace::attach`] without pulling, those the engine lacks.
+    pub fn unresolved_bases(&self, filters: &[String]) -> Result<std::collections::BTreeSet<&str>, Error> {
         let known = &self.inputs.base_images.0;
-        self.dependencies
-            .all_external_bases()
+        let selection = self.select(filters)?;
+        Ok(self
+            .dependencies
+            .external_bases_of(|v| selection.contains(v))
             .into_iter()
             .filter(|b| !known.contains_key(*b))
             .map(String::as_str)
-            .collect()
+            .collect())
     }
 
     /// Per variant, the first external base of its build without an image ID.
-    fn first_unresolved_base(&self) -> std::collections::HashMap<usize, &str> {
+    pub(crate) fn first_unresolved_base(&self) -> std::collections::HashMap<usize, &str> {
         let known = &self.inputs.base_images.0;
         (self.dependencies.external_bases.iter().enumerate())
             .filter_map(|(v, bases)| bases.iter().find(|b| !known.contains_key(*b)).map(|b| (v, b.as_str())))

@@ -19,7 +19,7 @@
 //! ```no_run
 //! # async fn xtask() -> Result<(), trellis::Error> {
 //! let workspace = trellis::Workspace::load("matrix.kdl")?;
-//! let (workspace, backend) = workspace.attach(trellis::Attach { pull: true, push: true }).await?;
+//! let (workspace, backend) = workspace.attach(trellis::Attach { pull: true, push: true, ..Default::default() }).await?;
 //! let filters = vec!["node=22.*".to_owned()];
 //! for node in workspace.plan_on(&filters, &backend)? {
 //!     println!("{:?} {} — {}", node.action, node.id, node.reason);

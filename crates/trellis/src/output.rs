@@ -119,3 +119,15 @@ fn shape(kind: trellis_graph::NodeKind) -> &'static str {
         trellis_graph::NodeKind::Push => "folder",
     }
 }
+
+/// A path as the user can open it from where they stand: relative to the current directory
+/// when it lies below it, as given otherwise (`-f ../other/matrix.kdl` gives `../other/…`).
+pub fn path_for_user(path: &std::path::Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    let shown = match (path.is_absolute(), &cwd) {
+        (true, Some(cwd)) => path.strip_prefix(cwd).unwrap_or(path),
+        _ => path,
+    };
+    let shown = shown.strip_prefix(".").unwrap_or(shown);
+    shown.display().to_string()
+}

@@ -281,8 +281,9 @@ impl Reporter {
             for line in tail {
                 text.push_str(&format!("  | {line}\n"));
             }
-            if let Some(log) = &log {
-                text.push_str(&format!("--- full log: {log}"));
+            if log.is_some() {
+                let shown = crate::output::path_for_user(&self.log_path(id));
+                text.push_str(&format!("--- full log: {shown}"));
             }
             self.progress.println(&text);
         }

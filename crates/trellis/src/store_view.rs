@@ -42,7 +42,10 @@ impl StateView for StoreView<'_> {
             match node.kind {
                 NodeKind::Build => {
                     return match images.get(&node.key.to_hex()) {
-                        Some(image) => Ok(format!("image {} has this key", short(&image.id))),
+                        Some(image) => match self.moved_parent(node, image, images) {
+                            Some(parent) => Err(format!("parent {parent} was rebuilt: its tested image changed")),
+                            None => Ok(format!("image {} has this key", short(&image.id))),
+                        },
                         None => Err(match self.store.get(&node.id) {
                             Some(record) if record.key == node.key.to_hex() => {
                                 "its image is gone from the engine".to_owned()
@@ -91,6 +94,32 @@ impl StateView for StoreView<'_> {
 }
 
 impl StoreView<'_> {
+    /// A parent whose current image (the one its key names in the engine) is not the one
+    /// `image` was built on: a refresh, or a rebuild the key cannot see.
+    fn moved_parent(
+        &self,
+        node: &Node,
+        image: &trellis_docker::ImageListing,
+        images: &HashMap<String, trellis_docker::ImageListing>,
+    ) -> Option<&str> {
+        let built_on: HashMap<&str, &str> = (image.labels.get(trellis_docker::labels::PARENTS))
+            .map(|parents| parents.split(',').filter_map(|p| p.split_once('@')).collect())
+            .unwrap_or_default();
+        let index = self.graph.index(&node.id)?;
+        let parents = (self.graph.dag.neighbors_directed(index, petgraph::Incoming))
+            .map(|p| &self.graph.dag[p])
+            .filter(|p| p.kind == NodeKind::Tag);
+        for parent in parents {
+            let parent_build = &self.graph.dag[self.graph.variants[parent.variant].build];
+            let Some(current) = images.get(&parent_build.key.to_hex()) else { continue };
+            let id = self.workspace.variants[parent.variant].id.as_str();
+            if built_on.get(id) != Some(&current.id.as_str()) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
     fn what_changed(&self, record: &NodeRecord, node: &Node) -> String {
         let now: BTreeMap<&str, &str> = node.components.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut reasons = Vec::new();
