@@ -22,12 +22,25 @@ pub enum EngineError {
     /// The engine ran the request and it failed (a build step, a missing image).
     #[error("{0}")]
     Failed(String),
+    /// The engine refused the request as it stands (HTTP 4xx: a Dockerfile it cannot parse, a
+    /// bad argument): sending it again gives the same answer.
+    #[error("{0}")]
+    Refused(String),
+    /// A registry refused the credentials (or their absence).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
 }
 
 fn classify(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match error {
+        E::DockerStreamError { error } if is_unauthorized(&error) => EngineError::Unauthorized(error),
         E::DockerStreamError { error } => EngineError::Failed(error),
+        E::DockerResponseServerError { status_code: 401, message } => EngineError::Unauthorized(message),
+        E::DockerResponseServerError { message, .. } if is_unauthorized(&message) => EngineError::Unauthorized(message),
+        E::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
+            EngineError::Refused(format!("{message} ({status_code})"))
+        }
         E::DockerResponseServerError { status_code, message } => {
             EngineError::Failed(format!("{message} ({status_code})"))
         }
@@ -36,6 +49,15 @@ fn classify(error: bollard::errors::Error) -> EngineError {
         E::RequestTimeoutError => EngineError::Unreachable("the request timed out".to_owned()),
         other => EngineError::Unreachable(other.to_string()),
     }
+}
+
+/// What the engine reports when a registry refused credentials (distribution's `UNAUTHORIZED`
+/// and `DENIED` errors, and the daemon's own wording).
+fn is_unauthorized(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["unauthorized", "authentication required", "no basic auth credentials", "denied: requested access"]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// One image build.
@@ -134,8 +156,16 @@ impl DockerClient {
         target: &str,
         credentials: Option<DockerCredentials>,
     ) -> Result<Option<String>, EngineError> {
+        let with_credentials = credentials.is_some();
         match self.docker.inspect_registry_image(target, credentials).await {
             Ok(inspect) => Ok(inspect.descriptor.digest),
+            // Credentials given and refused: say so (without them a registry may still serve
+            // reads, and the push says why it cannot).
+            Err(error @ bollard::errors::Error::DockerResponseServerError { status_code: 401, .. })
+                if with_credentials =>
+            {
+                Err(classify(error))
+            }
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 401 | 403 | 404, .. }) => Ok(None),
             Err(other) => Err(classify(other)),
         }

@@ -11,6 +11,9 @@ pub enum ErrorClass {
     InvalidInput,
     /// The engine (or registry) could not be reached.
     EngineUnreachable,
+    /// The engine or registry refused access (wrong or missing credentials): retrying cannot
+    /// help, and like an unreachable engine it is not the node's own failure.
+    AccessDenied,
     /// The job ran and failed (a build step, a test, a push).
     NodeFailed,
     /// The job was cancelled.

@@ -141,7 +141,8 @@ impl RunSummary {
             NodeStatus::Flaky => self.flaky += 1,
             NodeStatus::Failed { error } => {
                 self.failed += 1;
-                self.engine_unreachable |= error.class == crate::ErrorClass::EngineUnreachable;
+                self.engine_unreachable |=
+                    matches!(error.class, crate::ErrorClass::EngineUnreachable | crate::ErrorClass::AccessDenied);
             }
             NodeStatus::Blocked { .. } => self.blocked += 1,
             NodeStatus::Skipped { .. } => self.skipped += 1,

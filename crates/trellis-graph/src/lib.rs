@@ -18,7 +18,7 @@ mod select;
 
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes};
-pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use key::{ComponentKey, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
+pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};
 pub use select::{Selection, UnmatchedFilter};

@@ -245,9 +245,8 @@ fn subject_starting_at<'f>(
     if start > 0 && matches!(tokens[start - 1].token, Token::Dot | Token::Pipe) {
         return None;
     }
-    let axis_subject = |name: &str| {
-        axes.get(name).map(|facts| Subject { name: name.to_owned(), takes: facts.values.as_slice() })
-    };
+    let axis_subject =
+        |name: &str| axes.get(name).map(|facts| Subject { name: name.to_owned(), takes: facts.values.as_slice() });
     match (at(1), at(2), at(3)) {
         // axes.os / axes['os']
         (Some(Token::Dot), Some(Token::Ident(axis)), _) if first == "axes" => Some((start + 3, axis_subject(axis)?)),
@@ -318,7 +317,10 @@ mod tests {
 
     fn axes() -> HashMap<String, AxisFacts> {
         let mut axes = HashMap::new();
-        axes.insert("os".to_owned(), AxisFacts { values: vec!["trixie".into(), "bookworm".into()], ..Default::default() });
+        axes.insert(
+            "os".to_owned(),
+            AxisFacts { values: vec!["trixie".into(), "bookworm".into()], ..Default::default() },
+        );
         let mut node = AxisFacts { values: vec!["22.20.0".into(), "24.11.1".into()], ..Default::default() };
         node.string_attributes.insert("codename".into(), vec!["jod".into(), "krypton".into()]);
         axes.insert("node".to_owned(), node);

@@ -12,10 +12,10 @@ use minijinja::Environment;
 use minijinja::value::Value;
 use regex::Regex;
 
+use crate::axis_vars::{self, AxisFacts, Prepared};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::files::Files;
 use crate::manifest::*;
-use crate::axis_vars::{self, AxisFacts, Prepared};
 use crate::template::{self, AxisValueObject, Origin};
 use crate::workspace::*;
 
@@ -921,9 +921,31 @@ impl<'a> Compiler<'a> {
         let labels = self.render_pairs(&t.labels, ctx, &id, variables);
         let produced = self.render_tags(decl, t, ctx, &id, repository.as_deref(), variables);
         let tests = self.render_tests(t, ctx, &id, variables);
-        let dockerfile = template_path.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, ctx, &id, variables));
-        let (repository, template_path, context, (sub_path, render_decl), target, args, labels, produced, tests, dockerfile) =
-            (repository?, template_path?, context?, render_at?, target?, args?, labels?, produced?, tests?, dockerfile?);
+        let dockerfile =
+            template_path.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, ctx, &id, variables));
+        let (
+            repository,
+            template_path,
+            context,
+            (sub_path, render_decl),
+            target,
+            args,
+            labels,
+            produced,
+            tests,
+            dockerfile,
+        ) = (
+            repository?,
+            template_path?,
+            context?,
+            render_at?,
+            target?,
+            args?,
+            labels?,
+            produced?,
+            tests?,
+            dockerfile?,
+        );
         let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
         Some(Draft {
             variant: Variant {
@@ -1007,7 +1029,13 @@ impl<'a> Compiler<'a> {
     }
 
     /// The variant's tests whose `when` holds, each rendered.
-    fn render_tests(&mut self, t: &ImageTemplates<'a>, ctx: &Value, id: &str, variables: &str) -> Option<Vec<VariantTest>> {
+    fn render_tests(
+        &mut self,
+        t: &ImageTemplates<'a>,
+        ctx: &Value,
+        id: &str,
+        variables: &str,
+    ) -> Option<Vec<VariantTest>> {
         let mut tests = Vec::new();
         let mut ok = true;
         for test in &t.tests {
@@ -1024,7 +1052,9 @@ impl<'a> Compiler<'a> {
                 Some(dockerfile) => self.test_body(test, dockerfile, ctx, id, variables),
             };
             match body {
-                Some(body) => tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network }),
+                Some(body) => {
+                    tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network })
+                }
                 None => ok = false,
             }
         }
@@ -1053,7 +1083,9 @@ impl<'a> Compiler<'a> {
                 self.diags.push(
                     Diagnostic::new("trellis::test::bad_run_line", "a run line must render to one non-empty line")
                         .at(self.source, run.decl.span, format!("rendered for {id}"))
-                        .help("each `run` becomes one RUN instruction: write one command per `run`, or join them with &&"),
+                        .help(
+                            "each `run` becomes one RUN instruction: write one command per `run`, or join them with &&",
+                        ),
                 );
                 ok = false;
                 continue;

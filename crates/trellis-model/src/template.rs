@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use miette::SourceSpan;
-use minijinja::value::{Enumerator, Object, Value};
 use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 
 use crate::axis_vars::Prepared;
@@ -122,7 +122,8 @@ impl Origin<'_> {
         match *self {
             Origin::Inline(file, string, prefix, _) => {
                 let len = string.value.len();
-                let range = range.map(|r| r.start.saturating_sub(prefix).min(len)..r.end.saturating_sub(prefix).min(len));
+                let range =
+                    range.map(|r| r.start.saturating_sub(prefix).min(len)..r.end.saturating_sub(prefix).min(len));
                 let range = range.filter(|r| !r.is_empty());
                 let span = match (string.verbatim_at, &range) {
                     (Some(at), Some(r)) => SourceSpan::from(at + r.start..at + r.end),

@@ -46,7 +46,8 @@ fn main() {
             assert!(images.len() >= IMAGES);
         });
         for i in 0..IMAGES {
-            let walk = trellis_graph::ContextWalk::new(&dir.path().join(format!("ctx/{i}")), &Default::default()).unwrap();
+            let walk =
+                trellis_graph::ContextWalk::new(&dir.path().join(format!("ctx/{i}")), &Default::default()).unwrap();
             walk.digest().unwrap();
         }
     });

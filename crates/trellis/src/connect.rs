@@ -127,9 +127,8 @@ pub(crate) fn images_by_key(
     listing: Vec<ImageListing>,
     model: &trellis_model::Workspace,
 ) -> HashMap<String, ImageListing> {
-    let first_reference: HashMap<&str, String> = (model.variants.iter())
-        .filter_map(|v| v.references.first().map(|r| (v.id.as_str(), r.to_string())))
-        .collect();
+    let first_reference: HashMap<&str, String> =
+        (model.variants.iter()).filter_map(|v| v.references.first().map(|r| (v.id.as_str(), r.to_string()))).collect();
     let tested = |image: &ImageListing| {
         let variant = image.labels.get(trellis_docker::labels::VARIANT).map(String::as_str).unwrap_or_default();
         first_reference.get(variant).is_some_and(|r| image.repo_tags.contains(r))
@@ -160,39 +159,61 @@ pub struct CleanReport {
 
 impl Workspace {
     /// Removes the workspace's images that no current variant produces: images under keys no
-    /// variant has any more, and test images a crash left behind. Never an image a current
-    /// build key names, one a current reference points at, or one of a variant whose key
-    /// cannot be known yet (an external base missing from the engine). Pulls nothing.
+    /// variant has any more, images a `--refresh` superseded under a current key, and test
+    /// images a crash left behind. Never the image a current build key names, one a current
+    /// reference points at, or one of a variant whose key cannot be known yet (an external
+    /// base missing from the engine). Pulls nothing.
     pub async fn clean(self) -> Result<CleanReport, Error> {
         let client = connect().await?;
         let everything = self.select(&[])?;
         let ids = resolve_bases(&client, &self, &everything, false).await?;
         let workspace = self.with_base_images(ids);
         let model = workspace.model();
-        let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
         let graph = workspace.graph()?;
-        let current: HashSet<String> = graph.variants.iter().map(|v| graph.dag[v.build].key.to_hex()).collect();
         let references: HashSet<String> =
             model.variants.iter().flat_map(|v| v.references.iter().map(ToString::to_string)).collect();
         let unknown: HashSet<&str> =
             workspace.first_unresolved_base().keys().map(|v| model.variants[*v].id.as_str()).collect();
         let mut report = CleanReport::default();
-        for image in images {
-            let label = |name: &str| image.labels.get(name).cloned().unwrap_or_default();
-            let is_test = image.labels.contains_key(trellis_docker::labels::TEST);
-            let variant = label(trellis_docker::labels::VARIANT);
-            let named = current.contains(&label(trellis_docker::labels::KEY))
-                || image.repo_tags.iter().any(|t| references.contains(t))
-                || unknown.contains(variant.as_str());
-            if named && !is_test {
-                report.kept += 1;
-                continue;
+        // An image others were built on is listed only once they are gone (the engine hides
+        // untagged parents): list again after each pass that removed something.
+        loop {
+            let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
+            // Of several images under one current key (a `--refresh`), the tested one.
+            let chosen = images_by_key(images.clone(), model);
+            let current: HashSet<&str> = (graph.variants.iter())
+                .filter_map(|v| chosen.get(&graph.dag[v.build].key.to_hex()))
+                .map(|image| image.id.as_str())
+                .collect();
+            let (mut kept, mut removed) = (0, 0);
+            for image in &images {
+                let label = |name: &str| image.labels.get(name).cloned().unwrap_or_default();
+                let is_test = image.labels.contains_key(trellis_docker::labels::TEST);
+                let variant = label(trellis_docker::labels::VARIANT);
+                let named = current.contains(image.id.as_str())
+                    || image.repo_tags.iter().any(|t| references.contains(t))
+                    || unknown.contains(variant.as_str());
+                if named && !is_test {
+                    kept += 1;
+                    continue;
+                }
+                if report.refused.iter().any(|(id, _, _)| *id == image.id) {
+                    continue;
+                }
+                match client.remove_image(&image.id, true).await {
+                    Ok(()) => {
+                        removed += 1;
+                        report.removed.push((image.id.clone(), variant, is_test));
+                    }
+                    Err(e) => report.refused.push((image.id.clone(), variant, e.to_string())),
+                }
             }
-            match client.remove_image(&image.id, true).await {
-                Ok(()) => report.removed.push((image.id, variant, is_test)),
-                // An image another one is built on cannot go before its children.
-                Err(e) => report.refused.push((image.id, variant, e.to_string())),
+            report.kept = kept;
+            if removed == 0 {
+                break;
             }
+            // What was refused for its children may go now.
+            report.refused.clear();
         }
         Ok(report)
     }

@@ -182,10 +182,35 @@ impl Simulation {
     }
 }
 
+/// Retried: what can be transient (an engine or registry away, a failing RUN step). Not
+/// retried: what the engine refuses as it stands, and refused credentials.
 fn engine_error(error: trellis_docker::EngineError) -> JobError {
-    match error {
-        trellis_docker::EngineError::Unreachable(_) => JobError::new(ErrorClass::EngineUnreachable, error.to_string()),
-        trellis_docker::EngineError::Failed(_) => JobError::failed(error.to_string()),
+    use trellis_docker::EngineError as E;
+    let class = match error {
+        E::Unreachable(_) => ErrorClass::EngineUnreachable,
+        E::Failed(_) => ErrorClass::NodeFailed,
+        E::Refused(_) => ErrorClass::InvalidInput,
+        E::Unauthorized(_) => ErrorClass::AccessDenied,
+    };
+    JobError::new(class, error.to_string())
+}
+
+impl DockerBackend {
+    /// A push or registry error; a refusal names the registry and the user.
+    fn registry_error(&self, registry: &str, error: trellis_docker::EngineError) -> JobError {
+        match error {
+            trellis_docker::EngineError::Unauthorized(detail) => {
+                let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
+                let who = user.map_or_else(|| "no credentials".to_owned(), |u| format!("user `{u}`"));
+                JobError::new(
+                    ErrorClass::AccessDenied,
+                    format!(
+                        "unauthorized: {registry} refused {who} ({detail}); check the credentials in the docker config (`docker login {registry}`)"
+                    ),
+                )
+            }
+            other => engine_error(other),
+        }
     }
 }
 
@@ -326,8 +351,11 @@ impl DockerBackend {
                     // Skipped when the registry already serves this reference at the digest
                     // this image was pushed under.
                     let local = trellis_docker::digest_in(&recorded, &repository);
-                    let served =
-                        self.client.registry_digest(&target, self.credentials.clone()).await.map_err(engine_error)?;
+                    let served = self
+                        .client
+                        .registry_digest(&target, self.credentials.clone())
+                        .await
+                        .map_err(|e| self.registry_error(registry, e))?;
                     if let (Some(local), Some(served)) = (&local, &served)
                         && local == served
                     {
@@ -337,7 +365,7 @@ impl DockerBackend {
                         continue;
                     }
                     let pushed = tokio::select! {
-                        result = self.client.push(&image, &target, self.credentials.clone(), &mut log) => result.map_err(engine_error)?,
+                        result = self.client.push(&image, &target, self.credentials.clone(), &mut log) => result.map_err(|e| self.registry_error(registry, e))?,
                         () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
                     };
                     ctx.line(format!("pushed {target} at {pushed}"));

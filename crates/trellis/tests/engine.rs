@@ -331,10 +331,11 @@ fn a_push_without_credentials_fails_clearly_and_records_nothing() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(3), "refused credentials are exit 3:\n{stderr}");
     assert!(stderr.contains("FAIL push:base"), "{stderr}");
+    assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused no credentials"), "{stderr}");
     assert!(stderr.contains("BLOCKED push:app/1"), "children are not pushed before their parent:\n{stderr}");
-    let plan = ws.trellis(&["plan", "--json"]).output().unwrap();
+    let plan = ws.trellis(&["plan", "--json", "--push", "--registry", "127.0.0.1:5000"]).output().unwrap();
     let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
     for node in plan.as_array().unwrap().iter().filter(|n| n["kind"] == "push") {
         assert_eq!(node["action"], "run", "nothing is recorded as pushed: {node}");
@@ -534,4 +535,117 @@ fn a_library_caller_attaches_plans_and_runs_on_the_engine() {
     assert!(summary.succeeded(), "{summary}");
     assert!(image_id(&ws.reference("app", "2.0")).is_some());
     assert!(image_id(&ws.reference("tool", "latest")).is_none(), "not selected");
+}
+
+#[test]
+fn a_wrong_registry_password_is_unauthorized_exit_3_and_not_retried() {
+    use base64::Engine as _;
+    let ws = family("badauth");
+    let config = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("trellis:not-the-password");
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let output = ws
+        .trellis(&["build", "--push", "--registry", "127.0.0.1:5000", "--retries", "2", "base"])
+        .env("DOCKER_CONFIG", config.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused user `trellis`"), "{stderr}");
+    let report = ws.report();
+    let push = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "push:base").unwrap();
+    assert_eq!(push["attempts"], 1, "refused credentials are not retried: {push}");
+}
+
+#[test]
+fn a_dockerfile_the_engine_cannot_parse_fails_once() {
+    let ws = family("parse");
+    ws.fixture.write("tool.j2", "FROM scratch\nFROOM nothing\n");
+    let (code, stderr) = ws.build(&["--retries", "2", "tool"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let report = ws.report();
+    let build = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:tool").unwrap();
+    assert_eq!(build["attempts"], 1, "a parse error is not retried: {build}\n{stderr}");
+    assert!(stderr.to_lowercase().contains("unknown instruction"), "{stderr}");
+}
+
+/// The first-contact defect: `clean` compared against keys computed without the engine, so
+/// every image built on an external base looked orphaned and was removed.
+#[test]
+fn clean_keeps_every_current_image_and_removes_the_superseded_one() {
+    let ws = family("clean");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let current: Vec<String> = ["base", "tool"]
+        .iter()
+        .map(|r| ws.reference(r, "latest"))
+        .chain(["1", "2"].iter().map(|v| ws.reference("app", v)))
+        .collect();
+    let ids: Vec<String> = current.iter().map(|r| image_id(r).unwrap()).collect();
+    let clean = ws.trellis(&["clean"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{stdout}");
+    assert!(stdout.contains("0 removed"), "{stdout}");
+    for (reference, id) in current.iter().zip(&ids) {
+        assert_eq!(image_id(reference).as_ref(), Some(id), "{reference} survives clean");
+    }
+    // An edit supersedes tool's image: clean removes that one alone.
+    ws.fixture.write("tool.j2", &TOOL.replace("PREFIX", &ws.prefix).replace("echo tool", "echo tool2"));
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let clean = ws.trellis(&["clean"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(stdout.contains(&format!("removed {} (tool)", ids[1])), "{stdout}");
+    assert!(stdout.contains("1 removed"), "{stdout}");
+    for reference in &current {
+        assert!(image_id(reference).is_some(), "{reference} survives clean");
+    }
+}
+
+/// The first-contact defect: after `build --refresh base`, the children stayed on the old
+/// parent for good.
+#[test]
+fn a_refreshed_parent_rebuilds_its_children_on_it() {
+    let ws = family("refresh");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let (code, stderr) = ws.build(&["--refresh", "base"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let base = image_id(&ws.reference("base", "latest")).unwrap();
+    let plan = ws.trellis(&["plan", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let running: Vec<(&str, &str)> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["action"] == "run")
+        .map(|n| (n["id"].as_str().unwrap(), n["reason"].as_str().unwrap()))
+        .collect();
+    let builds: Vec<&(&str, &str)> = running.iter().filter(|(id, _)| id.starts_with("build:")).collect();
+    assert_eq!(builds.len(), 2, "{running:?}");
+    for (id, reason) in builds {
+        assert!(id.starts_with("build:app/"), "{running:?}");
+        assert!(reason.contains("parent base was rebuilt"), "{reason}");
+    }
+    assert_eq!(ws.build(&[]).0, Some(0));
+    for v in ["1", "2"] {
+        let history = docker(&["history", "-q", "--no-trunc", &ws.reference("app", v)]);
+        assert!(history.lines().any(|l| l == base), "app/{v} stands on the refreshed base:\n{history}");
+    }
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains("START"), "converged:\n{stderr}");
+}
+
+/// The first-contact defect: a filtered build failed on a base only unselected images use.
+#[test]
+fn a_filtered_build_needs_only_the_bases_of_what_it_builds() {
+    let ws = family("filtered");
+    ws.fixture.write("tool.j2", &format!("FROM {}-absent/busybox:1\nRUN true\n", ws.prefix));
+    let (code, stderr) = ws.build(&["app"]);
+    assert_eq!(code, Some(0), "tool's missing base does not concern app:\n{stderr}");
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("-absent/busybox:1"), "{stderr}");
 }
