@@ -27,6 +27,7 @@ image "app" {
     label "l" "{{ axes.os }}"
     tag "{{ v }}-{{ os }}"
     tag "{{ v.major }}" float=#true when="axes.os == 'x'"
+    tag "{{ os | upper }}-{{ v.codename }}" float=#true when="os == 'y' and v in ['1.0', '2.0'] and v.codename != 'b'"
     test "t" { run "true {{ v }}"; }
     test "d" dockerfile="T.Dockerfile" context="."
 }
@@ -39,6 +40,7 @@ const TEMPLATES: &[&str] = &[
     "FROM acme/app:{{ v.major }}\n",
     "{% for x in range(3) %}FROM b{{ x }}\n{% endfor %}",
     "# escape=`\nFROM `\n x:1\n",
+    "FROM scratch\n{% if os == 'x' %}{% include \"inc.j2\" %}{% endif %}{{ v['codename'] ~ os.startswith('x') }}\n",
 ];
 
 /// Characters that matter to KDL, minijinja and Dockerfiles.
@@ -82,6 +84,8 @@ fn one_case(matrix: &str, template: &str) {
         .with("dockerfiles/node/Dockerfile.j2", template)
         .with("dockerfiles/debian/Dockerfile.j2", template)
         .with("dockerfiles/busybox/Dockerfile.j2", template)
+        // Included by templates (and including itself: a cycle must not hang).
+        .with("inc.j2", template)
         // A test Dockerfile is not a template: its raw text is read for the images it names.
         .with("T.Dockerfile", template);
     if let Ok(workspace) = compile(Path::new("."), "matrix.kdl", matrix, &files) {
