@@ -346,3 +346,21 @@ fn included_template_undefined() {
         ],
     );
 }
+
+/// A context that is a symlink leading out of the workspace is refused like `../x`.
+#[test]
+fn context_symlink_outside_workspace() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("matrix.kdl"), image("    tag \"{{ v }}\"").replace("context \".\"", "context \"ctx\""))
+        .unwrap();
+    fs::write(dir.path().join("Dockerfile.j2"), "FROM scratch\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("ctx")).unwrap();
+    let Err(Error::Invalid(d)) = Workspace::load(dir.path().join("matrix.kdl")).and_then(|w| w.graph().map(|_| ()))
+    else {
+        panic!("a context outside the workspace was accepted");
+    };
+    let text = trellis::output::diagnostics(&d.0, false);
+    assert!(text.contains("trellis::path::outside_workspace"), "{text}");
+    assert!(text.contains("build context `ctx` of app/1.0 leads outside the workspace"), "{text}");
+}
