@@ -3,7 +3,8 @@
 //! When `docker info` does not answer, starts `dockerd` (overlay2, falling back to vfs);
 //! when 127.0.0.1:5000 does not answer, starts Debian's `docker-registry` there with htpasswd
 //! auth (user `trellis`, a password with `+ / ? > ~` in it, so that credential encoding is
-//! exercised). Installs docker.io, docker-registry and apache2-utils when missing and root.
+//! exercised). Installs docker.io, docker-registry, apache2-utils, busybox-static and docker-compose
+//! when missing and root.
 //! Idempotent; state, logs and pids under `.cache/engine/`.
 
 use std::fs;
@@ -62,9 +63,12 @@ fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf)
 
 pub fn start() -> Result {
     fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
-    // The end-to-end tests make their small images FROM scratch with Debian's static busybox.
-    if !installed("busybox-static") {
-        apt_install("busybox-static")?;
+    // The end-to-end tests make their small images FROM scratch with Debian's static busybox;
+    // the decoupled-runtime example runs its code and runtime images with docker-compose.
+    for package in ["busybox-static", "docker-compose"] {
+        if !installed(package) {
+            apt_install(package)?;
+        }
     }
     start_docker()?;
     start_registry()?;

@@ -1,12 +1,16 @@
 //! examples/decoupled-runtime end to end on the real engine: a code-only image, a runtime per
 //! Node.js version, every runtime tested with the code. Its runtimes build on this repository's
 //! Node.js images, which the test first builds and pushes with the repository's own workspace
-//! (filtered to the versions it needs; `cargo xtask test` prepares their inputs).
+//! (filtered to the versions it needs; `cargo xtask test` prepares their inputs). The example's
+//! compose.yaml then runs the code on a runtime with Debian's docker-compose, as the article does.
 
 mod common;
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::engine::*;
 
@@ -43,6 +47,102 @@ fn reason(report: &serde_json::Value, id: &str) -> String {
     node["reason"].as_str().unwrap().to_owned()
 }
 
+/// The example's compose.yaml brought up as a project of its own (`-p`), so parallel tests
+/// cannot collide; `down -v` on drop, also when the test fails, removes its containers and the
+/// code container's /app volume.
+struct ComposeProject {
+    project: String,
+    file: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl ComposeProject {
+    fn new(ws: &EngineWorkspace, env: &[(&'static str, String)]) -> Self {
+        Self { project: ws.name.clone(), file: ws.fixture.path("compose.yaml"), env: env.to_vec() }
+    }
+
+    fn compose(&self, args: &[&str]) -> String {
+        let output = Command::new("docker-compose")
+            .args(["--no-ansi", "-p", &self.project, "-f"])
+            .arg(&self.file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("Debian's docker-compose (cargo xtask engine installs it)");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "docker-compose {}:\n{stdout}{stderr}", args.join(" "));
+        stdout
+    }
+
+    fn up(&self) {
+        self.compose(&["up", "-d"]);
+    }
+
+    /// The ID of the container compose made for `service`.
+    fn container(&self, service: &str) -> String {
+        let id = self.compose(&["ps", "-q", service]);
+        assert!(!id.trim().is_empty(), "no container for {service}");
+        id.trim().to_owned()
+    }
+
+    /// Every container, volume and network of this project the engine still has.
+    fn leftovers(&self, volumes: &[String]) -> String {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let mut left = docker(&["ps", "-aq", "--filter", &label]);
+        left += &docker(&["network", "ls", "-q", "--filter", &label]);
+        for volume in volumes {
+            left += &docker(&["volume", "ls", "-q", "--filter", &format!("name=^{volume}$")]);
+        }
+        left
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .args(["--no-ansi", "-p", &self.project, "-f"])
+            .arg(&self.file)
+            .args(["down", "-v", "--remove-orphans", "--timeout", "5"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
+    }
+}
+
+/// A port on 127.0.0.1 nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `GET /` to 127.0.0.1:`port`: the body, or `None` while nothing answers there.
+fn get(port: u16) -> Option<String> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// Asks the app until it answers `expected`: a container's start-up (npm, then node) has no
+/// event to wait on. Fails after a minute with the last answer and the app's log.
+fn wait_for_answer(compose: &ComposeProject, port: u16, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = get(port);
+        if last.as_deref() == Some(expected) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "127.0.0.1:{port} answered {last:?}, not {expected:?}; the app's log:\n{}",
+        compose.compose(&["logs", "app"])
+    );
+}
+
 #[test]
 fn a_new_runtime_rebuilds_only_runtimes_and_new_code_only_reruns_their_tests() {
     node_images(&["24.11.1", "22.19.0", "22.20.0"]);
@@ -62,6 +162,26 @@ fn a_new_runtime_rebuilds_only_runtimes_and_new_code_only_reruns_their_tests() {
     }
     let code_image = image_id(&ws.reference("code", "1.0.0")).unwrap();
 
+    // The article's demo: compose runs the code container's /app on `runtime:22`.
+    let port = free_port();
+    let compose = ComposeProject::new(
+        &ws,
+        &[
+            ("CODE", ws.reference("code", "1.0.0")),
+            ("RUNTIME", ws.reference("runtime", "22")),
+            ("PORT", port.to_string()),
+        ],
+    );
+    compose.up();
+    wait_for_answer(&compose, port, "I am running nodejs version: v22.19.0\n");
+    let code_container = compose.container("code");
+    let app_container = compose.container("app");
+    let volumes: Vec<String> = docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", &code_container])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(volumes.len(), 1, "the code container has one volume, /app");
+
     // A Node.js security release: 22.19.0 → 22.20.0.
     let matrix = std::fs::read_to_string(ws.fixture.path("matrix.kdl")).unwrap();
     ws.fixture.write("matrix.kdl", &matrix.replace("\"22.19.0\"", "\"22.20.0\""));
@@ -76,6 +196,17 @@ fn a_new_runtime_rebuilds_only_runtimes_and_new_code_only_reruns_their_tests() {
     assert!(node_log(&ws, &report, "test:runtime/22.20.0/app").contains("I am running nodejs version: v22.20.0"));
     assert_eq!(image_id(&ws.reference("code", "1.0.0")), Some(code_image.clone()), "the code image keeps its ID");
     assert_eq!(image_id(&ws.reference("runtime", "22")), image_id(&ws.reference("runtime", "22.20.0")));
+
+    // `up` again, the compose file and its variables unchanged: compose sees that `runtime:22`
+    // moved and replaces the app container; the code container and its volume stay as they were.
+    compose.up();
+    wait_for_answer(&compose, port, "I am running nodejs version: v22.20.0\n");
+    assert_ne!(compose.container("app"), app_container);
+    assert_eq!(compose.container("code"), code_container, "the code container is the same");
+    let running = docker(&["inspect", "-f", "{{.Image}}", &code_container]);
+    assert_eq!(running, code_image, "the code container runs the unchanged code image");
+    compose.compose(&["down", "-v", "--timeout", "5"]);
+    assert_eq!(compose.leftovers(&volumes), "", "containers, networks or the /app volume left behind");
 
     // New code: the code image is rebuilt and every runtime's test runs again on it; no
     // runtime is rebuilt.
