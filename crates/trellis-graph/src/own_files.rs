@@ -98,18 +98,20 @@ impl ContextExclusions {
         if name.starts_with(TEMP_PREFIX) {
             return Own::Whole;
         }
+        let in_tree = self.rendered_tree.as_ref().is_some_and(|tree| {
+            tree.is_empty() || relative.strip_prefix(tree.as_str()).is_some_and(|rest| rest.starts_with('/'))
+        });
         if dir {
+            // Folders in the rendered tree come and go with variants (a removed variant's
+            // folder is emptied, then removed): their files count, not the folders.
             return if self.dirs.iter().any(|d| d == relative) {
                 Own::Whole
-            } else if self.render_dirs.contains(relative) {
+            } else if self.render_dirs.contains(relative) || in_tree {
                 Own::DirectoryOnly
             } else {
                 Own::No
             };
         }
-        let in_tree = self.rendered_tree.as_ref().is_some_and(|tree| {
-            tree.is_empty() || relative.strip_prefix(tree.as_str()).is_some_and(|rest| rest.starts_with('/'))
-        });
         if self.files.contains(relative) || (in_tree && name == "Dockerfile" && generated(full)) {
             Own::Whole
         } else {

@@ -43,11 +43,26 @@ pub fn write(workspace: &Workspace) -> io::Result<RenderReport> {
             report.unchanged += 1;
         }
     }
-    for orphan in orphans(workspace)? {
-        fs::remove_file(workspace.root.join(&orphan))?;
-        report.removed.push(orphan);
-    }
+    report.removed = remove_orphans(workspace)?;
     Ok(report)
+}
+
+/// Removes generated files of variants that no longer exist, and the folders that held only
+/// them; returns the files removed.
+pub fn remove_orphans(workspace: &Workspace) -> io::Result<Vec<PathBuf>> {
+    let orphans = orphans(workspace)?;
+    let tree = workspace.root.join(&workspace.settings.dockerfiles);
+    for orphan in &orphans {
+        let path = workspace.root.join(orphan);
+        fs::remove_file(&path)?;
+        // `remove_dir` fails on a folder that still holds something: that is where it stops.
+        for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(&tree) && *d != tree) {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(orphans)
 }
 
 /// Writes `bytes` to `path` atomically unless it already holds them; true when written.
