@@ -162,7 +162,7 @@ pub fn main() -> ExitCode {
             };
             let _ = stderr.write_all(text.as_bytes());
             let code = match error {
-                Error::NoEngine(_) | Error::Pull { .. } => exit::UNREACHABLE,
+                Error::NoEngine(_) | Error::Pull { .. } | Error::Unauthorized { .. } => exit::UNREACHABLE,
                 _ => exit::INVALID_INPUT,
             };
             ExitCode::from(code)

@@ -61,7 +61,7 @@ impl Workspace {
             .filter_map(|(v, nodes)| by_key.get(&graph.dag[nodes.build].key.to_hex()).map(|i| (v, i.id.clone())))
             .collect();
         let served = match (&registry, how.push) {
-            (Some(registry), true) => Some(served_digests(&client, &workspace, &selection, registry).await),
+            (Some(registry), true) => Some(served_digests(&client, &workspace, &selection, registry).await?),
             _ => None,
         };
         let docker = DockerBackend {
@@ -80,17 +80,19 @@ impl Workspace {
     }
 }
 
-/// The digest the registry serves for every reference of the workspace, asked through the
-/// engine a few at a time. A reference it cannot tell about counts as not served: its push
-/// node then runs, and reports the registry's error itself.
+/// The digest the registry serves for every selected reference, asked through the engine a
+/// few at a time. A reference it cannot tell about counts as not served: its push node then
+/// runs, and reports the registry's error itself. Credentials the registry refuses stop the
+/// run here, before anything builds.
 async fn served_digests(
     client: &DockerClient,
     workspace: &Workspace,
     selection: &trellis_graph::Selection,
     registry: &str,
-) -> HashMap<String, Option<String>> {
+) -> Result<HashMap<String, Option<String>>, Error> {
     use futures_util::StreamExt;
     let credentials = trellis_docker::credentials_for(registry);
+    let user = credentials.as_ref().and_then(|c| c.username.clone());
     let targets: Vec<String> = (workspace.variants().iter().enumerate())
         .filter(|(v, _)| selection.contains(*v))
         .flat_map(|(_, v)| v.references.iter().map(|r| format!("{registry}/{r}")))
@@ -99,13 +101,21 @@ async fn served_digests(
         .map(|target| {
             let credentials = credentials.clone();
             async move {
-                let digest = client.registry_digest(&target, credentials).await.ok().flatten();
+                let digest = client.registry_digest(&target, credentials).await;
                 (target, digest)
             }
         })
         .buffer_unordered(8)
-        .collect()
+        .collect::<Vec<_>>()
         .await
+        .into_iter()
+        .map(|(target, digest)| match digest {
+            Err(EngineError::Unauthorized(detail)) => {
+                Err(Error::Unauthorized { registry: registry.to_owned(), user: user.clone(), detail })
+            }
+            other => Ok((target, other.ok().flatten())),
+        })
+        .collect()
 }
 
 fn unreachable(error: EngineError) -> Error {

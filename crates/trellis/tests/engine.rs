@@ -322,7 +322,7 @@ fn ws_digest(report: &Value, id: &str) -> String {
 }
 
 #[test]
-fn a_push_without_credentials_fails_clearly_and_records_nothing() {
+fn a_push_without_credentials_fails_clearly_before_anything_builds() {
     let ws = family("noauth");
     let config = docker_config(false);
     let output = ws
@@ -332,14 +332,10 @@ fn a_push_without_credentials_fails_clearly_and_records_nothing() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "refused credentials are exit 3:\n{stderr}");
-    assert!(stderr.contains("FAIL push:base"), "{stderr}");
     assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused no credentials"), "{stderr}");
-    assert!(stderr.contains("BLOCKED push:app/1"), "children are not pushed before their parent:\n{stderr}");
-    let plan = ws.trellis(&["plan", "--json", "--push", "--registry", "127.0.0.1:5000"]).output().unwrap();
-    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
-    for node in plan.as_array().unwrap().iter().filter(|n| n["kind"] == "push") {
-        assert_eq!(node["action"], "run", "nothing is recorded as pushed: {node}");
-    }
+    assert!(stderr.contains("docker login 127.0.0.1:5000"), "{stderr}");
+    assert!(!ws.fixture.path(".trellis/runs").exists(), "the run stopped before anything ran");
+    assert_eq!(image_id(&ws.reference("base", "latest")), None, "nothing was built");
     assert_eq!(served_digest(&format!("{}/base", ws.prefix), "latest"), None);
 }
 
@@ -538,7 +534,7 @@ fn a_library_caller_attaches_plans_and_runs_on_the_engine() {
 }
 
 #[test]
-fn a_wrong_registry_password_is_unauthorized_exit_3_and_not_retried() {
+fn a_wrong_registry_password_is_unauthorized_exit_3_before_anything_builds() {
     use base64::Engine as _;
     let ws = family("badauth");
     let config = tempfile::tempdir().unwrap();
@@ -556,9 +552,9 @@ fn a_wrong_registry_password_is_unauthorized_exit_3_and_not_retried() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused user `trellis`"), "{stderr}");
-    let report = ws.report();
-    let push = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "push:base").unwrap();
-    assert_eq!(push["attempts"], 1, "refused credentials are not retried: {push}");
+    assert!(stderr.contains("nothing was built"), "{stderr}");
+    assert!(!ws.fixture.path(".trellis/runs").exists(), "the run stopped before anything ran");
+    assert_eq!(image_id(&ws.reference("base", "latest")), None, "nothing was built");
 }
 
 #[test]
