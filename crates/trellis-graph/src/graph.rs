@@ -502,6 +502,34 @@ fn context_digests(
     out
 }
 
+/// The mistakes in the build contexts of `workspace` (missing, outside the workspace, a bad
+/// `.dockerignore`, unreadable), found without hashing: for a workspace that has other
+/// mistakes, so that one run reports them all.
+pub fn check_contexts(workspace: &Workspace) -> Vec<Diagnostic> {
+    let own = OwnFiles::of(workspace, &[]);
+    let root = workspace.root.canonicalize().unwrap_or_else(|_| workspace.root.clone());
+    let mut seen = HashSet::new();
+    let mut diags = Vec::new();
+    for variant in &workspace.variants {
+        if !seen.insert(&variant.context) {
+            continue;
+        }
+        let dir = workspace.root.join(&variant.context);
+        let walked =
+            inside_workspace(&root, &dir).and_then(|()| ContextWalk::new(&dir, &own.in_context(&variant.context)));
+        if let Err(error) = walked {
+            diags.push(context_diagnostic(
+                workspace,
+                &dir,
+                workspace.image_of(variant).context_span,
+                &variant.id,
+                &error,
+            ));
+        }
+    }
+    diags
+}
+
 /// A context reached through a symlink must still be inside the workspace, like any path.
 fn inside_workspace(root: &Path, dir: &Path) -> Result<(), ContextError> {
     match dir.canonicalize() {

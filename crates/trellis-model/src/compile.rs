@@ -70,20 +70,20 @@ pub(crate) fn compile(
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let tidy = crate::diagnostic::tidy(compiler.diags.split_off(before), &name_refs);
     compiler.diags.extend(tidy);
-    // Decoding mistakes count too: any diagnostic at all means no workspace.
-    if !compiler.diags.is_empty() {
-        return None;
-    }
+    // With diagnostics this is a partial workspace (the variants that compiled), which the
+    // caller may only use to look for more mistakes.
     let images = manifest
         .images
         .iter()
-        .filter_map(|decl| {
-            Some(Image {
-                name: decl.name.value.clone(),
-                matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
-                dockerfile_decl: decl.dockerfile.clone()?,
-                context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
-            })
+        .map(|decl| Image {
+            name: decl.name.value.clone(),
+            matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
+            dockerfile_decl: decl.dockerfile.clone().unwrap_or_else(|| Spanned {
+                value: String::new(),
+                span: decl.name.span,
+                verbatim_at: None,
+            }),
+            context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
         })
         .collect();
     Some(Workspace {
@@ -421,7 +421,6 @@ impl<'a> Compiler<'a> {
                     .at(self.source, image.name.span, "used in node ids and paths")
                     .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
                 );
-                ok = false;
             }
             let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
             for axis in &image.matrix {
@@ -468,7 +467,6 @@ impl<'a> Compiler<'a> {
                             .at(self.source, axis.span, "not an axis of this image")
                             .help(format!("this image varies over: {}", matrix.join(", "))),
                         );
-                        ok = false;
                         continue;
                     };
                     let pattern = wildmatch::WildMatch::new(&glob.value);
@@ -482,7 +480,6 @@ impl<'a> Compiler<'a> {
                             .at(self.source, glob.span, "matches nothing")
                             .help(format!("values: {} (globs use * and ?)", values.join(", "))),
                         );
-                        ok = false;
                     }
                 }
             }
@@ -575,8 +572,9 @@ impl<'a> Compiler<'a> {
         let path = opt(self, &image.path, "the render path");
         let target = opt(self, &image.target, "the target");
         let mut args = Vec::new();
+        // A bad name is reported; the image still renders, for the mistakes further on.
         for (name, value) in &image.args {
-            complete &= self.check_identifier(
+            self.check_identifier(
                 name,
                 &IDENTIFIER,
                 "trellis::image::bad_arg_name",
@@ -589,7 +587,7 @@ impl<'a> Compiler<'a> {
         }
         let mut labels = Vec::new();
         for (name, value) in &image.labels {
-            complete &= self.check_identifier(
+            self.check_identifier(
                 name,
                 &LABEL_KEY,
                 "trellis::image::bad_label_key",
@@ -605,7 +603,6 @@ impl<'a> Compiler<'a> {
                     .at(self.source, name.span, "reserved")
                     .help("dev.trellis.* labels record the workspace, variant and key; pick another key"),
                 );
-                complete = false;
             }
             let t = self.add(value, "a label");
             complete &= t.is_some();
@@ -620,7 +617,7 @@ impl<'a> Compiler<'a> {
         }
         let mut tests = Vec::new();
         for test in &image.tests {
-            complete &= self.check_identifier(
+            self.check_identifier(
                 &test.name,
                 &NAME,
                 "trellis::test::bad_name",

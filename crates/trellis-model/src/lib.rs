@@ -43,23 +43,38 @@ impl std::error::Error for Diagnostics {}
 /// Compiles `text` (the contents of the file shown as `name`) with templates from `files`;
 /// `root` is recorded as the workspace root. Never panics on any input.
 pub fn compile(root: &Path, name: &str, text: &str, files: &dyn Files) -> Result<Workspace, Diagnostics> {
+    match compile_all(root, name, text, files) {
+        (Some(workspace), diags) if diags.is_empty() => Ok(workspace),
+        (_, diags) => Err(Diagnostics(diags)),
+    }
+}
+
+/// Compiles as [`compile`] does and returns every diagnostic with what did compile: with
+/// diagnostics, the workspace is partial (the variants that rendered), good only for finding
+/// further mistakes (build contexts, dependencies) in the same run.
+pub fn compile_all(root: &Path, name: &str, text: &str, files: &dyn Files) -> (Option<Workspace>, Vec<Diagnostic>) {
     let source = SourceFile::new(name, text);
     let mut diags = Vec::new();
     let workspace = decode::decode(&source, &mut diags)
         .and_then(|manifest| compile::compile(root, &source, manifest, files, &mut diags));
-    match workspace {
-        Some(workspace) if diags.is_empty() => Ok(workspace),
-        _ => Err(Diagnostics(diags)),
-    }
+    (workspace, diags)
 }
 
-/// Reads and compiles the `matrix.kdl` at `path`; templates are read relative to its directory.
-pub fn load(path: &Path) -> Result<Workspace, LoadError> {
+/// [`load`] with every diagnostic and the partial workspace (see [`compile_all`]).
+pub fn load_all(path: &Path) -> Result<(Option<Workspace>, Vec<Diagnostic>), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
     let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let root = if root.as_os_str().is_empty() { PathBuf::from(".") } else { root };
     let name = path.file_name().map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy()).into_owned();
-    compile(&root, &name, &text, &DiskFiles { root: root.clone() }).map_err(LoadError::Invalid)
+    Ok(compile_all(&root, &name, &text, &DiskFiles { root: root.clone() }))
+}
+
+/// Reads and compiles the `matrix.kdl` at `path`; templates are read relative to its directory.
+pub fn load(path: &Path) -> Result<Workspace, LoadError> {
+    match load_all(path)? {
+        (Some(workspace), diags) if diags.is_empty() => Ok(workspace),
+        (_, diags) => Err(LoadError::Invalid(Diagnostics(diags))),
+    }
 }
 
 /// Why a workspace did not load.

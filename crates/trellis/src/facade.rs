@@ -66,10 +66,24 @@ impl Workspace {
     /// Loads with external base image IDs and the push registry filled in.
     pub fn load_with(path: impl AsRef<Path>, mut inputs: GraphInputs) -> Result<Self, Error> {
         let path = path.as_ref();
-        let model = trellis_model::load(path).map_err(|e| match e {
+        let (model, mut diagnostics) = trellis_model::load_all(path).map_err(|e| match e {
             LoadError::Read { path, source } => Error::Read { path, source },
             LoadError::Invalid(d) => Error::Invalid(d),
         })?;
+        let model = match model {
+            Some(model) if diagnostics.is_empty() => model,
+            partial => {
+                // Every mistake in one run: what compiled is checked further (dependencies,
+                // build contexts) before reporting.
+                if let Some(partial) = partial {
+                    if let Err(Diagnostics(more)) = Dependencies::new(&partial) {
+                        diagnostics.extend(more);
+                    }
+                    diagnostics.extend(trellis_graph::check_contexts(&partial));
+                }
+                return Err(Error::Invalid(Diagnostics(diagnostics)));
+            }
+        };
         if inputs.registry.is_none() {
             inputs.registry = model.settings.registry.clone();
         }
