@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "cli 2.0-dev"

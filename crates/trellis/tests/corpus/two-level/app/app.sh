@@ -1,0 +1,3 @@
+#!/bin/sh
+. /etc/os-release
+echo "app $(cat /etc/app-version) on ${ID}"

@@ -1,0 +1,2 @@
+#!/bin/busybox sh
+echo "tool"
