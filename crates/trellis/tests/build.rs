@@ -171,8 +171,8 @@ fn a_failing_test_blocks_its_tag_shows_its_log_and_exits_1() {
     let mut runs: Vec<&str> =
         plan.as_array().unwrap().iter().filter(|n| n["action"] == "run").map(|n| n["id"].as_str().unwrap()).collect();
     runs.sort_unstable();
-    // Pushes never ran (no --push); of the rest, only the failed test and the tag it blocked.
-    assert_eq!(runs, ["push:app/1.0.0", "push:app/2.0.0", "push:base", "tag:app/1.0.0", "test:app/1.0.0/smoke"]);
+    // Only the failed test and the tag it blocked (no push nodes: the plan is not for --push).
+    assert_eq!(runs, ["tag:app/1.0.0", "test:app/1.0.0/smoke"]);
     let failed = plan.as_array().unwrap().iter().find(|n| n["id"] == "test:app/1.0.0/smoke").unwrap();
     assert!(failed["reason"].as_str().unwrap().starts_with("failed in run"));
 }

@@ -87,7 +87,9 @@ fn plan_json_has_the_documented_shape() {
     assert!(run.stderr().contains("note: no engine"), "{}", run.stderr());
     let plan = run.json();
     let nodes = plan.as_array().unwrap();
-    assert_eq!(nodes.len(), 8);
+    // Render, build and tag of each OS: push nodes are planned only for `--push`.
+    assert_eq!(nodes.len(), 6, "{plan}");
+    assert!(run.stderr().contains("push nodes not shown"), "{}", run.stderr());
     assert_eq!(nodes[0]["id"], "render:tool/trixie");
     for node in nodes {
         for field in ["id", "kind", "action", "reason", "key"] {
@@ -97,6 +99,16 @@ fn plan_json_has_the_documented_shape() {
     assert_eq!(nodes[1]["kind"], "build");
     assert_eq!(nodes[1]["action"], "run");
     assert_eq!(nodes[1]["reason"], "never built");
+    let pushing = Run::with_env(
+        fixture.root(),
+        &["plan", "--json", "--push", "tool"],
+        &[("DOCKER_HOST", "unix:///nonexistent.sock")],
+    );
+    let pushes: Vec<String> = (pushing.code(0).json().as_array().unwrap().iter())
+        .filter(|n| n["kind"] == "push")
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pushes, ["push:tool/trixie", "push:tool/bookworm"]);
 }
 
 #[test]

@@ -451,6 +451,11 @@ fn flow(h: &mut Harness) {
             "flaky"
         } else if status == "blocked" && !first.failed.is_empty() {
             "blocked"
+        } else if status == "flaky" && node["kind"] == "build" {
+            // Two builds of one workspace running the same first steps at once can lose a
+            // cached layer in the classic builder ("unable to find image sha256:…"): seen once
+            // in CI, and what trellis retries builds for. A flaky build still passed.
+            "flaky"
         } else {
             "passed"
         };
