@@ -382,6 +382,20 @@ impl DockerClient {
             .collect())
     }
 
+    /// Whether `id` is the image a build labelled `label=value` itself, rather than an image
+    /// built on top of it: Docker copies a parent's labels into every image built FROM it, so
+    /// the label alone proves nothing. trellis's labels are the last steps of its builds: the
+    /// newest entries of the image's history are `LABEL` steps, one of them this label.
+    pub async fn labelled_last(&self, id: &str, label: &str, value: &str) -> Result<bool, EngineError> {
+        let history = self.docker.image_history(id).await.map_err(classify)?;
+        let wanted = format!("{label}={value}");
+        Ok(history
+            .iter()
+            .map(|step| step.created_by.as_str())
+            .take_while(|step| step.contains("#(nop)  LABEL ") || step.starts_with("LABEL "))
+            .any(|step| step.split_whitespace().any(|word| word == wanted)))
+    }
+
     /// Removes an image by ID (for `trellis clean` and tests).
     pub async fn remove_image(&self, id: &str, force: bool) -> Result<(), EngineError> {
         let options = RemoveImageOptions { force, noprune: false, ..Default::default() };

@@ -51,7 +51,7 @@ impl Workspace {
         let listing = client.workspace_images(&name).await;
         let workspace = hashing.await.map_err(|e| Error::Report(std::io::Error::other(e)))??;
         let listing = listing.map_err(unreachable)?;
-        let by_key = images_by_key(listing, workspace.model());
+        let by_key = images_by_key(&client, listing, &workspace).await?;
         let graph = workspace.graph()?;
         let own_files = Arc::clone(&graph.own_files);
         let up_to_date: HashMap<usize, String> = graph
@@ -118,6 +118,26 @@ async fn served_digests(
         .collect()
 }
 
+/// Whether an image with trellis's labels is trellis's own build or test image, not one built
+/// on top of one (which inherits the labels): `clean` removes only those.
+async fn self_made(client: &DockerClient, image: &ImageListing) -> Result<bool, Error> {
+    use trellis_docker::labels::{KEY, TEST};
+    let (label, value) = match (image.labels.get(TEST), image.labels.get(KEY)) {
+        (Some(test), _) => (TEST, test),
+        (None, Some(key)) => (KEY, key),
+        (None, None) => return Ok(false),
+    };
+    client.labelled_last(&image.id, label, value).await.map_err(unreachable)
+}
+
+/// `registry/repository` of `registry/repository:tag`.
+fn repository_of(reference: &str) -> &str {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => reference,
+    }
+}
+
 fn unreachable(error: EngineError) -> Error {
     Error::NoEngine(error.to_string())
 }
@@ -130,30 +150,50 @@ async fn connect() -> Result<DockerClient, Error> {
     })
 }
 
-/// The workspace's images by build key. Two images can carry one key (`--refresh` rebuilt the
-/// variant; the old image stays while children are built on it): the one the variant's
-/// references point at — its tested image — wins, then the newest.
-pub(crate) fn images_by_key(
+/// The image of each current build key. Docker copies a parent's labels into every image
+/// built on it (by a user, or a child's build that failed halfway), so several images can
+/// carry one key: the image the state store recorded for that build wins without asking the
+/// engine anything more; otherwise, of the images that are that build's own (its label steps
+/// are their newest history, `labelled_last`), the one the variant's references point at,
+/// then the newest.
+pub(crate) async fn images_by_key(
+    client: &DockerClient,
     listing: Vec<ImageListing>,
-    model: &trellis_model::Workspace,
-) -> HashMap<String, ImageListing> {
-    let first_reference: HashMap<&str, String> =
-        (model.variants.iter()).filter_map(|v| v.references.first().map(|r| (v.id.as_str(), r.to_string()))).collect();
-    let tested = |image: &ImageListing| {
-        let variant = image.labels.get(trellis_docker::labels::VARIANT).map(String::as_str).unwrap_or_default();
-        first_reference.get(variant).is_some_and(|r| image.repo_tags.contains(r))
-    };
-    let mut by_key: HashMap<String, ImageListing> = HashMap::new();
+    workspace: &Workspace,
+) -> Result<HashMap<String, ImageListing>, Error> {
+    use trellis_docker::labels::KEY;
+    let model = workspace.model();
+    let graph = workspace.graph()?;
+    let store = trellis_exec::StateStore::read(&model.root.join(&model.settings.state)).ok();
+    let mut candidates: HashMap<String, Vec<ImageListing>> = HashMap::new();
     for image in listing {
-        let Some(key) = image.labels.get(trellis_docker::labels::KEY).cloned() else { continue };
-        match by_key.get(&key) {
-            Some(held) if (tested(held), held.created) >= (tested(&image), image.created) => {}
-            _ => {
-                by_key.insert(key, image);
+        if let Some(key) = image.labels.get(KEY).cloned() {
+            candidates.entry(key).or_default().push(image);
+        }
+    }
+    let mut chosen = HashMap::new();
+    for (v, nodes) in graph.variants.iter().enumerate() {
+        let build = &graph.dag[nodes.build];
+        let key = build.key.to_hex();
+        let Some(mut images) = candidates.remove(&key) else { continue };
+        let recorded = (store.as_ref().and_then(|s| s.get(&build.id)))
+            .filter(|record| record.key == key)
+            .and_then(|record| record.details.get("image"));
+        if let Some(at) = recorded.and_then(|id| images.iter().position(|i| &i.id == id)) {
+            chosen.insert(key, images.swap_remove(at));
+            continue;
+        }
+        let first_reference = model.variants[v].references.first().map(ToString::to_string);
+        let tested = |image: &ImageListing| first_reference.as_ref().is_some_and(|r| image.repo_tags.contains(r));
+        images.sort_by_key(|image| std::cmp::Reverse((tested(image), image.created)));
+        for image in images {
+            if client.labelled_last(&image.id, KEY, &key).await.map_err(unreachable)? {
+                chosen.insert(key, image);
+                break;
             }
         }
     }
-    by_key
+    Ok(chosen)
 }
 
 /// What `trellis clean` did.
@@ -182,6 +222,7 @@ impl Workspace {
         let graph = workspace.graph()?;
         let references: HashSet<String> =
             model.variants.iter().flat_map(|v| v.references.iter().map(ToString::to_string)).collect();
+        let repositories: HashSet<&str> = model.variants.iter().map(|v| v.repository.as_str()).collect();
         let unknown: HashSet<&str> =
             workspace.first_unresolved_base().keys().map(|v| model.variants[*v].id.as_str()).collect();
         let mut report = CleanReport::default();
@@ -189,8 +230,7 @@ impl Workspace {
         // untagged parents): list again after each pass that removed something.
         loop {
             let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
-            // Of several images under one current key (a `--refresh`), the tested one.
-            let chosen = images_by_key(images.clone(), model);
+            let chosen = images_by_key(&client, images.clone(), &workspace).await?;
             let current: HashSet<&str> = (graph.variants.iter())
                 .filter_map(|v| chosen.get(&graph.dag[v.build].key.to_hex()))
                 .map(|image| image.id.as_str())
@@ -207,7 +247,18 @@ impl Workspace {
                     kept += 1;
                     continue;
                 }
-                if report.refused.iter().any(|(id, _, _)| *id == image.id) {
+                if report.refused.iter().any(|(id, _, _)| *id == image.id) || !self_made(&client, image).await? {
+                    continue;
+                }
+                // Tagged into a repository this workspace does not produce: someone else's (a
+                // checkout with the same workspace name), kept.
+                let ours = |repository: &str| {
+                    repositories.contains(repository)
+                        || repositories
+                            .iter()
+                            .any(|r| repository.strip_suffix(r).is_some_and(|host| host.ends_with('/')))
+                };
+                if image.repo_tags.iter().filter(|t| *t != "<none>:<none>").any(|t| !ours(repository_of(t))) {
                     continue;
                 }
                 match client.remove_image(&image.id, true).await {

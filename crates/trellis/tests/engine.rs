@@ -645,3 +645,43 @@ fn a_filtered_build_needs_only_the_bases_of_what_it_builds() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("-absent/busybox:1"), "{stderr}");
 }
+
+/// An image built on top of a trellis image inherits its labels (key included). Found by a
+/// new user: after an untag, trellis took such an image for its own build, tagged it without
+/// testing it, and `clean` removed it.
+#[test]
+fn an_image_built_on_a_trellis_image_is_neither_taken_for_it_nor_cleaned() {
+    let ws = family("derived");
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let tool = ws.reference("tool", "latest");
+    let genuine = image_id(&tool).unwrap();
+    let dir = ws.fixture.path("derived");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM {tool}\nRUN echo derived > /derived\n")).unwrap();
+    let derived_ref = format!("{}-derived/x:1", ws.prefix);
+    let status = Command::new("docker")
+        .args(["build", "-q", "-t", &derived_ref])
+        .arg(&dir)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let derived = image_id(&derived_ref).unwrap();
+    docker(&["rmi", &tool]);
+
+    let (code, stderr) = ws.build(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let now = image_id(&tool).unwrap();
+    assert_ne!(now, derived, "the derived image is not taken for trellis's build");
+    // Rebuilt (the genuine image was hidden under its child) or the genuine one: either way
+    // trellis's own, its key the same.
+    let key = |id: &str| docker(&["image", "inspect", "-f", "{{index .Config.Labels \"dev.trellis.key\"}}", id]);
+    assert_eq!(key(&now), key(&genuine));
+    assert_eq!(docker(&["run", "--rm", &tool, "ls", "/derived"]), "", "not the derived image");
+
+    let clean = ws.trellis(&["clean"]).output().unwrap();
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(image_id(&derived_ref), Some(derived.clone()), "clean keeps what others built on ours");
+    docker(&["rmi", &derived_ref]);
+}
