@@ -34,7 +34,13 @@ pub enum EngineError {
 fn classify(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match error {
+        E::DockerStreamError { error } | E::DockerResponseServerError { message: error, .. }
+            if is_unreachable(&error) =>
+        {
+            EngineError::Unreachable(error)
+        }
         E::DockerStreamError { error } if is_unauthorized(&error) => EngineError::Unauthorized(error),
+        E::DockerStreamError { error } if is_deterministic(&error) => EngineError::Refused(error),
         E::DockerStreamError { error } => EngineError::Failed(error),
         E::DockerResponseServerError { status_code: 401, message } => EngineError::Unauthorized(message),
         E::DockerResponseServerError { message, .. } if is_unauthorized(&message) => EngineError::Unauthorized(message),
@@ -56,6 +62,23 @@ fn classify(error: bollard::errors::Error) -> EngineError {
 fn is_unauthorized(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     ["unauthorized", "authentication required", "no basic auth credentials", "denied: requested access"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+/// What the engine reports when it could not reach a registry (the daemon answers, the
+/// registry does not): retried, and exit 3 when it stays so.
+fn is_unreachable(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["connection refused", "no such host", "i/o timeout", "network is unreachable", "connection reset by peer"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+/// Build failures that the same inputs reproduce every time: retrying cannot help.
+fn is_deterministic(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["file not found in build context", "dockerfile parse error", "unknown instruction", "manifest unknown"]
         .iter()
         .any(|m| message.contains(m))
 }
@@ -262,7 +285,7 @@ impl DockerClient {
         match failure {
             Some(message) => {
                 line(&format!("error: {message}"));
-                Err(EngineError::Failed(message))
+                Err(classify(bollard::errors::Error::DockerStreamError { error: message }))
             }
             None => Ok(image),
         }

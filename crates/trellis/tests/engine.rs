@@ -351,7 +351,7 @@ fn a_registry_that_is_down_is_retried_then_fails_with_nothing_recorded() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(output.status.code(), Some(3), "a registry that cannot be reached is exit 3:\n{stderr}");
     assert!(stderr.contains("RETRY push:base"), "{stderr}");
     assert!(stderr.contains("FAIL push:base"), "{stderr}");
     let report = ws.report();
@@ -567,6 +567,13 @@ fn a_dockerfile_the_engine_cannot_parse_fails_once() {
     let build = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:tool").unwrap();
     assert_eq!(build["attempts"], 1, "a parse error is not retried: {build}\n{stderr}");
     assert!(stderr.to_lowercase().contains("unknown instruction"), "{stderr}");
+    // A COPY of a file the context lacks fails the same way every time.
+    ws.fixture.write("tool.j2", "FROM scratch\nCOPY not-there /x\n");
+    let (code, stderr) = ws.build(&["--retries", "2", "tool"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let report = ws.report();
+    let build = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:tool").unwrap();
+    assert_eq!(build["attempts"], 1, "a missing file is not retried: {build}\n{stderr}");
 }
 
 /// The first-contact defect: `clean` compared against keys computed without the engine, so
