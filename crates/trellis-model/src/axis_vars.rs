@@ -29,6 +29,49 @@ pub(crate) fn object_name(axis: &str) -> String {
 pub(crate) struct AxisFacts {
     pub values: Vec<String>,
     pub string_attributes: HashMap<String, Vec<String>>,
+    /// Every field some value has: `value`, `major`… when a value reads as a version, and
+    /// every declared attribute.
+    pub fields: Vec<String>,
+}
+
+/// An attribute read that no value of the axis has (`os.defualt`): undefined wherever it is
+/// evaluated, and silently skipped where it is not (`a and os.defualt`, a false `if`).
+#[derive(Debug)]
+pub(crate) struct UnknownField {
+    /// `os.defualt`, in the original text.
+    pub range: Range<usize>,
+    pub axis: String,
+    pub field: String,
+    pub fields: Vec<String>,
+}
+
+/// Every `axis.field` read whose field no value of the axis has.
+pub(crate) fn unknown_fields(
+    text: &str,
+    axes: &HashMap<String, AxisFacts>,
+    syntax: &SyntaxConfig,
+) -> Vec<UnknownField> {
+    let Some(tokens) = tokens(text, syntax) else { return Vec::new() };
+    let mut found = Vec::new();
+    for (i, tok) in tokens.iter().enumerate() {
+        let Some((axis, facts)) = tok.ident().and_then(|name| axes.get_key_value(name)) else { continue };
+        if !is_variable(&tokens, i) || !matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::Dot)) {
+            continue;
+        }
+        let Some(field) = tokens.get(i + 2).and_then(Tok::ident) else { continue };
+        if matches!(tokens.get(i + 3).map(|t| &t.token), Some(Token::ParenOpen))
+            || facts.fields.iter().any(|f| f == field)
+        {
+            continue;
+        }
+        found.push(UnknownField {
+            range: tok.range().start..tokens[i + 2].range().end,
+            axis: axis.clone(),
+            field: field.to_owned(),
+            fields: facts.fields.clone(),
+        });
+    }
+    found
 }
 
 /// A template's text as compiled, and how its offsets map back to the text the user wrote.

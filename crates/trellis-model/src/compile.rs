@@ -52,6 +52,8 @@ pub(crate) fn compile(
         file_templates: HashMap::new(),
         test_dockerfiles: HashMap::new(),
         template_sources: Vec::new(),
+        templates_with_unknown: Default::default(),
+        suppressed: 0,
         dockerfiles_dir: settings.dockerfiles.clone(),
     };
     let valid = compiler.check_images(&manifest, &axes);
@@ -281,7 +283,15 @@ fn facts(axis: &Axis) -> AxisFacts {
     for name in not_strings {
         string_attributes.remove(&name);
     }
-    AxisFacts { values: axis.values.iter().map(|v| v.value.clone()).collect(), string_attributes }
+    let mut fields: Vec<String> = vec!["value".to_owned()];
+    let longest = axis.values.iter().map(|v| v.version.len()).max().unwrap_or(0);
+    fields.extend(["major", "minor", "patch"].iter().take(longest).map(|f| (*f).to_owned()));
+    for name in axis.values.iter().flat_map(|v| v.attributes.keys()) {
+        if !fields.contains(name) {
+            fields.push(name.clone());
+        }
+    }
+    AxisFacts { values: axis.values.iter().map(|v| v.value.clone()).collect(), string_attributes, fields }
 }
 
 /// `[major, minor, patch]` (as many as present) when `value` reads as a loose version.
@@ -346,6 +356,8 @@ struct Tmpl<'m> {
     literal: bool,
     /// The text as compiled (attribute reads on axis variables rewritten).
     prepared: Prepared,
+    /// It reads a field no value has, already reported: its undefined errors say no more.
+    unknown: bool,
 }
 
 /// Per-image templates, registered once and rendered for each variant.
@@ -391,6 +403,10 @@ struct Compiler<'a> {
     test_dockerfiles: HashMap<PathBuf, Option<Arc<str>>>,
     /// Template files (included ones too) and the text they were compiled as.
     template_sources: Vec<(SourceFile, Prepared)>,
+    /// Template files that read a field no value has (reported once, not per variant).
+    templates_with_unknown: std::collections::HashSet<String>,
+    /// Undefined errors not reported again because the field was reported up front.
+    suppressed: usize,
     dockerfiles_dir: PathBuf,
 }
 
@@ -501,7 +517,7 @@ impl<'a> Compiler<'a> {
         // Without `{` there is no template syntax (the environment keeps trailing newlines and
         // escapes nothing): the text renders to itself.
         if before.is_empty() && !decl.value.contains('{') {
-            return Some(Tmpl { name, decl, prefix: 0, literal: true, prepared: Prepared::default() });
+            return Some(Tmpl { name, decl, prefix: 0, literal: true, prepared: Prepared::default(), unknown: false });
         }
         let text = format!("{before}{}{after}", decl.value);
         let prepared = axis_vars::prepare(&text, &self.facts, &self.syntax);
@@ -509,13 +525,39 @@ impl<'a> Compiler<'a> {
         let origin = Origin::Inline(self.source, decl, before.len(), &prepared);
         // Reported, but the template still renders: what it renders may hold more mistakes.
         self.report_impossible(impossible, origin);
+        let unknown = self.report_unknown_fields(&text, origin);
         match self.env.add_template_owned(name.clone(), prepared.text.clone()) {
-            Ok(()) => Some(Tmpl { name, decl, prefix: before.len(), literal: false, prepared }),
+            Ok(()) => Some(Tmpl { name, decl, prefix: before.len(), literal: false, prepared, unknown }),
             Err(error) => {
                 self.diags.push(template::diagnostic(&error, origin, &format!("in {what}"), ""));
                 None
             }
         }
+    }
+
+    /// One diagnostic per read of a field no value of the axis has; true when there was one.
+    fn report_unknown_fields(&mut self, text: &str, origin: Origin<'_>) -> bool {
+        let found = axis_vars::unknown_fields(text, &self.facts, &self.syntax);
+        let any = !found.is_empty();
+        for unknown in found {
+            let (file, span, _) = origin.locate(Some(unknown.range.clone()));
+            // `.value` still reads (older workspaces) but is not taught: the variable is the value.
+            let names: Vec<&str> = unknown.fields.iter().map(String::as_str).filter(|f| *f != "value").collect();
+            let fields = names.iter().map(|f| format!(".{f}")).collect::<Vec<_>>().join(" ");
+            let help = match crate::decode::did_you_mean(&unknown.field, &names) {
+                Some(close) => format!("did you mean `{}.{close}`? `{}` has: {fields}", unknown.axis, unknown.axis),
+                None => format!("`{}` has: {fields}", unknown.axis),
+            };
+            self.diags.push(
+                Diagnostic::new(
+                    "trellis::template::undefined",
+                    format!("`{}.{}` is undefined", unknown.axis, unknown.field),
+                )
+                .at(file, span, format!("no value of `{}` has `{}`", unknown.axis, unknown.field))
+                .help(help),
+            );
+        }
+        any
     }
 
     /// One diagnostic per comparison that can never hold.
@@ -676,6 +718,10 @@ impl<'a> Compiler<'a> {
         let result = self.env.get_template(&t.name).and_then(|tmpl| tmpl.render(ctx));
         match result {
             Ok(text) => Some(text),
+            Err(error) if t.unknown && error.kind() == minijinja::ErrorKind::UndefinedError => {
+                self.suppressed += 1;
+                None
+            }
             Err(error) => {
                 let origin = Origin::Inline(self.source, t.decl, t.prefix, &t.prepared);
                 self.diags.push(template::diagnostic(&error, origin, &format!("for {variant}"), variables));
@@ -764,6 +810,9 @@ impl<'a> Compiler<'a> {
         let prepared = axis_vars::prepare(&text, &self.facts, &self.syntax);
         let found = axis_vars::impossible_comparisons(&text, &self.facts, &self.syntax);
         self.report_impossible(found, Origin::File(&file, &prepared));
+        if self.report_unknown_fields(&text, Origin::File(&file, &prepared)) {
+            self.templates_with_unknown.insert(name.clone());
+        }
         let mut ok = true;
         if let Err(error) = self.file_env.add_template_owned(name.clone(), prepared.text.clone()) {
             self.diags.push(template::diagnostic(&error, Origin::File(&file, &prepared), "in this template", ""));
@@ -818,7 +867,7 @@ impl<'a> Compiler<'a> {
         }
         let variables = describe_variables(&matrix);
         let before = out.len();
-        let diagnostics_before = self.diags.len();
+        let diagnostics_before = (self.diags.len(), self.suppressed);
         let mut odometer = vec![0usize; matrix.len()];
         'combinations: loop {
             self.variant(index, decl, t, &matrix, &odometer, &variables, out);
@@ -833,7 +882,7 @@ impl<'a> Compiler<'a> {
             break;
         }
         // Only when nothing failed: variants that failed to render are not "excluded".
-        if out.len() == before && self.diags.len() == diagnostics_before {
+        if out.len() == before && (self.diags.len(), self.suppressed) == diagnostics_before {
             self.diags.push(
                 Diagnostic::new("trellis::image::no_variants", format!("image `{}` has no variants", decl.name.value))
                     .at(self.source, decl.name.span, "every combination is excluded")
@@ -1139,6 +1188,12 @@ impl<'a> Compiler<'a> {
                 let (source, prepared) = (self.template_sources.iter())
                     .find(|(f, _)| Some(f.name()) == error.name())
                     .unwrap_or(&self.template_sources[file]);
+                if error.kind() == minijinja::ErrorKind::UndefinedError
+                    && self.templates_with_unknown.contains(source.name())
+                {
+                    self.suppressed += 1;
+                    return None;
+                }
                 let origin = Origin::File(source, prepared);
                 self.diags.push(template::diagnostic(error, origin, &format!("for {id}"), variables));
                 None

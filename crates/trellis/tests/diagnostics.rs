@@ -364,3 +364,28 @@ fn context_symlink_outside_workspace() {
     assert!(text.contains("trellis::path::outside_workspace"), "{text}");
     assert!(text.contains("build context `ctx` of app/1.0 leads outside the workspace"), "{text}");
 }
+
+/// A field no value has is reported where it is written, even where Jinja would never
+/// evaluate it (`a and os.defualt`, a false `if`): found by a new user, `check` said ok.
+#[test]
+fn unknown_fields_that_are_never_evaluated() {
+    let matrix = r#"settings { name "t"; }
+axis "os" {
+    value "trixie" default=#true
+    value "bookworm"
+}
+axis "version" "1.0" "7.0"
+image "app" {
+    matrix "version" "os"
+    repository "acme/app"
+    dockerfile "Dockerfile.j2"
+    tag "{{ version }}-{{ os }}"
+    tag "lts" float=#true when="version.major > 5 and os.defualt"
+}
+"#;
+    check_with(
+        "unknown_fields_that_are_never_evaluated",
+        matrix,
+        &[("Dockerfile.j2", "FROM scratch\n{% if version.major > 5 and version.codenam %}LABEL x=1\n{% endif %}")],
+    );
+}
