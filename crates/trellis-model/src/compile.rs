@@ -1205,6 +1205,8 @@ impl<'a> Compiler<'a> {
     /// variants where any producer is not floating is an error naming both.
     fn resolve_tags(&mut self, mut drafts: Vec<Draft>, manifest: &Manifest) -> Vec<Draft> {
         let mut owners: HashMap<String, (usize, usize, bool)> = HashMap::new();
+        // One collision per reference, naming its first two producers (not one per pair).
+        let mut collided: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut won: Vec<Vec<usize>> = vec![Vec::new(); drafts.len()];
         for (v, draft) in drafts.iter().enumerate() {
             for (p, (reference, rule)) in draft.produced.iter().enumerate() {
@@ -1217,7 +1219,7 @@ impl<'a> Compiler<'a> {
                     // The same variant rendering one reference twice is harmless.
                     Some((owner, _, _)) if *owner == v => {}
                     Some(&(owner, owner_rule, owner_floats)) => {
-                        if owner_floats && reference.floating {
+                        if (owner_floats && reference.floating) || !collided.insert(key.clone()) {
                             continue;
                         }
                         let first = &drafts[owner];

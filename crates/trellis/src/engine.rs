@@ -201,7 +201,7 @@ impl DockerBackend {
         match error {
             trellis_docker::EngineError::Unauthorized(detail) => {
                 let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
-                let who = user.map_or_else(|| "no credentials".to_owned(), |u| format!("user `{u}`"));
+                let who = user.map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`"));
                 JobError::new(
                     ErrorClass::AccessDenied,
                     format!(

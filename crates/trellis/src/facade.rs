@@ -33,7 +33,7 @@ pub enum Error {
     Pull { base: String, message: String },
     #[error("{0}")]
     Unsupported(String),
-    #[error("unauthorized: {registry} refused {} ({detail}); check the credentials in the docker config (`docker login {registry}`); nothing was built", user.as_deref().map_or_else(|| "no credentials".to_owned(), |u| format!("user `{u}`")))]
+    #[error("unauthorized: {registry} refused {} ({detail}); check the credentials in the docker config (`docker login {registry}`); nothing was run", user.as_deref().map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`")))]
     Unauthorized { registry: String, user: Option<String>, detail: String },
 }
 

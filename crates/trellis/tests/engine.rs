@@ -332,7 +332,7 @@ fn a_push_without_credentials_fails_clearly_before_anything_builds() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "refused credentials are exit 3:\n{stderr}");
-    assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused no credentials"), "{stderr}");
+    assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused access without credentials"), "{stderr}");
     assert!(stderr.contains("docker login 127.0.0.1:5000"), "{stderr}");
     assert!(!ws.fixture.path(".trellis/runs").exists(), "the run stopped before anything ran");
     assert_eq!(image_id(&ws.reference("base", "latest")), None, "nothing was built");
@@ -552,7 +552,7 @@ fn a_wrong_registry_password_is_unauthorized_exit_3_before_anything_builds() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("unauthorized: 127.0.0.1:5000 refused user `trellis`"), "{stderr}");
-    assert!(stderr.contains("nothing was built"), "{stderr}");
+    assert!(stderr.contains("nothing was run"), "{stderr}");
     assert!(!ws.fixture.path(".trellis/runs").exists(), "the run stopped before anything ran");
     assert_eq!(image_id(&ws.reference("base", "latest")), None, "nothing was built");
 }
