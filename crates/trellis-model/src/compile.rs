@@ -94,7 +94,7 @@ pub(crate) fn compile(
         settings,
         axes: axes.into_iter().map(|a| a.axis).collect(),
         images,
-        variants: variants.into_iter().map(|v| v.variant).collect(),
+        variants: variants.into_iter().filter(|v| v.complete || v.context_known).map(|v| v.variant).collect(),
         template_files: compiler.template_sources.iter().map(|(f, _)| PathBuf::from(f.name())).collect(),
     })
 }
@@ -417,6 +417,10 @@ struct Draft {
     produced: Vec<(Reference, usize)>,
     /// Where the render path was declared (`path`, or the image name by default).
     render_decl: SourceSpan,
+    /// Every template of the variant rendered (else its mistakes were reported).
+    complete: bool,
+    /// Its build context rendered: worth checking in a workspace with mistakes.
+    context_known: bool,
 }
 
 /// The prefix wrapped around a `when` expression to evaluate it as a template.
@@ -969,29 +973,24 @@ impl<'a> Compiler<'a> {
         let tests = self.render_tests(t, ctx, &id, variables);
         let dockerfile =
             template_path.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, ctx, &id, variables));
-        let (
-            repository,
-            template_path,
-            context,
-            (sub_path, render_decl),
-            target,
-            args,
-            labels,
-            produced,
-            tests,
-            dockerfile,
-        ) = (
-            repository?,
-            template_path?,
-            context?,
-            render_at?,
-            target?,
-            args?,
-            labels?,
-            produced?,
-            tests?,
-            dockerfile?,
-        );
+        // A variant with mistakes still takes part in the checks across variants (tag
+        // collisions, render paths, build contexts) with what did render: every mistake in
+        // one run. It never reaches a valid workspace: its mistakes were reported.
+        let complete = [
+            template_path.is_some(),
+            context.is_some(),
+            render_at.is_some(),
+            target.is_some(),
+            args.is_some(),
+            labels.is_some(),
+            produced.1,
+            tests.is_some(),
+            dockerfile.is_some(),
+        ]
+        .iter()
+        .all(|ok| *ok);
+        let (repository, (sub_path, render_decl)) = (repository?, render_at?);
+        let context_known = context.is_some();
         let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
         Some(Draft {
             variant: Variant {
@@ -999,19 +998,21 @@ impl<'a> Compiler<'a> {
                 image: index,
                 values,
                 repository,
-                template: template_path,
-                dockerfile,
+                template: template_path.unwrap_or_default(),
+                dockerfile: dockerfile.unwrap_or_default(),
                 render_path,
-                context,
-                target,
-                args,
-                labels,
+                context: context.unwrap_or_default(),
+                target: target.flatten(),
+                args: args.unwrap_or_default(),
+                labels: labels.unwrap_or_default(),
                 network: decl.network.as_ref().map(|n| n.value).unwrap_or_default(),
                 references: Vec::new(),
-                tests,
+                tests: tests.unwrap_or_default(),
             },
-            produced,
+            produced: produced.0,
             render_decl,
+            complete,
+            context_known,
         })
     }
 
@@ -1039,7 +1040,7 @@ impl<'a> Compiler<'a> {
         id: &str,
         repository: Option<&str>,
         variables: &str,
-    ) -> Option<Vec<(Reference, usize)>> {
+    ) -> (Vec<(Reference, usize)>, bool) {
         let mut produced = Vec::new();
         let mut ok = true;
         for (rule, ((tag, when), tag_decl)) in t.tags.iter().zip(&decl.tags).enumerate() {
@@ -1071,7 +1072,7 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        ok.then_some(produced)
+        (produced, ok)
     }
 
     /// The variant's tests whose `when` holds, each rendered.

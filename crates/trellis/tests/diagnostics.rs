@@ -389,3 +389,34 @@ image "app" {
         &[("Dockerfile.j2", "FROM scratch\n{% if version.major > 5 and version.codenam %}LABEL x=1\n{% endif %}")],
     );
 }
+
+/// Found by a new user: a mistake in the template file hid a tag collision and a context
+/// outside the workspace until it was fixed. All three come in one run.
+#[test]
+fn a_template_mistake_hides_no_collision_and_no_context_mistake() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let matrix = r#"settings { name "t"; }
+axis "v" "1.0" "2.0"
+image "app" {
+    matrix "v"
+    repository "acme/app"
+    dockerfile "Dockerfile.j2"
+    context "ctx"
+    tag "{{ v }}"
+    tag "latest"
+}
+"#;
+    fs::write(dir.path().join("matrix.kdl"), matrix).unwrap();
+    fs::write(dir.path().join("Dockerfile.j2"), "FROM scratch\nLABEL v={{ v.lst }}\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("ctx")).unwrap();
+    let Err(Error::Invalid(d)) = Workspace::load(dir.path().join("matrix.kdl")).and_then(|w| w.graph().map(|_| ()))
+    else {
+        panic!("accepted");
+    };
+    let text = trellis::output::diagnostics(&d.0, false);
+    for code in ["trellis::template::undefined", "trellis::tag::collision", "trellis::path::outside_workspace"] {
+        assert!(text.contains(code), "{code} missing:\n{text}");
+    }
+    assert_eq!(text.matches("trellis::tag::collision").count(), 1, "one collision per reference:\n{text}");
+}
