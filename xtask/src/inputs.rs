@@ -23,7 +23,8 @@ impl Pins {
     pub fn load() -> Result<Self> {
         let manifest = root().join("matrix.kdl");
         let workspace = trellis::Workspace::load(&manifest).map_err(|e| match e {
-            trellis::Error::Invalid(d) => trellis::output::diagnostics(&d.0, false),
+            // The details are one `trellis check` away.
+            trellis::Error::Invalid(d) => format!("matrix.kdl has mistakes ({d}): run `trellis check`"),
             other => other.to_string(),
         })?;
         let axis = |name: &str| {

@@ -8,6 +8,8 @@
 //!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
 //!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
+//!   cargo xtask bench noop    200 up-to-date images: trellis vs a warm loop vs the floor
+//!   cargo xtask bench build   20 cold images, jobs=2: trellis vs xargs -P2, both builders
 
 mod engine;
 mod inputs;
@@ -42,8 +44,10 @@ tasks:
                 100, 1k and 10k variants; print a table with peak RSS
   bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
                 makespan / lower bound (goal <= 1.05)
-  bench noop    200 up-to-date images: trellis build vs a docker build loop vs
-                the floor (one image listing + hashing); prints both ratios";
+  bench noop    200 up-to-date images, per builder: trellis build vs a loop of
+                warm builds vs the floor (one image listing + hashing); both ratios
+  bench build   20 tiny images built cold, jobs=2, per builder: trellis build vs
+                xargs -P2 of one build per rendered Dockerfile (goal <= 1.05x)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -57,8 +61,9 @@ fn main() -> ExitCode {
         ["engine", "--stop"] => engine::stop(),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
-        ["bench", "noop"] => bench_noop(),
-        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop".to_owned()),
+        ["bench", "noop"] => bench_with_trellis("bench_noop"),
+        ["bench", "build"] => bench_with_trellis("bench_build"),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -115,6 +120,16 @@ fn test(extra: &[&str]) -> Result {
     }
     command.args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
     run(command)?;
+    // The engine's end-to-end suites again under the classic builder (the run above used the
+    // default, BuildKit): every promise must hold with either builder.
+    let mut classic = cargo();
+    match has_nextest() {
+        true => classic.args(["nextest", "run", "--no-fail-fast"]),
+        false => classic.args(["test", "--no-fail-fast"]),
+    };
+    classic.args(["-p", "trellis-cli", "--test", "engine", "--test", "corpus", "--test", "faults", "--test", "docs"]);
+    classic.args(extra).env("TRELLIS_E2E_BUILDER", "classic");
+    run(classic)?;
     // Doc tests: nextest does not run them.
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc"]);
@@ -127,7 +142,7 @@ fn test(extra: &[&str]) -> Result {
 /// Runs the trellis CLI (built in debug) on this repository's matrix.kdl.
 fn trellis(args: &[&str]) -> Result {
     let mut command = cargo();
-    command.args(["run", "--quiet", "--package", "trellis", "--bin", "trellis", "--"]).args(args);
+    command.args(["run", "--quiet", "--package", "trellis-cli", "--bin", "trellis", "--"]).args(args);
     run(command)
 }
 
@@ -154,7 +169,7 @@ fn build(extra: &[&str]) -> Result {
     let config = engine::docker_config()?;
     let mut command = cargo();
     command
-        .args(["run", "--quiet", "--package", "trellis", "--bin", "trellis", "--", "build", "--push"])
+        .args(["run", "--quiet", "--package", "trellis-cli", "--bin", "trellis", "--", "build", "--push"])
         .args(extra)
         .env("DOCKER_CONFIG", &config);
     run(command)?;
@@ -206,22 +221,13 @@ fn bench_exec() -> Result {
     run(command)
 }
 
-fn bench_noop() -> Result {
+/// A bench that drives the release `trellis` binary against the engine.
+fn bench_with_trellis(example: &str) -> Result {
     engine::start()?;
     let mut build = cargo();
-    build.args([
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "trellis",
-        "--bin",
-        "trellis",
-        "--example",
-        "bench_noop",
-    ]);
+    build.args(["build", "--quiet", "--release", "--package", "trellis-cli", "--bin", "trellis", "--example", example]);
     run(build)?;
-    let mut bench = Command::new(root().join("target/release/examples/bench_noop"));
+    let mut bench = Command::new(root().join("target/release/examples").join(example));
     bench.arg(root().join("target/release/trellis"));
     run(bench)
 }

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use bollard::Docker;
 pub use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptions, BuilderVersion, CreateImageOptions, ListImagesOptions, PushImageOptions, RemoveImageOptions,
-    TagImageOptions,
+    CreateImageOptions, ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
-use trellis_graph::ContextWalk;
 
-use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
+use crate::builder::{BuildRequest, BuildTrace, TestRequest};
+use crate::classic::ClassicBuilder;
+use crate::endpoint::Endpoint;
 
 /// What went wrong, classified for the executor's retry decisions.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum EngineError {
     Unauthorized(String),
 }
 
-fn classify(error: bollard::errors::Error) -> EngineError {
+pub(crate) fn classify(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match error {
         E::DockerStreamError { error } | E::DockerResponseServerError { message: error, .. }
@@ -75,45 +75,27 @@ fn is_unreachable(message: &str) -> bool {
         .any(|m| message.contains(m))
 }
 
-/// Build failures that the same inputs reproduce every time: retrying cannot help.
+/// Build failures that the same inputs reproduce every time: retrying cannot help. The
+/// classic builder's and BuildKit's wordings (BuildKit: a missing `COPY` source is "failed to
+/// compute cache key: \"/x\" not found: not found"; a missing target is "target stage x could
+/// not be found"; a failing `RUN` is "executor failed running …: exit code: N", retried).
+/// The classic builder refuses BuildKit-only syntax ("the --mount option requires BuildKit").
 fn is_deterministic(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["file not found in build context", "dockerfile parse error", "unknown instruction", "manifest unknown"]
+    let missing_source = message.contains("failed to compute cache key") && message.contains("not found");
+    missing_source
+        || [
+            "file not found in build context",
+            "dockerfile parse error",
+            "unknown instruction",
+            "manifest unknown",
+            "failed to parse stage name",
+            "target stage",
+            "failed to reach build target",
+            "requires buildkit",
+        ]
         .iter()
         .any(|m| message.contains(m))
-}
-
-/// One image build.
-pub struct BuildRequest<'a> {
-    pub dockerfile: &'a str,
-    pub context: Option<&'a ContextWalk>,
-    pub args: &'a [(String, String)],
-    pub labels: HashMap<String, String>,
-    /// `default`, `host` or `none`.
-    pub network: &'a str,
-    pub target: Option<&'a str>,
-    /// Build without the layer cache (`--refresh`).
-    pub no_cache: bool,
-}
-
-/// A test: layers built on top of an exact image ID, then removed.
-pub struct TestRequest<'a> {
-    pub image_id: &'a str,
-    /// `RUN` lines (a run test) — or a user Dockerfile taking `ARG IMAGE` with its context.
-    pub run: Option<&'a [String]>,
-    pub dockerfile: Option<(&'a str, &'a ContextWalk)>,
-    pub network: &'a str,
-}
-
-/// What a build made in the engine, recorded as the stream names it, so that it can be
-/// removed even when the build is cancelled mid-step.
-#[derive(Debug, Default, Clone)]
-pub struct BuildTrace {
-    /// Layers committed by steps after `FROM` (short IDs).
-    pub layers: Vec<String>,
-    /// Containers steps ran in (removed by the daemon when a step ends, but not when the
-    /// client goes away mid-step).
-    pub containers: Vec<String>,
 }
 
 /// An image of the workspace, from the one listing per run.
@@ -129,6 +111,10 @@ pub struct ImageListing {
 #[derive(Clone)]
 pub struct DockerClient {
     docker: Docker,
+    /// Where BuildKit builds open their own connections (`None`: an address they cannot use).
+    endpoint: Option<Endpoint>,
+    /// Whether the engine offers BuildKit, judged at connect from the engine's version.
+    buildkit: bool,
 }
 
 impl std::fmt::Debug for DockerClient {
@@ -141,10 +127,31 @@ impl DockerClient {
     /// Connects through `DOCKER_HOST` or the default socket and negotiates the API version
     /// (bollard's defaults send unversioned paths).
     pub async fn connect() -> Result<Self, EngineError> {
-        let docker = Docker::connect_with_defaults().map_err(classify)?;
+        // bollard's default, read here once so that BuildKit builds connect where bollard does.
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let docker = Docker::connect_with_host(&host).map_err(classify)?;
         let docker = docker.negotiate_version().await.map_err(classify)?.with_request_modifier(url_safe_registry_auth);
-        docker.ping().await.map_err(classify)?;
-        Ok(Self { docker })
+        // Asked instead of a ping: it answers the same way, and says what the engine offers.
+        let version = docker.version().await.map_err(classify)?;
+        let endpoint = Endpoint::parse(&host);
+        let buildkit = endpoint.is_some() && offers_buildkit(&version);
+        Ok(Self { docker, endpoint, buildkit })
+    }
+
+    /// Whether builds can go through the engine's BuildKit (`/build?version=2`): a Linux
+    /// engine with API 1.39 or newer (BuildKit's API version; dockerd 20.10 answers 1.41, and
+    /// its `/_ping` has no `Builder-Version` header yet), reached over an address BuildKit
+    /// builds can connect to. Judged at connect: no request.
+    pub async fn offers_buildkit(&self) -> bool {
+        self.buildkit
+    }
+
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub(crate) fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
     }
 
     /// Pushes `target` (`registry/repository:tag`, tagged to `image_id` first) and returns the
@@ -194,163 +201,35 @@ impl DockerClient {
         }
     }
 
-    /// Builds and returns the image ID from the build stream; every output line goes to
-    /// `line`. A failed step is an error inside the stream, not an HTTP error.
+    /// The classic builder's build (transitional: callers move to [`DockerClient::builder`]).
     pub async fn build(
         &self,
         request: BuildRequest<'_>,
         trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, EngineError> {
-        let tar = context_tar(request.context, request.dockerfile)
-            .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
-        let options = BuildImageOptions {
-            dockerfile: RESERVED_DOCKERFILE.to_owned(),
-            buildargs: Some(request.args.iter().cloned().collect()),
-            labels: Some(request.labels),
-            networkmode: Some(request.network.to_owned()),
-            target: request.target.unwrap_or_default().to_owned(),
-            nocache: request.no_cache,
-            rm: true,
-            forcerm: true,
-            version: BuilderVersion::BuilderV1,
-            ..Default::default()
-        };
-        let id = self.run_build(options, tar, trace, line).await?;
-        id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
+        ClassicBuilder::new(self.docker.clone()).build(request, trace, line).await
     }
 
-    /// Streams one build; returns the image ID and records the IDs of the layers its steps
-    /// made, FROM images excepted (what a test build must remove).
-    async fn run_build(
-        &self,
-        options: BuildImageOptions,
-        tar: Vec<u8>,
-        trace: &mut BuildTrace,
-        line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<Option<String>, EngineError> {
-        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
-        let mut pending = String::new();
-        let mut image = None;
-        // Whether the current step is a FROM, whose " ---> id" names an existing image (the
-        // image under test, another stage's base) rather than a layer this build made.
-        let mut from_step = true;
-        let mut failure = None;
-        let mut emit = |text: &str, pending: &mut String, from_step: &mut bool, trace: &mut BuildTrace| {
-            pending.push_str(text);
-            while let Some(end) = pending.find('\n') {
-                let whole: String = pending.drain(..=end).collect();
-                let whole = whole.trim_end_matches(['\n', '\r']);
-                if let Some(step) = whole.strip_prefix("Step ") {
-                    let instruction = step.split_once(" : ").map_or("", |(_, rest)| rest);
-                    *from_step = instruction.split_whitespace().next().is_some_and(|i| i.eq_ignore_ascii_case("FROM"));
-                }
-                // " ---> 1a2b3c4d5e6f": the layer a step committed.
-                if let Some(id) = whole.strip_prefix(" ---> ")
-                    && !*from_step
-                    && id.len() == 12
-                    && id.bytes().all(|b| b.is_ascii_hexdigit())
-                {
-                    trace.layers.push(id.to_owned());
-                }
-                if let Some(container) = whole.strip_prefix(" ---> Running in ") {
-                    trace.containers.push(container.trim().to_owned());
-                }
-                line(whole);
-            }
-        };
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(text) = &info.stream {
-                        emit(text, &mut pending, &mut from_step, trace);
-                    }
-                    if let Some(id) = info.aux.and_then(|aux| aux.id) {
-                        image = Some(id);
-                    }
-                    if let Some(detail) = info.error_detail {
-                        failure = Some(detail.message.unwrap_or_else(|| "the build failed".to_owned()));
-                    }
-                }
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    failure = Some(error);
-                    break;
-                }
-                Err(other) => return Err(classify(other)),
-            }
-        }
-        if !pending.is_empty() {
-            emit("\n", &mut pending, &mut from_step, trace);
-        }
-        match failure {
-            Some(message) => {
-                line(&format!("error: {message}"));
-                Err(classify(bollard::errors::Error::DockerStreamError { error: message }))
-            }
-            None => Ok(image),
-        }
-    }
-
-    /// Runs a test as layers on `image_id`. Every layer it makes is pushed to `layers` as
-    /// soon as the engine names it, so that the caller can remove them after success, failure
-    /// or cancellation alike (with [`DockerClient::remove_test`]).
+    /// The classic builder's test (transitional: callers move to [`DockerClient::builder`]).
     pub async fn test(
         &self,
         request: TestRequest<'_>,
         trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(), EngineError> {
-        let (dockerfile, context, args) = match (request.run, request.dockerfile) {
-            (Some(lines), _) => {
-                let mut text = format!("FROM {}\n", request.image_id);
-                for run in lines {
-                    text.push_str("RUN ");
-                    text.push_str(run);
-                    text.push('\n');
-                }
-                (text, None, HashMap::new())
-            }
-            (None, Some((text, walk))) => {
-                (text.to_owned(), Some(walk), HashMap::from([("IMAGE".to_owned(), request.image_id.to_owned())]))
-            }
-            (None, None) => return Err(EngineError::Failed("a test needs run lines or a Dockerfile".to_owned())),
-        };
-        let tar = context_tar(context, &dockerfile)
-            .map_err(|e| EngineError::Failed(format!("cannot read the test context: {e}")))?;
-        let options = BuildImageOptions {
-            dockerfile: RESERVED_DOCKERFILE.to_owned(),
-            buildargs: Some(args),
-            labels: Some(HashMap::from([(crate::labels::TEST.to_owned(), "true".to_owned())])),
-            networkmode: Some(request.network.to_owned()),
-            // Tests must really run: never satisfied from the layer cache.
-            nocache: true,
-            rm: true,
-            forcerm: true,
-            version: BuilderVersion::BuilderV1,
-            ..Default::default()
-        };
-        let id = self.run_build(options, tar, trace, line).await?;
-        let layers = &mut trace.layers;
-        layers.extend(id.filter(|id| !layers.iter().any(|l| id.trim_start_matches("sha256:").starts_with(l.as_str()))));
-        Ok(())
+        ClassicBuilder::new(self.docker.clone()).test(request, trace, line).await
     }
 
-    /// Force-removes the containers a build ran (a no-op for those the daemon removed).
+    /// Force-removes the containers a build ran (transitional: [`crate::Builder::clean_up`]).
     pub async fn remove_containers(&self, trace: &BuildTrace) {
-        for id in &trace.containers {
-            let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
-            let _ = self.docker.remove_container(id, Some(options)).await;
-        }
+        let containers = BuildTrace { containers: trace.containers.clone(), ..Default::default() };
+        ClassicBuilder::new(self.docker.clone()).clean_up(&containers).await;
     }
 
-    /// Removes a test's containers and layers, newest layer first, without touching their
-    /// parents (the variant's image may still be untagged).
+    /// Removes a test's containers and layers (transitional: [`crate::Builder::clean_up`]).
     pub async fn remove_test(&self, trace: &BuildTrace) {
-        self.remove_containers(trace).await;
-        for id in trace.layers.iter().rev() {
-            let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
-            let _ = self.docker.remove_image(id, Some(options), None).await;
-        }
+        ClassicBuilder::new(self.docker.clone()).clean_up(trace).await;
     }
 
     /// Points `reference` (`repository:tag`) at `image_id`.
@@ -408,7 +287,11 @@ impl DockerClient {
     /// Whether `id` is the image a build labelled `label=value` itself, rather than an image
     /// built on top of it: Docker copies a parent's labels into every image built FROM it, so
     /// the label alone proves nothing. trellis's labels are the last steps of its builds: the
-    /// newest entries of the image's history are `LABEL` steps, one of them this label.
+    /// newest entries of the image's history are `LABEL` steps, one of them this label (the
+    /// classic builder writes one step per build label, `#(nop)  LABEL k=v`; under BuildKit,
+    /// which records none for build labels, the builder adds one `LABEL k=v …` step itself).
+    /// An image built on top that adds nothing but labels still passes: its newest steps
+    /// are `LABEL`s too.
     pub async fn labelled_last(&self, id: &str, label: &str, value: &str) -> Result<bool, EngineError> {
         let history = self.docker.image_history(id).await.map_err(classify)?;
         let wanted = format!("{label}={value}");
@@ -424,6 +307,14 @@ impl DockerClient {
         let options = RemoveImageOptions { force, noprune: false, ..Default::default() };
         self.docker.remove_image(id, Some(options), None).await.map(|_| ()).map_err(classify)
     }
+}
+
+/// BuildKit's `/build?version=2` came with Engine API 1.39 (Docker 18.09), on Linux engines.
+fn offers_buildkit(version: &bollard::models::SystemVersion) -> bool {
+    let api = version.api_version.as_deref().unwrap_or_default();
+    let (major, minor) = api.split_once('.').unwrap_or((api, "0"));
+    let api = (major.parse::<u32>().unwrap_or(0), minor.parse::<u32>().unwrap_or(0));
+    version.os.as_deref().is_some_and(|os| os.eq_ignore_ascii_case("linux")) && api >= (1, 39)
 }
 
 /// The digest under which `repository` holds an image, among its [`DockerClient::repo_digests`].
@@ -519,6 +410,46 @@ mod tests {
         let value = recoded.headers().get("X-Registry-Auth").unwrap().to_str().unwrap();
         assert_eq!(value, URL_SAFE.encode(json));
         assert!(!value.contains('+') && !value.contains('/'));
+    }
+
+    #[test]
+    fn buildkit_is_offered_by_linux_engines_from_api_1_39() {
+        let version = |api: &str, os: &str| bollard::models::SystemVersion {
+            api_version: Some(api.to_owned()),
+            os: Some(os.to_owned()),
+            ..Default::default()
+        };
+        assert!(offers_buildkit(&version("1.41", "linux")));
+        assert!(offers_buildkit(&version("1.39", "linux")));
+        assert!(!offers_buildkit(&version("1.38", "linux")));
+        assert!(!offers_buildkit(&version("1.41", "windows")));
+    }
+
+    #[test]
+    fn build_failures_are_classified_by_their_wording() {
+        // As dockerd 20.10 words them (classic builder, then BuildKit 0.8.4).
+        let refused = [
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat x: file does not exist",
+            "the --mount option requires BuildKit. Refer to https://docs.docker.com/go/buildkit/ to learn more",
+            r#"failed to compute cache key: "/nothere" not found: not found"#,
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 2: unknown instruction: FOO",
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: target stage nosuch could not be found",
+        ];
+        for message in refused {
+            let error = classify(bollard::errors::Error::DockerStreamError { error: message.to_owned() });
+            assert!(matches!(error, EngineError::Refused(_)), "{message}");
+        }
+        let failed = [
+            "The command '/bin/sh -c exit 3' returned a non-zero code: 3",
+            "executor failed running [/bin/sh -c echo failing && exit 3]: exit code: 3",
+        ];
+        for message in failed {
+            let error = classify(bollard::errors::Error::DockerStreamError { error: message.to_owned() });
+            assert!(matches!(error, EngineError::Failed(_)), "{message}");
+        }
+        let pull = r#"failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to do request: Head "https://registry-1.docker.io/v2/library/sha256/manifests/9ac7": dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host"#;
+        let error = classify(bollard::errors::Error::DockerStreamError { error: pull.to_owned() });
+        assert!(matches!(error, EngineError::Unreachable(_)));
     }
 
     #[test]

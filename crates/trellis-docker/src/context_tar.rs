@@ -2,7 +2,8 @@
 //! engine sees is the context the key hashed), plus the rendered Dockerfile under a reserved
 //! name. As the docker CLI does for a Dockerfile from outside the context, the reserved name
 //! is appended to the context's `.dockerignore` (one is made, listing itself, when there is
-//! none), so the daemon drops it from the context before any `COPY`.
+//! none), so the classic builder drops it from the context before any `COPY`. BuildKit reads
+//! no `.dockerignore` from a tar: its tar has the walk alone and the reserved Dockerfile.
 
 use std::fs;
 use std::io;
@@ -16,8 +17,28 @@ pub const RESERVED_DOCKERFILE: &str = ".trellis.Dockerfile";
 /// (2000-01-01, as reproducible-build tools use, rather than the epoch some tools reject).
 const MTIME: u64 = 946_684_800;
 
-/// A tar of `walk` (or of nothing) with `dockerfile` under [`RESERVED_DOCKERFILE`].
+/// A tar of `walk` (or of nothing) with `dockerfile` under [`RESERVED_DOCKERFILE`], for the
+/// classic builder.
 pub fn context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<Vec<u8>> {
+    tar_of(walk, dockerfile, Dockerignore::ListReserved)
+}
+
+/// The same for BuildKit, which does not read the `.dockerignore` of a tar context (measured
+/// on BuildKit 0.8.4): the walk's entries go in verbatim, `.dockerignore` included when the
+/// walk kept it, and nothing hides the reserved Dockerfile from `COPY . …`.
+pub(crate) fn buildkit_context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<Vec<u8>> {
+    tar_of(walk, dockerfile, Dockerignore::Verbatim)
+}
+
+#[derive(PartialEq)]
+enum Dockerignore {
+    /// The context's `.dockerignore` (or a new one) lists itself and the reserved name.
+    ListReserved,
+    /// The context's `.dockerignore` is an ordinary file.
+    Verbatim,
+}
+
+fn tar_of(walk: Option<&ContextWalk>, dockerfile: &str, mode: Dockerignore) -> io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     let mut dockerignore: Option<Vec<u8>> = None;
@@ -40,7 +61,7 @@ pub fn context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<V
                     let target = entry.link_target.as_deref().unwrap_or("");
                     builder.append_link(&mut header, &entry.path, target)?;
                 }
-                EntryKind::File if entry.path == ".dockerignore" => {
+                EntryKind::File if entry.path == ".dockerignore" && mode == Dockerignore::ListReserved => {
                     dockerignore = Some(fs::read(walk.root.join(&entry.path))?);
                 }
                 EntryKind::File => {
@@ -53,15 +74,19 @@ pub fn context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<V
             }
         }
     }
-    let mut ignore = dockerignore.unwrap_or_else(|| b".dockerignore".to_vec());
-    ignore.extend_from_slice(format!("\n{RESERVED_DOCKERFILE}\n").as_bytes());
-    for (name, bytes) in [(".dockerignore", ignore.as_slice()), (RESERVED_DOCKERFILE, dockerfile.as_bytes())] {
+    let mut generated = vec![(RESERVED_DOCKERFILE, dockerfile.as_bytes().to_vec())];
+    if mode == Dockerignore::ListReserved {
+        let mut ignore = dockerignore.unwrap_or_else(|| b".dockerignore".to_vec());
+        ignore.extend_from_slice(format!("\n{RESERVED_DOCKERFILE}\n").as_bytes());
+        generated.insert(0, (".dockerignore", ignore));
+    }
+    for (name, bytes) in generated {
         let mut header = tar::Header::new_gnu();
         header.set_mode(0o644);
         header.set_mtime(MTIME);
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(bytes.len() as u64);
-        builder.append_data(&mut header, name, bytes)?;
+        builder.append_data(&mut header, name, bytes.as_slice())?;
     }
     builder.into_inner()
 }
@@ -96,6 +121,20 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(paths, ["app.js", ".dockerignore", RESERVED_DOCKERFILE]);
         assert_eq!(entries[1].1, format!("*.log\n{RESERVED_DOCKERFILE}\n").into_bytes());
+    }
+
+    #[test]
+    fn for_buildkit_the_dockerignore_is_an_ordinary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".dockerignore"), "*.log").unwrap();
+        fs::write(dir.path().join("app.js"), "1").unwrap();
+        let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
+        let entries = names(&buildkit_context_tar(Some(&walk), "FROM scratch\n").unwrap());
+        let paths: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(paths, [".dockerignore", "app.js", RESERVED_DOCKERFILE]);
+        assert_eq!(entries[0].1, b"*.log");
+        let entries = names(&buildkit_context_tar(None, "FROM x\n").unwrap());
+        assert_eq!(entries, [(RESERVED_DOCKERFILE.to_owned(), b"FROM x\n".to_vec())]);
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! trellis-docker: the Docker Engine backend — build contexts streamed as tars from the same
-//! walk the keys hash, builds with the classic builder, tests as layers on an exact image ID,
-//! tags and the one image listing per run — through bollard.
+//! walk the keys hash, builds and tests as layers on an exact image ID behind one [`Builder`]
+//! trait (the classic builder and the engine's embedded BuildKit), tags and the one image
+//! listing per run — through bollard.
 //!
 //! It knows the engine, not the graph: callers hand it a rendered Dockerfile, a context walk,
 //! args and labels, and get image IDs back. Traps of bollard 0.21 against Engine API 1.41 are
 //! handled here (see ENGINE-NOTES): the version is negotiated, every build gets a body, a
 //! failed build is an error inside a 200 stream, the image ID comes from the stream's `aux`,
-//! and the daemon does not apply `.dockerignore`, so the tar is filtered here.
+//! and the daemon does not apply `.dockerignore`, so the tar is filtered here. BuildKit builds
+//! read their stream over a connection of their own (`endpoint.rs` says why).
 
+mod builder;
+mod buildkit;
+mod buildkit_progress;
+mod buildkit_status;
+mod classic;
 mod client;
 mod context_tar;
+mod endpoint;
 
 /// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
 /// the plan read back. Defined once, here.
@@ -28,8 +36,8 @@ pub mod labels {
     pub const TEST: &str = "dev.trellis.test";
 }
 
+pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
 pub use client::{
-    BuildRequest, BuildTrace, DockerClient, DockerCredentials, EngineError, ImageListing, TestRequest, credentials_for,
-    credentials_for_image, digest_in,
+    DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image, digest_in,
 };
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};

@@ -38,12 +38,14 @@ impl Shape {
 
 struct Scripted(Vec<Duration>);
 
-impl Engine<usize> for Scripted {
-    fn run(&self, job: &Job<usize>, _ctx: JobContext) -> impl Future<Output = Result<JobOutput, JobError>> + Send {
+impl Runner<usize> for Scripted {
+    type Output = ();
+
+    fn run(&self, job: &Job<usize>, _ctx: JobContext<()>) -> impl Future<Output = Result<(), JobError>> + Send {
         let takes = self.0[job.payload];
         async move {
             tokio::time::sleep(takes).await;
-            Ok(JobOutput::new())
+            Ok(())
         }
     }
 }

@@ -47,12 +47,3 @@ impl JobError {
         Self::new(ErrorClass::Cancelled, "cancelled")
     }
 }
-
-/// Why the state store could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("another trellis run (pid {pid}) holds the lock on {path}")]
-    Locked { pid: String, path: std::path::PathBuf },
-    #[error("cannot use the state store at {path}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
-}

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::JobOutput;
 use crate::errors::JobError;
 
 /// How a node ended.
@@ -59,9 +58,10 @@ pub enum CancelReason {
     SecondSignal,
 }
 
+/// `O` is the runner's output type ([`crate::Runner::Output`]).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum RunEvent {
+pub enum RunEvent<O> {
     RunStarted {
         total: usize,
         to_run: usize,
@@ -90,7 +90,7 @@ pub enum RunEvent {
         status: NodeStatus,
         attempts: u32,
         duration: Duration,
-        output: JobOutput,
+        output: O,
     },
     CancelBegun {
         reason: CancelReason,

@@ -12,11 +12,11 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, JobContext, JobOutput};
 use crate::errors::{ErrorClass, JobError};
 use crate::event::{CancelReason, NodeStatus, RunEvent, RunSummary};
 use crate::job::{Initial, JobGraph};
 use crate::retry::RetryPolicy;
+use crate::runner::{JobContext, Runner};
 use crate::shutdown::Shutdown;
 
 /// Concurrency limits: per kind, and for all kinds together (`-j`).
@@ -53,18 +53,18 @@ impl Default for ExecOptions {
     }
 }
 
-type Attempt = (usize, u32, Result<JobOutput, JobError>);
+type Attempt<O> = (usize, u32, Result<O, JobError>);
 
-struct Dispatcher<'g, P> {
+struct Dispatcher<'g, P, O> {
     graph: &'g JobGraph<P>,
     options: &'g ExecOptions,
-    events: UnboundedSender<RunEvent>,
+    events: UnboundedSender<RunEvent<O>>,
     dependents: Vec<Vec<usize>>,
     remaining: Vec<usize>,
     status: Vec<Option<NodeStatus>>,
     attempts: Vec<u32>,
     first_start: Vec<Option<Instant>>,
-    outputs: Vec<JobOutput>,
+    outputs: Vec<O>,
     /// Per kind: ready jobs by (priority, then lowest index).
     ready: BTreeMap<String, BinaryHeap<(u64, Reverse<usize>)>>,
     priority: Vec<u64>,
@@ -81,16 +81,16 @@ struct Dispatcher<'g, P> {
 
 /// Runs `graph` to completion (or cancellation) and returns the summary; every change is
 /// also sent to `events`, ending with [`RunEvent::RunFinished`].
-pub async fn run<P, E>(
+pub async fn run<P, R>(
     graph: Arc<JobGraph<P>>,
-    engine: Arc<E>,
+    runner: Arc<R>,
     options: ExecOptions,
     shutdown: Shutdown,
-    events: UnboundedSender<RunEvent>,
+    events: UnboundedSender<RunEvent<R::Output>>,
 ) -> RunSummary
 where
     P: Send + Sync + 'static,
-    E: Engine<P>,
+    R: Runner<P>,
 {
     let started = Instant::now();
     let n = graph.jobs.len();
@@ -105,7 +105,7 @@ where
         status: vec![None; n],
         attempts: vec![0; n],
         first_start: vec![None; n],
-        outputs: vec![JobOutput::new(); n],
+        outputs: vec![R::Output::default(); n],
         ready: BTreeMap::new(),
         queued: vec![false; n],
         running_per_kind: HashMap::new(),
@@ -134,7 +134,7 @@ where
         }
     }
 
-    let mut workers: JoinSet<Attempt> = JoinSet::new();
+    let mut workers: JoinSet<Attempt<R::Output>> = JoinSet::new();
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<usize>();
     let mut grace_deadline: Option<Instant> = None;
     loop {
@@ -145,7 +145,7 @@ where
             grace_deadline = Some(Instant::now() + options.grace);
         }
         if d.stop.is_none() {
-            d.start_ready(&mut workers, &graph, &engine);
+            d.start_ready(&mut workers, &graph, &runner);
         }
         let waiting_for_retries = !d.retrying.is_empty() && d.stop.is_none();
         if workers.is_empty() && !waiting_for_retries {
@@ -178,12 +178,12 @@ where
                     d.attempt_done(index, attempt, outcome, &retry_tx);
                 }
                 Err(error) => {
-                    // The engine panicked (or the task was aborted): a failed attempt that
+                    // The runner panicked (or the task was aborted): a failed attempt that
                     // must not take the whole run down.
                     if let Some((index, _)) = d.running.get(&error.id()).cloned() {
                         d.release(error.id());
                         let attempt = d.attempts[index];
-                        let message = if error.is_panic() { "the engine panicked" } else { "the attempt was aborted" };
+                        let message = if error.is_panic() { "the runner panicked" } else { "the attempt was aborted" };
                         d.attempt_done(index, attempt, Err(JobError::failed(message)), &retry_tx);
                     }
                 }
@@ -223,11 +223,12 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-impl<P> Dispatcher<'_, P>
+impl<P, O> Dispatcher<'_, P, O>
 where
     P: Send + Sync + 'static,
+    O: Default + Send + 'static,
 {
-    fn emit(&self, event: RunEvent) {
+    fn emit(&self, event: RunEvent<O>) {
         let _ = self.events.send(event);
     }
 
@@ -243,7 +244,12 @@ where
 
     /// Starts ready jobs — longest remaining cost path first, then lowest index — as far as
     /// the limits allow. Deterministic: the same graph starts in the same order every run.
-    fn start_ready<E: Engine<P>>(&mut self, workers: &mut JoinSet<Attempt>, graph: &Arc<JobGraph<P>>, engine: &Arc<E>) {
+    fn start_ready<R: Runner<P, Output = O>>(
+        &mut self,
+        workers: &mut JoinSet<Attempt<O>>,
+        graph: &Arc<JobGraph<P>>,
+        runner: &Arc<R>,
+    ) {
         let global = self.options.limits.global.unwrap_or(usize::MAX).max(1);
         while self.running.len() < global {
             let next = self
@@ -265,8 +271,8 @@ where
             let ctx = JobContext { index, attempt, cancel: cancel.clone(), events: self.events.clone() };
             self.emit(RunEvent::NodeStarted { index, id: self.graph.jobs[index].id.clone(), kind, attempt });
             let graph = Arc::clone(graph);
-            let engine = Arc::clone(engine);
-            let handle = workers.spawn(async move { (index, attempt, engine.run(&graph.jobs[index], ctx).await) });
+            let runner = Arc::clone(runner);
+            let handle = workers.spawn(async move { (index, attempt, runner.run(&graph.jobs[index], ctx).await) });
             self.running.insert(handle.id(), (index, cancel));
         }
     }
@@ -291,7 +297,7 @@ where
         &mut self,
         index: usize,
         attempt: u32,
-        outcome: Result<JobOutput, JobError>,
+        outcome: Result<O, JobError>,
         retry_tx: &UnboundedSender<usize>,
     ) {
         match outcome {

@@ -1,5 +1,5 @@
 //! The graph the executor runs: jobs in priority order (index order is the order ready jobs
-//! start in), each with a kind, its dependencies and the engine's payload.
+//! start in), each with a kind, its dependencies and the runner's payload.
 
 /// Whether a job must run or is already done (its key succeeded before).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The executor's guarantees, pinned on a scripted fake engine under tokio's paused clock:
+//! The executor's guarantees, pinned on a scripted fake runner under tokio's paused clock:
 //! no real sleeps, exact times.
 
 use std::collections::HashMap;
@@ -35,14 +35,14 @@ struct Log {
 }
 
 /// Runs each job by its script (the last step repeats); honours cancellation unless `stubborn`.
-struct FakeEngine {
+struct FakeRunner {
     scripts: HashMap<String, Vec<Step>>,
     stubborn: bool,
     origin: Instant,
     log: Arc<Mutex<Log>>,
 }
 
-impl FakeEngine {
+impl FakeRunner {
     fn new(scripts: &[(&str, Vec<Step>)]) -> Self {
         Self {
             scripts: scripts.iter().map(|(id, s)| ((*id).to_owned(), s.clone())).collect(),
@@ -53,8 +53,11 @@ impl FakeEngine {
     }
 }
 
-impl Engine<()> for FakeEngine {
-    fn run(&self, job: &Job<()>, ctx: JobContext) -> impl Future<Output = Result<JobOutput, JobError>> + Send {
+impl Runner<()> for FakeRunner {
+    /// The job's id, echoed.
+    type Output = String;
+
+    fn run(&self, job: &Job<()>, ctx: JobContext<String>) -> impl Future<Output = Result<String, JobError>> + Send {
         let script = self.scripts.get(&job.id).cloned().unwrap_or_else(|| vec![ok(1)]);
         let step = script[(ctx.attempt as usize - 1).min(script.len() - 1)];
         let (id, kind, log, origin, stubborn) =
@@ -90,7 +93,7 @@ impl Engine<()> for FakeEngine {
                     Err(JobError::cancelled())
                 }
                 (Ok(()), Some(class)) => Err(JobError::new(class, "scripted failure")),
-                (Ok(()), None) => Ok(JobOutput::from([("id".to_owned(), id)])),
+                (Ok(()), None) => Ok(id),
             }
         }
     }
@@ -102,7 +105,7 @@ fn job(id: &str, kind: &str, deps: &[usize]) -> Job<()> {
 
 struct Outcome {
     summary: RunSummary,
-    events: Vec<RunEvent>,
+    events: Vec<RunEvent<String>>,
     log: Arc<Mutex<Log>>,
 }
 
@@ -122,7 +125,7 @@ impl Outcome {
     }
 }
 
-async fn execute(jobs: Vec<Job<()>>, engine: FakeEngine, options: ExecOptions, shutdown: Shutdown) -> Outcome {
+async fn execute(jobs: Vec<Job<()>>, engine: FakeRunner, options: ExecOptions, shutdown: Shutdown) -> Outcome {
     let log = Arc::clone(&engine.log);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let summary = run(Arc::new(JobGraph::new(jobs)), Arc::new(engine), options, shutdown, tx).await;
@@ -153,7 +156,7 @@ async fn per_kind_limits_are_never_exceeded_and_are_used() {
         scripts.push((id.as_str(), vec![ok(1 + (i as u64 * 7) % 5)]));
     }
     let outcome =
-        execute(jobs, FakeEngine::new(&scripts), limits(&[("build", 2), ("test", 3)], None), Shutdown::new()).await;
+        execute(jobs, FakeRunner::new(&scripts), limits(&[("build", 2), ("test", 3)], None), Shutdown::new()).await;
     let log = outcome.log.lock().unwrap();
     assert_eq!(log.max_running["build"], 2);
     assert_eq!(log.max_running["test"], 3);
@@ -163,14 +166,14 @@ async fn per_kind_limits_are_never_exceeded_and_are_used() {
 #[tokio::test(start_paused = true)]
 async fn the_global_limit_caps_every_kind() {
     let jobs = vec![job("a", "build", &[]), job("b", "test", &[]), job("c", "push", &[]), job("d", "build", &[])];
-    let outcome = execute(jobs, FakeEngine::new(&[]), limits(&[], Some(1)), Shutdown::new()).await;
+    let outcome = execute(jobs, FakeRunner::new(&[]), limits(&[], Some(1)), Shutdown::new()).await;
     assert_eq!(outcome.log.lock().unwrap().max_total, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn ready_jobs_start_in_index_order() {
     let jobs = (0..6).map(|i| job(&format!("j{i}"), "build", &[])).collect();
-    let outcome = execute(jobs, FakeEngine::new(&[]), limits(&[("build", 1)], None), Shutdown::new()).await;
+    let outcome = execute(jobs, FakeRunner::new(&[]), limits(&[("build", 1)], None), Shutdown::new()).await;
     let order: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(order, ["j0", "j1", "j2", "j3", "j4", "j5"]);
 }
@@ -179,7 +182,7 @@ async fn ready_jobs_start_in_index_order() {
 async fn dependencies_run_first() {
     // 2 → 0 → 1: index order alone would start 0 first.
     let jobs = vec![job("mid", "build", &[2]), job("last", "build", &[0]), job("first", "build", &[])];
-    let outcome = execute(jobs, FakeEngine::new(&[]), ExecOptions::default(), Shutdown::new()).await;
+    let outcome = execute(jobs, FakeRunner::new(&[]), ExecOptions::default(), Shutdown::new()).await;
     let order: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(order, ["first", "mid", "last"]);
 }
@@ -189,7 +192,7 @@ async fn a_job_failing_twice_then_passing_is_flaky_after_exactly_two_scheduled_r
     let policy =
         RetryPolicy { retries: 2, delay: Duration::from_secs(2), max_delay: Duration::from_secs(60), jitter: true };
     let options = ExecOptions { retry: policy, ..ExecOptions::default() };
-    let engine = FakeEngine::new(&[("wobbly", vec![fail(3), fail(3), ok(3)])]);
+    let engine = FakeRunner::new(&[("wobbly", vec![fail(3), fail(3), ok(3)])]);
     let outcome = execute(vec![job("wobbly", "build", &[])], engine, options, Shutdown::new()).await;
     assert_eq!(outcome.status("wobbly"), NodeStatus::Flaky);
     assert_eq!(outcome.summary.flaky, 1);
@@ -235,7 +238,7 @@ async fn retries_are_exhausted_then_the_job_fails() {
     };
     let outcome = execute(
         vec![job("broken", "build", &[])],
-        FakeEngine::new(&[("broken", vec![fail(1)])]),
+        FakeRunner::new(&[("broken", vec![fail(1)])]),
         options,
         Shutdown::new(),
     )
@@ -247,7 +250,7 @@ async fn retries_are_exhausted_then_the_job_fails() {
 #[tokio::test(start_paused = true)]
 async fn invalid_input_is_never_retried() {
     let options = ExecOptions { retry: RetryPolicy { retries: 5, ..RetryPolicy::default() }, ..ExecOptions::default() };
-    let engine = FakeEngine::new(&[(
+    let engine = FakeRunner::new(&[(
         "bad",
         vec![Step { takes: Duration::from_secs(1), fails: Some(ErrorClass::InvalidInput) }],
     )]);
@@ -266,7 +269,7 @@ async fn dependents_of_a_failure_are_blocked_and_independent_jobs_go_on() {
         job("tag:b", "tag", &[3]),
     ];
     let outcome =
-        execute(jobs, FakeEngine::new(&[("build:a", vec![fail(1)])]), limits(&[], None), Shutdown::new()).await;
+        execute(jobs, FakeRunner::new(&[("build:a", vec![fail(1)])]), limits(&[], None), Shutdown::new()).await;
     assert_eq!(outcome.status("test:a"), NodeStatus::Blocked { by: "build:a".into() });
     assert_eq!(
         outcome.status("tag:a"),
@@ -286,7 +289,7 @@ async fn fail_fast_starts_nothing_new_but_lets_running_jobs_finish() {
         job("later", "build", &[]),
         job("after", "build", &[]),
     ];
-    let engine = FakeEngine::new(&[("quick-fail", vec![fail(1)]), ("long", vec![ok(10)])]);
+    let engine = FakeRunner::new(&[("quick-fail", vec![fail(1)]), ("long", vec![ok(10)])]);
     let options = ExecOptions { fail_fast: true, ..limits(&[("build", 2)], None) };
     let outcome = execute(jobs, engine, options, Shutdown::new()).await;
     assert_eq!(outcome.status("long"), NodeStatus::Passed, "running jobs finish");
@@ -299,8 +302,8 @@ async fn fail_fast_starts_nothing_new_but_lets_running_jobs_finish() {
 #[tokio::test(start_paused = true)]
 async fn a_signal_cancels_running_jobs_runs_their_cleanup_and_starts_nothing_after() {
     let jobs = (0..6).map(|i| job(&format!("j{i}"), "build", &[])).collect();
-    let engine = FakeEngine::new(&[]);
-    let engine = FakeEngine { scripts: (0..6).map(|i| (format!("j{i}"), vec![ok(10)])).collect(), ..engine };
+    let engine = FakeRunner::new(&[]);
+    let engine = FakeRunner { scripts: (0..6).map(|i| (format!("j{i}"), vec![ok(10)])).collect(), ..engine };
     let shutdown = Shutdown::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -322,7 +325,7 @@ async fn a_signal_cancels_running_jobs_runs_their_cleanup_and_starts_nothing_aft
 
 #[tokio::test(start_paused = true)]
 async fn a_job_ignoring_cancellation_is_aborted_after_the_grace_period() {
-    let engine = FakeEngine { stubborn: true, ..FakeEngine::new(&[("stuck", vec![ok(1000)])]) };
+    let engine = FakeRunner { stubborn: true, ..FakeRunner::new(&[("stuck", vec![ok(1000)])]) };
     let shutdown = Shutdown::new();
     shutdown.request();
     let options = ExecOptions { grace: Duration::from_secs(7), ..ExecOptions::default() };
@@ -332,7 +335,7 @@ async fn a_job_ignoring_cancellation_is_aborted_after_the_grace_period() {
     assert_eq!(outcome.status("stuck"), NodeStatus::NotRun);
     assert_eq!(start.elapsed(), Duration::ZERO);
 
-    let engine = FakeEngine { stubborn: true, ..FakeEngine::new(&[("stuck", vec![ok(1000)])]) };
+    let engine = FakeRunner { stubborn: true, ..FakeRunner::new(&[("stuck", vec![ok(1000)])]) };
     let shutdown = Shutdown::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -348,7 +351,7 @@ async fn a_job_ignoring_cancellation_is_aborted_after_the_grace_period() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_signal_stops_at_once() {
-    let engine = FakeEngine { stubborn: true, ..FakeEngine::new(&[("stuck", vec![ok(1000)])]) };
+    let engine = FakeRunner { stubborn: true, ..FakeRunner::new(&[("stuck", vec![ok(1000)])]) };
     let shutdown = Shutdown::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -369,7 +372,7 @@ async fn skipped_jobs_count_as_done_for_their_dependents() {
     let mut done = job("build:a", "build", &[]);
     done.initial = Initial::Done("up to date".into());
     let outcome =
-        execute(vec![done, job("test:a", "test", &[0])], FakeEngine::new(&[]), ExecOptions::default(), Shutdown::new())
+        execute(vec![done, job("test:a", "test", &[0])], FakeRunner::new(&[]), ExecOptions::default(), Shutdown::new())
             .await;
     assert_eq!(outcome.status("build:a"), NodeStatus::Skipped { reason: "up to date".into() });
     assert_eq!(outcome.status("test:a"), NodeStatus::Passed);
@@ -388,36 +391,38 @@ async fn a_chain_of_skipped_jobs_starts_nothing_but_its_runnable_tail() {
         jobs.push(j);
     }
     // Dependents listed before their dependencies must not be started either.
-    let outcome = execute(jobs, FakeEngine::new(&[]), ExecOptions::default(), Shutdown::new()).await;
+    let outcome = execute(jobs, FakeRunner::new(&[]), ExecOptions::default(), Shutdown::new()).await;
     let started: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(started, ["tag:a"]);
     assert_eq!(outcome.summary.skipped, 3);
 }
 
-struct PanickingEngine;
+struct PanickingRunner;
 
-impl Engine<()> for PanickingEngine {
-    fn run(&self, job: &Job<()>, _ctx: JobContext) -> impl Future<Output = Result<JobOutput, JobError>> + Send {
+impl Runner<()> for PanickingRunner {
+    type Output = ();
+
+    fn run(&self, job: &Job<()>, _ctx: JobContext<()>) -> impl Future<Output = Result<(), JobError>> + Send {
         let boom = job.id == "boom";
         async move {
-            assert!(!boom, "engine bug");
-            Ok(JobOutput::new())
+            assert!(!boom, "runner bug");
+            Ok(())
         }
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_engine_panic_fails_the_job_not_the_run() {
+async fn a_runner_panic_fails_the_job_not_the_run() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let jobs = JobGraph::new(vec![job("boom", "build", &[]), job("fine", "build", &[])]);
     let options = ExecOptions { retry: RetryPolicy::none(), ..ExecOptions::default() };
-    let summary = run(Arc::new(jobs), Arc::new(PanickingEngine), options, Shutdown::new(), tx).await;
+    let summary = run(Arc::new(jobs), Arc::new(PanickingRunner), options, Shutdown::new(), tx).await;
     assert_eq!((summary.failed, summary.passed), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
 async fn output_lines_reach_the_event_stream() {
     let outcome =
-        execute(vec![job("talk", "build", &[])], FakeEngine::new(&[]), ExecOptions::default(), Shutdown::new()).await;
+        execute(vec![job("talk", "build", &[])], FakeRunner::new(&[]), ExecOptions::default(), Shutdown::new()).await;
     assert!(outcome.events.iter().any(|e| matches!(e, RunEvent::Output { line, .. } if line == "talk: attempt 1")));
 }

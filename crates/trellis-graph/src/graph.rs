@@ -1,4 +1,4 @@
-//! Workspace → petgraph DAG of render → build → test → tag → push nodes, each with its content
+//! Model → petgraph DAG of render → build → test → tag → push nodes, each with its content
 //! key. Parents come from the rendered Dockerfiles; everything else a `FROM` names is an
 //! external base whose image ID (supplied by the engine half, or "unresolved") enters the key.
 
@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use rayon::prelude::*;
-use trellis_model::{Diagnostic, Diagnostics, Variant, VariantTestBody, Workspace, normalise_reference as normalise};
+use trellis_model::{Diagnostic, Diagnostics, Model, Variant, VariantTestBody, normalise_reference as normalise};
 
 use crate::context::{ContextDigest, ContextError, ContextManifest, ContextWalk};
 use crate::dockerfile::image_uses;
-use crate::key::{ComponentKey, NodeKey};
+use crate::key::{Component, ComponentKey, Components, NodeKey};
 use crate::own_files::OwnFiles;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -48,12 +48,19 @@ pub struct Node {
     /// Index into the variant's tests, for test nodes.
     pub test: Option<usize>,
     pub key: NodeKey,
-    /// The key's named inputs (name → hash hex), for saying which one changed.
-    pub components: Vec<(String, String)>,
+    /// The key's named inputs with their hashes (hex), for saying which one changed.
+    pub components: Components,
+}
+
+impl Node {
+    /// The hash (hex) of one input of this node's key.
+    pub fn component(&self, wanted: &Component) -> Option<&str> {
+        self.components.iter().find(|(c, _)| c == wanted).map(|(_, hash)| hash.as_str())
+    }
 }
 
 /// A key and its named components.
-type Keyed = (NodeKey, Vec<(String, String)>);
+type Keyed = (NodeKey, Components);
 
 /// The nodes of one variant.
 #[derive(Debug, Clone)]
@@ -78,6 +85,8 @@ pub struct GraphInputs {
     pub registry: Option<String>,
     /// Reports runs write inside the workspace (relative to the root): never build context.
     pub reports: Vec<PathBuf>,
+    /// The builder that builds the images (`classic`, `buildkit`), part of every build key.
+    pub builder: Option<String>,
 }
 
 /// What each variant builds on, from its rendered Dockerfile, and what its Dockerfile tests
@@ -100,7 +109,7 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
-    pub fn new(workspace: &Workspace) -> Result<Self, Diagnostics> {
+    pub fn new(workspace: &Model) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
         let uses = dependencies(workspace, &mut diags);
         let order = variant_order(workspace, &uses, &mut diags);
@@ -144,11 +153,7 @@ pub struct Graph {
 impl Graph {
     /// Builds the graph and computes every key. Reads the build contexts and the test
     /// Dockerfiles; reports every problem it finds as a diagnostic.
-    pub fn build(
-        workspace: &Workspace,
-        dependencies: &Dependencies,
-        inputs: &GraphInputs,
-    ) -> Result<Self, Diagnostics> {
+    pub fn build(workspace: &Model, dependencies: &Dependencies, inputs: &GraphInputs) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
         let own_files = OwnFiles::of(workspace, &inputs.reports);
         let contexts = context_digests(workspace, &own_files, &mut diags);
@@ -166,13 +171,8 @@ impl Graph {
                 .iter()
                 .map(|p| (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("parents come first").0))
                 .collect();
-            builds[v] = Some(build_key(
-                variant,
-                &digest_of(&variant.context),
-                &parent_keys,
-                &external_bases[v],
-                &inputs.base_images,
-            ));
+            builds[v] =
+                Some(build_key(variant, &digest_of(&variant.context), &parent_keys, &external_bases[v], inputs));
         }
 
         let mut dag = DiGraph::new();
@@ -222,7 +222,7 @@ impl Graph {
                 dag.add_edge(t, tag, ());
             }
             let mut push_key = ComponentKey::new("push");
-            push_key.key("tag", &tag_key).text("registry", inputs.registry.as_deref().unwrap_or(""));
+            push_key.key(Component::Tag, &tag_key).text(Component::Registry, inputs.registry.as_deref().unwrap_or(""));
             let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key.finish()));
             dag.add_edge(tag, push, ());
             variants.push(VariantNodes { render, build, tests, tag, push });
@@ -295,7 +295,7 @@ const IMAGE_UNDER_TEST: &str = "trellis.invalid/image-under-test";
 
 /// Parents and external bases of every variant, from its rendered Dockerfile, and of every
 /// Dockerfile test, from the test's Dockerfile.
-fn dependencies(workspace: &Workspace, diags: &mut Vec<Diagnostic>) -> Uses {
+fn dependencies(workspace: &Model, diags: &mut Vec<Diagnostic>) -> Uses {
     let mut producers: HashMap<String, usize> = HashMap::new();
     for (v, variant) in workspace.variants.iter().enumerate() {
         for reference in &variant.references {
@@ -383,7 +383,7 @@ fn classify(
 
 /// Variants before the variants that build on them or test with them, or a diagnostic per
 /// dependency cycle.
-fn variant_order(workspace: &Workspace, uses: &Uses, diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+fn variant_order(workspace: &Model, uses: &Uses, diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
     let parents = &uses.parents;
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..parents.len()).map(|v| graph.add_node(v)).collect();
@@ -459,7 +459,7 @@ fn variant_order(workspace: &Workspace, uses: &Uses, diags: &mut Vec<Diagnostic>
 /// The digest of every distinct context directory (variants' and Dockerfile tests'), in
 /// parallel, once each.
 fn context_digests(
-    workspace: &Workspace,
+    workspace: &Model,
     own: &OwnFiles,
     diags: &mut Vec<Diagnostic>,
 ) -> HashMap<PathBuf, Arc<ContextManifest>> {
@@ -505,7 +505,7 @@ fn context_digests(
 /// The mistakes in the build contexts of `workspace` (missing, outside the workspace, a bad
 /// `.dockerignore`, unreadable), found without hashing: for a workspace that has other
 /// mistakes, so that one run reports them all.
-pub fn check_contexts(workspace: &Workspace) -> Vec<Diagnostic> {
+pub fn check_contexts(workspace: &Model) -> Vec<Diagnostic> {
     let own = OwnFiles::of(workspace, &[]);
     let root = workspace.root.canonicalize().unwrap_or_else(|_| workspace.root.clone());
     let mut seen = HashSet::new();
@@ -546,7 +546,7 @@ fn relative_display(root: &Path, path: &Path) -> String {
 }
 
 fn context_diagnostic(
-    workspace: &Workspace,
+    workspace: &Model,
     dir: &Path,
     span: miette::SourceSpan,
     variant: &str,
@@ -589,7 +589,7 @@ fn context_diagnostic(
 
 fn render_key(variant: &Variant) -> Keyed {
     let mut key = ComponentKey::new("render");
-    key.text("path", &variant.render_path.to_string_lossy()).text("dockerfile", &variant.dockerfile);
+    key.text(Component::Path, &variant.render_path.to_string_lossy()).text(Component::Dockerfile, &variant.dockerfile);
     key.finish()
 }
 
@@ -598,23 +598,26 @@ fn build_key(
     context: &ContextDigest,
     parents: &[(&str, NodeKey)],
     bases: &[String],
-    ids: &BaseImageIds,
+    inputs: &GraphInputs,
 ) -> Keyed {
     let mut key = ComponentKey::new("build");
-    key.text("dockerfile", &variant.dockerfile).key("context", context);
+    key.text(Component::Dockerfile, &variant.dockerfile).key(Component::Context, context);
     for (name, value) in &variant.args {
-        key.text(format!("arg {name}"), value);
+        key.text(Component::Arg(name.clone()), value);
     }
     for (name, value) in &variant.labels {
-        key.text(format!("label {name}"), value);
+        key.text(Component::Label(name.clone()), value);
     }
     if let Some(target) = &variant.target {
-        key.text("target", target);
+        key.text(Component::Target, target);
+    }
+    if let Some(builder) = &inputs.builder {
+        key.text(Component::Builder, builder);
     }
     for (id, parent) in parents {
-        key.key(format!("parent {id}"), parent);
+        key.key(Component::Parent((*id).to_owned()), parent);
     }
-    key_bases(&mut key, bases, ids);
+    key_bases(&mut key, bases, &inputs.base_images);
     key.finish()
 }
 
@@ -627,17 +630,17 @@ fn test_key(
     digest_of: &dyn Fn(&Path) -> ContextDigest,
 ) -> Keyed {
     let mut key = ComponentKey::new("test");
-    key.key("image", build).text("network", test.network.as_str());
+    key.key(Component::Image, build).text(Component::Network, test.network.as_str());
     match &test.body {
         VariantTestBody::Run(lines) => {
-            key.text("run", &lines.join("\n"));
+            key.text(Component::Run, &lines.join("\n"));
         }
         VariantTestBody::Dockerfile { text, context, .. } => {
-            key.text("test dockerfile", text).key("test context", &digest_of(context));
+            key.text(Component::TestDockerfile, text).key(Component::TestContext, &digest_of(context));
         }
     }
     for (id, used) in uses {
-        key.key(format!("uses {id}"), used);
+        key.key(Component::Uses((*id).to_owned()), used);
     }
     key_bases(&mut key, bases, ids);
     key.finish()
@@ -646,7 +649,7 @@ fn test_key(
 /// External images by the ID they had in the engine: a base that moved changes the key.
 fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds) {
     for base in bases {
-        key.text(format!("base {base}"), ids.0.get(base).map_or("unresolved", String::as_str));
+        key.text(Component::Base(base.clone()), ids.0.get(base).map_or("unresolved", String::as_str));
     }
 }
 
@@ -654,6 +657,6 @@ fn tag_key(variant: &Variant, build: &NodeKey) -> Keyed {
     let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     references.sort();
     let mut key = ComponentKey::new("tag");
-    key.key("image", build).text("references", &references.join("\n"));
+    key.key(Component::Image, build).text(Component::References, &references.join("\n"));
     key.finish()
 }

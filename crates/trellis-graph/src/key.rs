@@ -90,11 +90,141 @@ impl KeyHasher {
     }
 }
 
+/// A named input of a node's key. The names are part of the hashed encoding and of the state
+/// store's records (which input changed since the last run): they are spelled here only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// Render: where the rendered Dockerfile goes.
+    Path,
+    /// Render and build: the rendered Dockerfile.
+    Dockerfile,
+    /// Build: the build context's digest.
+    Context,
+    Arg(String),
+    Label(String),
+    Target,
+    /// Build: the builder (`classic`, `buildkit`): the same Dockerfile may build differently.
+    Builder,
+    /// Build: a workspace image the Dockerfile builds on (its build key).
+    Parent(String),
+    /// Build and Dockerfile tests: an external image, by the ID the engine resolved.
+    Base(String),
+    /// Test, tag: the build key of the image it tests or tags.
+    Image,
+    Network,
+    /// Test: the `run` lines.
+    Run,
+    TestDockerfile,
+    TestContext,
+    /// Test: another workspace image a Dockerfile test names.
+    Uses(String),
+    /// Tag: the variant's references.
+    References,
+    /// Push: the tag key.
+    Tag,
+    Registry,
+}
+
+impl Component {
+    /// What changed, in words, for a plan's reason ("build arg NODE_VERSION changed").
+    pub fn changed(&self) -> String {
+        match self {
+            Component::Path => "render path changed".to_owned(),
+            Component::Dockerfile => "rendered Dockerfile changed (template or its values)".to_owned(),
+            Component::Context => "build context changed".to_owned(),
+            Component::Arg(arg) => format!("build arg {arg} changed"),
+            Component::Label(label) => format!("label {label} changed"),
+            Component::Target => "build target changed".to_owned(),
+            Component::Builder => "builder changed".to_owned(),
+            Component::Parent(parent) => format!("parent {parent} changed"),
+            Component::Base(base) => format!("base image {base} moved"),
+            Component::Image => "its image was rebuilt".to_owned(),
+            Component::Network => "test network changed".to_owned(),
+            Component::Run => "test commands changed".to_owned(),
+            Component::TestDockerfile => "test Dockerfile changed".to_owned(),
+            Component::TestContext => "test context changed".to_owned(),
+            Component::Uses(used) => format!("{used}, which the test uses, changed"),
+            Component::References => "tag references changed".to_owned(),
+            // A push's key covers its tag node's: the image and the references it pushes.
+            Component::Tag => "the image or references it pushes changed".to_owned(),
+            Component::Registry => "registry changed".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, detail) = match self {
+            Component::Path => ("path", None),
+            Component::Dockerfile => ("dockerfile", None),
+            Component::Context => ("context", None),
+            Component::Arg(arg) => ("arg", Some(arg)),
+            Component::Label(label) => ("label", Some(label)),
+            Component::Target => ("target", None),
+            Component::Builder => ("builder", None),
+            Component::Parent(parent) => ("parent", Some(parent)),
+            Component::Base(base) => ("base", Some(base)),
+            Component::Image => ("image", None),
+            Component::Network => ("network", None),
+            Component::Run => ("run", None),
+            Component::TestDockerfile => ("test dockerfile", None),
+            Component::TestContext => ("test context", None),
+            Component::Uses(used) => ("uses", Some(used)),
+            Component::References => ("references", None),
+            Component::Tag => ("tag", None),
+            Component::Registry => ("registry", None),
+        };
+        match detail {
+            Some(detail) => write!(f, "{name} {detail}"),
+            None => f.write_str(name),
+        }
+    }
+}
+
+impl std::str::FromStr for Component {
+    type Err = ();
+
+    /// The inverse of `Display`, for records written by earlier runs.
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let simple = [
+            Component::Path,
+            Component::Dockerfile,
+            Component::Context,
+            Component::Target,
+            Component::Builder,
+            Component::Image,
+            Component::Network,
+            Component::Run,
+            Component::TestDockerfile,
+            Component::TestContext,
+            Component::References,
+            Component::Tag,
+            Component::Registry,
+        ];
+        if let Some(found) = simple.into_iter().find(|c| c.to_string() == text) {
+            return Ok(found);
+        }
+        let (name, detail) = text.split_once(' ').ok_or(())?;
+        let detail = detail.to_owned();
+        match name {
+            "arg" => Ok(Component::Arg(detail)),
+            "label" => Ok(Component::Label(detail)),
+            "parent" => Ok(Component::Parent(detail)),
+            "base" => Ok(Component::Base(detail)),
+            "uses" => Ok(Component::Uses(detail)),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A key's components with their hashes (hex), in the key's own order.
+pub type Components = Vec<(Component, String)>;
+
 /// A key built from named components, each hashed on its own, so that a later plan can say
 /// which input changed ("build arg NODE_VERSION", "context", "parent node/22/bookworm").
 pub struct ComponentKey {
     domain: &'static str,
-    components: Vec<(String, NodeKey)>,
+    components: Vec<(Component, NodeKey)>,
 }
 
 impl ComponentKey {
@@ -102,26 +232,26 @@ impl ComponentKey {
         Self { domain, components: Vec::new() }
     }
 
-    pub fn text(&mut self, name: impl Into<String>, value: &str) -> &mut Self {
+    pub fn text(&mut self, component: Component, value: &str) -> &mut Self {
         let hash = KeyHasher::new("component").str(value).finish();
-        self.components.push((name.into(), hash));
+        self.components.push((component, hash));
         self
     }
 
-    pub fn key(&mut self, name: impl Into<String>, key: &NodeKey) -> &mut Self {
-        self.components.push((name.into(), *key));
+    pub fn key(&mut self, component: Component, key: &NodeKey) -> &mut Self {
+        self.components.push((component, *key));
         self
     }
 
-    /// The key and its components (name → hex).
-    pub fn finish(self) -> (NodeKey, Vec<(String, String)>) {
+    /// The key and its components (hex).
+    pub fn finish(self) -> (NodeKey, Components) {
         let mut hasher = KeyHasher::new(self.domain);
         hasher.count(self.components.len());
-        for (name, hash) in &self.components {
-            hasher.str(name).key(hash);
+        for (component, hash) in &self.components {
+            hasher.str(&component.to_string()).key(hash);
         }
         let key = hasher.finish();
-        (key, self.components.into_iter().map(|(n, h)| (n, h.to_hex())).collect())
+        (key, self.components.into_iter().map(|(c, h)| (c, h.to_hex())).collect())
     }
 }
 
@@ -134,6 +264,34 @@ mod tests {
         let a = KeyHasher::new("t").str("ab").str("c").finish();
         let b = KeyHasher::new("t").str("a").str("bc").finish();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn component_names_read_back() {
+        let all = [
+            Component::Path,
+            Component::Dockerfile,
+            Component::Context,
+            Component::Arg("NODE_VERSION".into()),
+            Component::Label("org.example.x y".into()),
+            Component::Target,
+            Component::Builder,
+            Component::Parent("node/22/bookworm".into()),
+            Component::Base("debian:bookworm".into()),
+            Component::Image,
+            Component::Network,
+            Component::Run,
+            Component::TestDockerfile,
+            Component::TestContext,
+            Component::Uses("app/1".into()),
+            Component::References,
+            Component::Tag,
+            Component::Registry,
+        ];
+        for component in all {
+            assert_eq!(component.to_string().parse::<Component>(), Ok(component.clone()), "{component}");
+        }
+        assert_eq!("no such".parse::<Component>(), Err(()));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! trellis-graph: a compiled [`trellis_model::Workspace`] as a petgraph DAG of
+//! trellis-graph: a compiled [`trellis_model::Model`] as a petgraph DAG of
 //! render → build → test → tag → push nodes with blake3 content keys, plus what can be decided
 //! without an engine: context digests (`.dockerignore` applied with Docker's rules), parents
 //! from FROM lines, plans against a state view, FILTER selection and rendered files on disk.
@@ -18,7 +18,7 @@ mod select;
 
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes, check_contexts};
-pub use key::{ComponentKey, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
+pub use key::{Component, ComponentKey, Components, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
 pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};
 pub use select::{Selection, UnmatchedFilter};

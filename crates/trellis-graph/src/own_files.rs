@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use trellis_model::Workspace;
+use trellis_model::Model;
 
 use crate::render::GENERATED_MARKER;
 
@@ -31,7 +31,7 @@ pub struct OwnFiles {
 
 impl OwnFiles {
     /// The workspace's own files, and the reports runs write (relative to the root).
-    pub fn of(workspace: &Workspace, reports: &[PathBuf]) -> Self {
+    pub fn of(workspace: &Model, reports: &[PathBuf]) -> Self {
         let manifest = PathBuf::from(workspace.manifest.name());
         let mut files: HashSet<PathBuf> = HashSet::from([manifest]);
         let mut render_dirs = HashSet::new();

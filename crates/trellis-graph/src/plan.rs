@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use trellis_model::Workspace;
+use trellis_model::Model;
 
 use petgraph::graph::NodeIndex;
 
@@ -56,7 +56,7 @@ pub fn never(kind: NodeKind) -> &'static str {
 }
 
 /// The plan of the selected nodes in execution order.
-pub fn plan(workspace: &Workspace, graph: &Graph, selection: &Selection, state: &dyn StateView) -> Vec<PlannedNode> {
+pub fn plan(workspace: &Model, graph: &Graph, selection: &Selection, state: &dyn StateView) -> Vec<PlannedNode> {
     let mut out = Vec::new();
     // Per node: the build upstream of it that runs, if any. A rebuilt image has a new ID even
     // under the same key (`--refresh`, an image gone from the engine), so everything built

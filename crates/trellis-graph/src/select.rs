@@ -1,7 +1,7 @@
 //! FILTERs pick variants (`node`, `node=22.*`, `node/22.20.0/*`) and pull in their parents,
 //! since a child cannot be built without them.
 
-use trellis_model::Workspace;
+use trellis_model::Model;
 
 use crate::graph::Dependencies;
 
@@ -21,17 +21,13 @@ pub struct Selection {
 }
 
 impl Selection {
-    pub fn all(workspace: &Workspace) -> Self {
+    pub fn all(workspace: &Model) -> Self {
         Self { selected: vec![true; workspace.variants.len()], matched: vec![true; workspace.variants.len()] }
     }
 
     /// Variants matching any filter, plus their ancestors (what they build on or test with).
     /// No filters selects everything.
-    pub fn new(
-        workspace: &Workspace,
-        dependencies: &Dependencies,
-        filters: &[String],
-    ) -> Result<Self, UnmatchedFilter> {
+    pub fn new(workspace: &Model, dependencies: &Dependencies, filters: &[String]) -> Result<Self, UnmatchedFilter> {
         if filters.is_empty() {
             return Ok(Self::all(workspace));
         }

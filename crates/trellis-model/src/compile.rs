@@ -1,4 +1,4 @@
-//! [`Manifest`] → [`Workspace`]: checks names and values, expands variants, renders every
+//! [`Manifest`] → [`Model`]: checks names and values, expands variants, renders every
 //! template of every variant, resolves floating tags. All mistakes are collected; the workspace
 //! is returned only when there are none.
 
@@ -16,8 +16,8 @@ use crate::axis_vars::{self, AxisFacts, Prepared};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::files::Files;
 use crate::manifest::*;
+use crate::model::*;
 use crate::template::{self, AxisValueObject, Origin};
-use crate::workspace::*;
 
 static AXIS_VALUE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$").unwrap());
 static IDENTIFIER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").unwrap());
@@ -36,67 +36,39 @@ pub(crate) fn compile(
     manifest: Manifest,
     files: &dyn Files,
     diags: &mut Vec<Diagnostic>,
-) -> Option<Workspace> {
+) -> Option<Model> {
     let before = diags.len();
     let settings = settings(&manifest.settings, source, diags);
     let axes = axes(&manifest.axes, source, diags);
-    let facts = axes.iter().map(|a| (a.axis.name.clone(), facts(&a.axis))).collect();
-    let mut compiler = Compiler {
-        source,
-        files,
-        diags,
-        facts,
-        syntax: template::syntax(),
-        env: template::environment(),
-        file_env: template::environment(),
-        file_templates: HashMap::new(),
-        test_dockerfiles: HashMap::new(),
-        template_sources: Vec::new(),
-        templates_with_unknown: Default::default(),
-        suppressed: 0,
-        dockerfiles_dir: settings.dockerfiles.clone(),
-    };
-    let valid = compiler.check_images(&manifest, &axes);
-    let templates: Vec<Option<ImageTemplates<'_>>> =
-        manifest.images.iter().zip(&valid).map(|(image, ok)| ok.then(|| compiler.register(image))).collect();
-    let mut drafts = Vec::new();
-    for (index, (image, templates)) in manifest.images.iter().zip(&templates).enumerate() {
-        if let Some(templates) = templates {
-            compiler.expand(index, image, templates, &axes, &mut drafts);
-        }
-    }
-    let variants = compiler.resolve_tags(drafts, &manifest);
+    let mut compiler = Compiler::new(source, files, diags, &axes, settings.dockerfiles.clone());
+    let variants = compiler.variants(&manifest, &axes);
     check_render_paths(&variants, source, compiler.diags);
-    let mut names: Vec<String> = vec![source.name().to_owned()];
-    names.extend(compiler.template_sources.iter().map(|(f, _)| f.name().to_owned()));
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let tidy = crate::diagnostic::tidy(compiler.diags.split_off(before), &name_refs);
-    compiler.diags.extend(tidy);
+    compiler.tidy_diagnostics(before);
     // With diagnostics this is a partial workspace (the variants that compiled), which the
     // caller may only use to look for more mistakes.
-    let images = manifest
-        .images
-        .iter()
-        .map(|decl| Image {
-            name: decl.name.value.clone(),
-            matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
-            dockerfile_decl: decl.dockerfile.clone().unwrap_or_else(|| Spanned {
-                value: String::new(),
-                span: decl.name.span,
-                verbatim_at: None,
-            }),
-            context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
-        })
-        .collect();
-    Some(Workspace {
+    Some(Model {
         root: root.to_path_buf(),
         manifest: source.clone(),
         settings,
         axes: axes.into_iter().map(|a| a.axis).collect(),
-        images,
+        images: manifest.images.iter().map(image).collect(),
         variants: variants.into_iter().filter(|v| v.complete || v.context_known).map(|v| v.variant).collect(),
         template_files: compiler.template_sources.iter().map(|(f, _)| PathBuf::from(f.name())).collect(),
     })
+}
+
+/// The workspace's record of an image declaration.
+fn image(decl: &ImageDecl) -> Image {
+    Image {
+        name: decl.name.value.clone(),
+        matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
+        dockerfile_decl: decl.dockerfile.clone().unwrap_or_else(|| Spanned {
+            value: String::new(),
+            span: decl.name.span,
+            verbatim_at: None,
+        }),
+        context_span: decl.context.as_ref().map_or(decl.name.span, |c| c.span),
+    }
 }
 
 fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> WorkspaceSettings {
@@ -134,6 +106,7 @@ fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -
         retries: decl.retries,
         backoff: decl.backoff,
         pull: decl.pull,
+        builder: decl.builder.as_ref().map(|b| b.value),
     }
 }
 
@@ -144,127 +117,147 @@ struct CompiledAxis {
 }
 
 fn axes(decls: &[AxisDecl], source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<CompiledAxis> {
-    let mut out = Vec::new();
-    for decl in decls {
-        let name = &decl.name;
-        if RESERVED_AXIS_NAMES.contains(&name.value.as_str()) || name.value.starts_with("__") {
-            diags.push(
-                Diagnostic::new("trellis::axis::reserved_name", format!("`{}` cannot name an axis", name.value))
-                    .at(source, name.span, "reserved")
-                    .help("`image` and `axes` are template variables of their own, names starting with `__` are trellis's; pick another name"),
-            );
-        } else if !IDENTIFIER.is_match(&name.value) {
-            diags.push(
-                Diagnostic::new("trellis::axis::bad_name", format!("`{}` is not a valid axis name", name.value))
-                    .at(source, name.span, "axis names are template variables")
-                    .help("use letters, digits and `_`, not starting with a digit (e.g. `node_version`)"),
-            );
+    decls.iter().map(|decl| axis(decl, source, diags)).collect()
+}
+
+/// One axis: its name and values checked, its values in axis order, each with its template
+/// value.
+fn axis(decl: &AxisDecl, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> CompiledAxis {
+    check_axis_name(&decl.name, source, diags);
+    let values = axis_values(decl, source, diags);
+    let values = if decl.sort_by_version {
+        sorted_by_version(values, source, diags)
+    } else {
+        values.into_iter().map(|(value, _)| value).collect()
+    };
+    // An attribute declared on some values is `none` on the others.
+    let mut attributes: Vec<&str> = Vec::new();
+    for name in values.iter().flat_map(|v| v.attributes.keys()) {
+        if !attributes.contains(&name.as_str()) {
+            attributes.push(name);
         }
-        let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
-        let mut values = Vec::new();
-        for value in &decl.values {
-            let text = &value.value;
-            if let Some(first) = seen.get(text.value.as_str()) {
-                diags.push(
-                    Diagnostic::new(
-                        "trellis::axis::duplicate_value",
-                        format!("axis `{}` lists `{}` twice", name.value, text.value),
-                    )
-                    .at(source, text.span, "listed again")
-                    .at(source, *first, "first listed here")
-                    .help("remove one of them"),
-                );
-                continue;
-            }
-            seen.insert(&text.value, text.span);
-            if !AXIS_VALUE.is_match(&text.value) {
-                diags.push(
-                    Diagnostic::new(
-                        "trellis::axis::bad_value",
-                        format!("`{}` is not a valid axis value", text.value.escape_debug()),
-                    )
-                    .at(source, text.span, "axis values end up in tags, paths and Dockerfiles")
-                    .help("use letters, digits, `.`, `_`, `+` and `-`, starting with a letter or digit"),
-                );
-                continue;
-            }
-            let mut ok = true;
-            for (attr, attr_value) in &value.attributes {
-                if RESERVED_ATTRIBUTES.contains(&attr.as_str()) {
-                    diags.push(
-                        Diagnostic::new("trellis::axis::reserved_attribute", format!("attribute `{attr}` is reserved"))
-                            .at(source, attr_value.span, "shadows a built-in field")
-                            .help("`value`, `major`, `minor` and `patch` are computed from the value; rename the attribute"),
-                    );
-                    ok = false;
-                } else if !IDENTIFIER.is_match(attr) {
-                    diags.push(
-                        Diagnostic::new(
-                            "trellis::axis::bad_attribute",
-                            format!("`{attr}` is not a valid attribute name"),
-                        )
-                        .at(source, attr_value.span, "attributes are template fields")
-                        .help("use letters, digits and `_`, not starting with a digit"),
-                    );
-                    ok = false;
-                } else if let AttributeValue::String(s) = &attr_value.value
-                    && let Some(bad) = s.chars().find(|c| c.is_control() || *c == '\\')
-                {
-                    diags.push(
-                        Diagnostic::new(
-                            "trellis::axis::unsafe_attribute",
-                            format!("attribute `{attr}` contains {}", bad.escape_debug()),
-                        )
-                        .at(source, attr_value.span, "could add a line or an instruction to a Dockerfile")
-                        .help("attribute strings may not contain control characters, line breaks or backslashes"),
-                    );
-                    ok = false;
-                }
-            }
-            if !ok {
-                continue;
-            }
-            let version = loose_version(&text.value);
-            values.push((
-                AxisValue {
-                    value: text.value.clone(),
-                    attributes: value.attributes.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
-                    version,
-                },
-                text,
-            ));
-        }
-        if decl.sort_by_version {
-            let mut sortable = Vec::new();
-            for (value, text) in values {
-                match versions::Versioning::new(&value.value) {
-                    Some(v) if !value.version.is_empty() => sortable.push((v, value)),
-                    _ => diags.push(
-                        Diagnostic::new("trellis::axis::not_a_version", format!("`{}` is not a version", value.value))
-                            .at(source, text.span, "axis is sorted by version")
-                            .help(
-                                "remove sort=\"version\" from the axis, or write the value as a version (e.g. 22.20.0)",
-                            ),
-                    ),
-                }
-            }
-            // Highest first; `sort_by` is stable, so equal versions keep the written order.
-            sortable.sort_by(|a, b| b.0.cmp(&a.0));
-            values = sortable.into_iter().map(|(_, v)| (v, &decl.name)).collect();
-        }
-        let values: Vec<AxisValue> = values.into_iter().map(|(v, _)| v).collect();
-        // An attribute declared on some values is `none` on the others.
-        let mut attributes: Vec<&str> = Vec::new();
-        for name in values.iter().flat_map(|v| v.attributes.keys()) {
-            if !attributes.contains(&name.as_str()) {
-                attributes.push(name);
-            }
-        }
-        let objects =
-            values.iter().map(|v| AxisValueObject::value(&v.value, &v.version, &v.attributes, &attributes)).collect();
-        out.push(CompiledAxis { axis: Axis { name: name.value.clone(), values }, objects });
     }
-    out
+    let objects =
+        values.iter().map(|v| AxisValueObject::value(&v.value, &v.version, &v.attributes, &attributes)).collect();
+    CompiledAxis { axis: Axis { name: decl.name.value.clone(), values }, objects }
+}
+
+fn check_axis_name(name: &Spanned<String>, source: &SourceFile, diags: &mut Vec<Diagnostic>) {
+    if RESERVED_AXIS_NAMES.contains(&name.value.as_str()) || name.value.starts_with("__") {
+        diags.push(
+            Diagnostic::new("trellis::axis::reserved_name", format!("`{}` cannot name an axis", name.value))
+                .at(source, name.span, "reserved")
+                .help("`image` and `axes` are template variables of their own, names starting with `__` are trellis's; pick another name"),
+        );
+    } else if !IDENTIFIER.is_match(&name.value) {
+        diags.push(
+            Diagnostic::new("trellis::axis::bad_name", format!("`{}` is not a valid axis name", name.value))
+                .at(source, name.span, "axis names are template variables")
+                .help("use letters, digits and `_`, not starting with a digit (e.g. `node_version`)"),
+        );
+    }
+}
+
+/// The axis's valid values in written order, each with the span of its text; a repeated or
+/// invalid value, or one with an invalid attribute, is reported and left out.
+fn axis_values(decl: &AxisDecl, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<(AxisValue, SourceSpan)> {
+    let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+    let mut values = Vec::new();
+    for value in &decl.values {
+        let text = &value.value;
+        if let Some(first) = seen.get(text.value.as_str()) {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::axis::duplicate_value",
+                    format!("axis `{}` lists `{}` twice", decl.name.value, text.value),
+                )
+                .at(source, text.span, "listed again")
+                .at(source, *first, "first listed here")
+                .help("remove one of them"),
+            );
+            continue;
+        }
+        seen.insert(&text.value, text.span);
+        if !AXIS_VALUE.is_match(&text.value) {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::axis::bad_value",
+                    format!("`{}` is not a valid axis value", text.value.escape_debug()),
+                )
+                .at(source, text.span, "axis values end up in tags, paths and Dockerfiles")
+                .help("use letters, digits, `.`, `_`, `+` and `-`, starting with a letter or digit"),
+            );
+            continue;
+        }
+        if !attributes_are_valid(value, source, diags) {
+            continue;
+        }
+        let axis_value = AxisValue {
+            value: text.value.clone(),
+            attributes: value.attributes.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
+            version: loose_version(&text.value),
+        };
+        values.push((axis_value, text.span));
+    }
+    values
+}
+
+/// Reports every reserved, misnamed or unsafe attribute of a value; true when there is none.
+fn attributes_are_valid(value: &AxisValueDecl, source: &SourceFile, diags: &mut Vec<Diagnostic>) -> bool {
+    let mut ok = true;
+    for (attr, attr_value) in &value.attributes {
+        if RESERVED_ATTRIBUTES.contains(&attr.as_str()) {
+            diags.push(
+                Diagnostic::new("trellis::axis::reserved_attribute", format!("attribute `{attr}` is reserved"))
+                    .at(source, attr_value.span, "shadows a built-in field")
+                    .help("`value`, `major`, `minor` and `patch` are computed from the value; rename the attribute"),
+            );
+            ok = false;
+        } else if !IDENTIFIER.is_match(attr) {
+            diags.push(
+                Diagnostic::new("trellis::axis::bad_attribute", format!("`{attr}` is not a valid attribute name"))
+                    .at(source, attr_value.span, "attributes are template fields")
+                    .help("use letters, digits and `_`, not starting with a digit"),
+            );
+            ok = false;
+        } else if let AttributeValue::String(s) = &attr_value.value
+            && let Some(bad) = s.chars().find(|c| c.is_control() || *c == '\\')
+        {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::axis::unsafe_attribute",
+                    format!("attribute `{attr}` contains {}", bad.escape_debug()),
+                )
+                .at(source, attr_value.span, "could add a line or an instruction to a Dockerfile")
+                .help("attribute strings may not contain control characters, line breaks or backslashes"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Highest version first (`sort="version"`); a value that is not a version is reported and
+/// left out.
+fn sorted_by_version(
+    values: Vec<(AxisValue, SourceSpan)>,
+    source: &SourceFile,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<AxisValue> {
+    let mut sortable = Vec::new();
+    for (value, span) in values {
+        match versions::Versioning::new(&value.value) {
+            Some(v) if !value.version.is_empty() => sortable.push((v, value)),
+            _ => diags.push(
+                Diagnostic::new("trellis::axis::not_a_version", format!("`{}` is not a version", value.value))
+                    .at(source, span, "axis is sorted by version")
+                    .help("remove sort=\"version\" from the axis, or write the value as a version (e.g. 22.20.0)"),
+            ),
+        }
+    }
+    // Highest first; `sort_by` is stable, so equal versions keep the written order.
+    sortable.sort_by(|a, b| b.0.cmp(&a.0));
+    sortable.into_iter().map(|(_, value)| value).collect()
 }
 
 /// What comparisons can be checked against: the values, and each attribute whose declared
@@ -423,10 +416,148 @@ struct Draft {
     context_known: bool,
 }
 
+/// An image whose variants are being expanded: its declaration and its compiled templates.
+struct ExpandingImage<'a, 't> {
+    /// Index into the manifest's images (and the workspace's).
+    index: usize,
+    decl: &'a ImageDecl,
+    templates: &'t ImageTemplates<'a>,
+}
+
+/// One combination of an image's axes, as its templates see it.
+struct Combination<'v> {
+    /// The variant id, `<image>/<value>/<value>…`.
+    id: String,
+    /// Axis → value, in matrix order.
+    values: IndexMap<String, String>,
+    /// The template context: each axis variable (and its object), `image` and `axes`.
+    context: Value,
+    /// The variables of the context, as a diagnostic lists them when a template fails.
+    variables: &'v str,
+}
+
+impl<'v> Combination<'v> {
+    /// The combination that picks value `odometer[n]` of the `n`th axis of `matrix`.
+    fn new(image: &ImageDecl, matrix: &[&CompiledAxis], odometer: &[usize], variables: &'v str) -> Self {
+        let mut values = IndexMap::new();
+        let mut id = image.name.value.clone();
+        let mut context: IndexMap<String, Value> = IndexMap::new();
+        for (axis, &i) in matrix.iter().zip(odometer) {
+            let value = &axis.axis.values[i].value;
+            values.insert(axis.axis.name.clone(), value.clone());
+            // The variable is the value string; its attributes are read from the object.
+            context.insert(axis.axis.name.clone(), Value::from(value.as_str()));
+            context.insert(axis_vars::object_name(&axis.axis.name), axis.objects[i].clone());
+            id.push('/');
+            id.push_str(value);
+        }
+        context.insert("image".into(), Value::from(image.name.value.as_str()));
+        context.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        Self { id, values, context: Value::from_pairs(context), variables }
+    }
+}
+
+/// Moves `odometer` to the next combination, the last axis turning fastest; false once every
+/// combination was visited.
+fn advance(odometer: &mut [usize], matrix: &[&CompiledAxis]) -> bool {
+    for position in (0..odometer.len()).rev() {
+        odometer[position] += 1;
+        if odometer[position] < matrix[position].axis.values.len() {
+            return true;
+        }
+        odometer[position] = 0;
+    }
+    false
+}
+
+/// What rendered of one variant; `None` where a template failed (and was reported).
+struct RenderedVariant {
+    repository: Option<String>,
+    /// The Dockerfile template's path.
+    template: Option<PathBuf>,
+    context: Option<PathBuf>,
+    /// The render directory under the image's, and where it was declared.
+    render_at: Option<(PathBuf, SourceSpan)>,
+    target: Option<Option<String>>,
+    args: Option<Vec<(String, String)>>,
+    labels: Option<Vec<(String, String)>>,
+    /// (reference, index of the tag rule) for every tag rendered; false when a rule failed.
+    produced: (Vec<(Reference, usize)>, bool),
+    tests: Option<Vec<VariantTest>>,
+    dockerfile: Option<String>,
+}
+
+impl RenderedVariant {
+    /// Every template rendered (the repository aside: without it there is no variant at all).
+    fn complete(&self) -> bool {
+        [
+            self.template.is_some(),
+            self.context.is_some(),
+            self.render_at.is_some(),
+            self.target.is_some(),
+            self.args.is_some(),
+            self.labels.is_some(),
+            self.produced.1,
+            self.tests.is_some(),
+            self.dockerfile.is_some(),
+        ]
+        .iter()
+        .all(|ok| *ok)
+    }
+}
+
 /// The prefix wrapped around a `when` expression to evaluate it as a template.
 const WHEN_PREFIX: &str = "{% if ";
 
 impl<'a> Compiler<'a> {
+    fn new(
+        source: &'a SourceFile,
+        files: &'a dyn Files,
+        diags: &'a mut Vec<Diagnostic>,
+        axes: &[CompiledAxis],
+        dockerfiles_dir: PathBuf,
+    ) -> Self {
+        Compiler {
+            source,
+            files,
+            diags,
+            facts: axes.iter().map(|a| (a.axis.name.clone(), facts(&a.axis))).collect(),
+            syntax: template::syntax(),
+            env: template::environment(),
+            file_env: template::environment(),
+            file_templates: HashMap::new(),
+            test_dockerfiles: HashMap::new(),
+            template_sources: Vec::new(),
+            templates_with_unknown: Default::default(),
+            suppressed: 0,
+            dockerfiles_dir,
+        }
+    }
+
+    /// Every variant of every valid image, with its floating tags resolved.
+    fn variants(&mut self, manifest: &'a Manifest, axes: &[CompiledAxis]) -> Vec<Draft> {
+        let valid = self.check_images(manifest, axes);
+        let templates: Vec<Option<ImageTemplates<'a>>> =
+            manifest.images.iter().zip(&valid).map(|(image, ok)| ok.then(|| self.register(image))).collect();
+        let mut drafts = Vec::new();
+        for (index, (decl, templates)) in manifest.images.iter().zip(&templates).enumerate() {
+            if let Some(templates) = templates {
+                self.expand(&ExpandingImage { index, decl, templates }, axes, &mut drafts);
+            }
+        }
+        self.resolve_tags(drafts, manifest)
+    }
+
+    /// Puts the diagnostics pushed since `before` in reading order (matrix.kdl, then the
+    /// templates as loaded), without repeats.
+    fn tidy_diagnostics(&mut self, before: usize) {
+        let mut names: Vec<&str> = vec![self.source.name()];
+        names.extend(self.template_sources.iter().map(|(f, _)| f.name()));
+        let tidy = crate::diagnostic::tidy(self.diags.split_off(before), &names);
+        self.diags.extend(tidy);
+    }
+
+    /// Checks each image's name, matrix and excludes; whether each can be expanded.
     fn check_images(&mut self, manifest: &Manifest, axes: &[CompiledAxis]) -> Vec<bool> {
         let axis_names: Vec<&str> = axes.iter().map(|a| a.axis.name.as_str()).collect();
         let mut valid = Vec::new();
@@ -442,70 +573,80 @@ impl<'a> Compiler<'a> {
                     .help("use letters, digits, `.`, `_` and `-`, starting with a letter or digit"),
                 );
             }
-            let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
-            for axis in &image.matrix {
-                if let Some(first) = seen.get(axis.value.as_str()) {
-                    self.diags.push(
-                        Diagnostic::new(
-                            "trellis::image::duplicate_axis",
-                            format!("axis `{}` appears twice in the matrix", axis.value),
-                        )
-                        .at(self.source, axis.span, "again")
-                        .at(self.source, *first, "first here")
-                        .help("list each axis once"),
-                    );
-                    ok = false;
-                }
-                seen.insert(&axis.value, axis.span);
-                if !axis_names.contains(&axis.value.as_str()) {
-                    let help = match crate::decode::did_you_mean(&axis.value, &axis_names) {
-                        Some(close) => format!("did you mean `{close}`? declared axes: {}", axis_names.join(", ")),
-                        None if axis_names.is_empty() => "declare it with `axis \"name\" \"value\" …`".to_owned(),
-                        None => format!("declared axes: {}", axis_names.join(", ")),
-                    };
-                    self.diags.push(
-                        Diagnostic::new("trellis::image::unknown_axis", format!("no axis named `{}`", axis.value))
-                            .at(self.source, axis.span, "not declared")
-                            .help(help),
-                    );
-                    ok = false;
-                }
-            }
-            for exclude in &image.excludes {
-                for (axis, glob) in &exclude.globs {
-                    let Some(compiled) = axes
-                        .iter()
-                        .find(|a| a.axis.name == axis.value)
-                        .filter(|_| image.matrix.iter().any(|m| m.value == axis.value))
-                    else {
-                        let matrix: Vec<&str> = image.matrix.iter().map(|m| m.value.as_str()).collect();
-                        self.diags.push(
-                            Diagnostic::new(
-                                "trellis::image::exclude_axis",
-                                format!("`exclude` names `{}`, which is not in this image's matrix", axis.value),
-                            )
-                            .at(self.source, axis.span, "not an axis of this image")
-                            .help(format!("this image varies over: {}", matrix.join(", "))),
-                        );
-                        continue;
-                    };
-                    let pattern = wildmatch::WildMatch::new(&glob.value);
-                    if !compiled.axis.values.iter().any(|v| pattern.matches(&v.value)) {
-                        let values: Vec<&str> = compiled.axis.values.iter().map(|v| v.value.as_str()).collect();
-                        self.diags.push(
-                            Diagnostic::new(
-                                "trellis::image::exclude_matches_nothing",
-                                format!("`{}` matches no value of axis `{}`", glob.value, axis.value),
-                            )
-                            .at(self.source, glob.span, "matches nothing")
-                            .help(format!("values: {} (globs use * and ?)", values.join(", "))),
-                        );
-                    }
-                }
-            }
+            ok &= self.check_matrix(image, &axis_names);
+            self.check_excludes(image, axes);
             valid.push(ok);
         }
         valid
+    }
+
+    /// Each axis of the matrix is declared and listed once; true when so.
+    fn check_matrix(&mut self, image: &ImageDecl, axis_names: &[&str]) -> bool {
+        let mut ok = true;
+        let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+        for axis in &image.matrix {
+            if let Some(first) = seen.get(axis.value.as_str()) {
+                self.diags.push(
+                    Diagnostic::new(
+                        "trellis::image::duplicate_axis",
+                        format!("axis `{}` appears twice in the matrix", axis.value),
+                    )
+                    .at(self.source, axis.span, "again")
+                    .at(self.source, *first, "first here")
+                    .help("list each axis once"),
+                );
+                ok = false;
+            }
+            seen.insert(&axis.value, axis.span);
+            if !axis_names.contains(&axis.value.as_str()) {
+                let help = match crate::decode::did_you_mean(&axis.value, axis_names) {
+                    Some(close) => format!("did you mean `{close}`? declared axes: {}", axis_names.join(", ")),
+                    None if axis_names.is_empty() => "declare it with `axis \"name\" \"value\" …`".to_owned(),
+                    None => format!("declared axes: {}", axis_names.join(", ")),
+                };
+                self.diags.push(
+                    Diagnostic::new("trellis::image::unknown_axis", format!("no axis named `{}`", axis.value))
+                        .at(self.source, axis.span, "not declared")
+                        .help(help),
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Each glob of an `exclude` names an axis of the image and matches one of its values.
+    fn check_excludes(&mut self, image: &ImageDecl, axes: &[CompiledAxis]) {
+        for (axis, glob) in image.excludes.iter().flat_map(|exclude| &exclude.globs) {
+            let Some(compiled) = axes
+                .iter()
+                .find(|a| a.axis.name == axis.value)
+                .filter(|_| image.matrix.iter().any(|m| m.value == axis.value))
+            else {
+                let matrix: Vec<&str> = image.matrix.iter().map(|m| m.value.as_str()).collect();
+                self.diags.push(
+                    Diagnostic::new(
+                        "trellis::image::exclude_axis",
+                        format!("`exclude` names `{}`, which is not in this image's matrix", axis.value),
+                    )
+                    .at(self.source, axis.span, "not an axis of this image")
+                    .help(format!("this image varies over: {}", matrix.join(", "))),
+                );
+                continue;
+            };
+            let pattern = wildmatch::WildMatch::new(&glob.value);
+            if !compiled.axis.values.iter().any(|v| pattern.matches(&v.value)) {
+                let values: Vec<&str> = compiled.axis.values.iter().map(|v| v.value.as_str()).collect();
+                self.diags.push(
+                    Diagnostic::new(
+                        "trellis::image::exclude_matches_nothing",
+                        format!("`{}` matches no value of axis `{}`", glob.value, axis.value),
+                    )
+                    .at(self.source, glob.span, "matches nothing")
+                    .help(format!("values: {} (globs use * and ?)", values.join(", "))),
+                );
+            }
+        }
     }
 
     fn add(&mut self, decl: &'a Spanned<String>, what: &str) -> Option<Tmpl<'a>> {
@@ -604,22 +745,45 @@ impl<'a> Compiler<'a> {
         false
     }
 
+    /// Compiles every template of an image once, for all its variants.
     fn register(&mut self, image: &'a ImageDecl) -> ImageTemplates<'a> {
         let mut complete = true;
-        let mut opt = |this: &mut Self, decl: &'a Option<Spanned<String>>, what: &str| -> Option<Tmpl<'a>> {
-            let decl = decl.as_ref()?;
-            let t = this.add(decl, what);
-            complete &= t.is_some();
-            t
-        };
-        let repository = opt(self, &image.repository, "the repository");
-        let dockerfile = opt(self, &image.dockerfile, "the dockerfile path");
-        let context = opt(self, &image.context, "the context path");
-        let path = opt(self, &image.path, "the render path");
-        let target = opt(self, &image.target, "the target");
-        let mut args = Vec::new();
-        // A bad name is reported; the image still renders, for the mistakes further on.
-        for (name, value) in &image.args {
+        let repository = self.add_optional(&image.repository, "the repository", &mut complete);
+        let dockerfile = self.add_optional(&image.dockerfile, "the dockerfile path", &mut complete);
+        let context = self.add_optional(&image.context, "the context path", &mut complete);
+        let path = self.add_optional(&image.path, "the render path", &mut complete);
+        let target = self.add_optional(&image.target, "the target", &mut complete);
+        let args = self.register_args(&image.args, &mut complete);
+        let labels = self.register_labels(&image.labels, &mut complete);
+        let tags = image.tags.iter().map(|tag| self.register_tag(tag, &mut complete)).collect();
+        let tests = image.tests.iter().map(|test| self.register_test(image, test, &mut complete)).collect();
+        let excludes =
+            image.excludes.iter().map(|exclude| self.add_optional_when(&exclude.when, &mut complete)).collect();
+        ImageTemplates { repository, dockerfile, context, path, target, args, labels, tags, tests, excludes, complete }
+    }
+
+    /// [`Self::add`] for a template that may be left out; `complete` turns false when it fails.
+    fn add_optional(&mut self, decl: &'a Option<Spanned<String>>, what: &str, complete: &mut bool) -> Option<Tmpl<'a>> {
+        let template = self.add(decl.as_ref()?, what);
+        *complete &= template.is_some();
+        template
+    }
+
+    /// [`Self::add_when`] for an optional `when`; `complete` turns false when it fails.
+    fn add_optional_when(&mut self, when: &'a Option<Spanned<String>>, complete: &mut bool) -> Option<Tmpl<'a>> {
+        let template = self.add_when(when.as_ref()?, "a when expression");
+        *complete &= template.is_some();
+        template
+    }
+
+    /// Build args: a bad name is reported; the image still renders, for the mistakes further on.
+    fn register_args(
+        &mut self,
+        args: &'a [(Spanned<String>, Spanned<String>)],
+        complete: &mut bool,
+    ) -> Vec<(String, Option<Tmpl<'a>>)> {
+        let mut registered = Vec::new();
+        for (name, value) in args {
             self.check_identifier(
                 name,
                 &IDENTIFIER,
@@ -627,12 +791,21 @@ impl<'a> Compiler<'a> {
                 "build arg name",
                 "build arg names are letters, digits and `_`, not starting with a digit",
             );
-            let t = self.add(value, "a build arg");
-            complete &= t.is_some();
-            args.push((name.value.clone(), t));
+            let template = self.add(value, "a build arg");
+            *complete &= template.is_some();
+            registered.push((name.value.clone(), template));
         }
-        let mut labels = Vec::new();
-        for (name, value) in &image.labels {
+        registered
+    }
+
+    /// Labels: a bad or reserved key is reported; the image still renders.
+    fn register_labels(
+        &mut self,
+        labels: &'a [(Spanned<String>, Spanned<String>)],
+        complete: &mut bool,
+    ) -> Vec<(String, Option<Tmpl<'a>>)> {
+        let mut registered = Vec::new();
+        for (name, value) in labels {
             self.check_identifier(
                 name,
                 &LABEL_KEY,
@@ -650,76 +823,61 @@ impl<'a> Compiler<'a> {
                     .help("dev.trellis.* labels record the workspace, variant and key; pick another key"),
                 );
             }
-            let t = self.add(value, "a label");
-            complete &= t.is_some();
-            labels.push((name.value.clone(), t));
+            let template = self.add(value, "a label");
+            *complete &= template.is_some();
+            registered.push((name.value.clone(), template));
         }
-        let mut tags = Vec::new();
-        for tag in &image.tags {
-            let t = self.add(&tag.template, "a tag");
-            let w = tag.when.as_ref().map(|w| self.add_when(w, "a when expression"));
-            complete &= t.is_some() && w.as_ref().is_none_or(Option::is_some);
-            tags.push((t, w.flatten()));
-        }
-        let mut tests = Vec::new();
-        for test in &image.tests {
-            self.check_identifier(
-                &test.name,
-                &NAME,
-                "trellis::test::bad_name",
-                "test name",
-                "test names are letters, digits, `.`, `_` and `-`: they are part of node ids",
-            );
-            let when = test.when.as_ref().map(|w| self.add_when(w, "a when expression"));
-            complete &= when.as_ref().is_none_or(Option::is_some);
-            let mut compiled = TestTemplates {
-                name: test.name.value.clone(),
-                span: test.name.span,
-                when: when.flatten(),
-                runs: Vec::new(),
-                dockerfile: None,
-                context: None,
-                network: test
-                    .network
-                    .as_ref()
-                    .map(|n| n.value)
-                    .or(image.network.as_ref().map(|n| n.value))
-                    .unwrap_or_default(),
-            };
-            match &test.body {
-                TestBody::Run(lines) => {
-                    for line in lines {
-                        let t = self.add(line, "a run line");
-                        complete &= t.is_some();
-                        compiled.runs.push(t);
-                    }
-                }
-                TestBody::Dockerfile { dockerfile, context } => {
-                    compiled.dockerfile = self.add(dockerfile, "a test dockerfile path");
-                    complete &= compiled.dockerfile.is_some();
-                    if let Some(context) = context {
-                        compiled.context = self.add(context, "a test context path");
-                        complete &= compiled.context.is_some();
-                    }
-                }
-            }
-            tests.push(compiled);
-        }
-        let mut excludes = Vec::new();
-        for exclude in &image.excludes {
-            let w = exclude.when.as_ref().map(|w| self.add_when(w, "a when expression"));
-            complete &= w.as_ref().is_none_or(Option::is_some);
-            excludes.push(w.flatten());
-        }
-        ImageTemplates { repository, dockerfile, context, path, target, args, labels, tags, tests, excludes, complete }
+        registered
     }
 
-    /// Renders an inline template; `None` (with a diagnostic) when rendering fails.
-    fn render(&mut self, t: &Tmpl<'a>, ctx: &Value, variant: &str, variables: &str) -> Option<String> {
+    /// A tag rule: its template and its `when`.
+    fn register_tag(&mut self, tag: &'a TagDecl, complete: &mut bool) -> (Option<Tmpl<'a>>, Option<Tmpl<'a>>) {
+        let template = self.add(&tag.template, "a tag");
+        *complete &= template.is_some();
+        let when = self.add_optional_when(&tag.when, complete);
+        (template, when)
+    }
+
+    fn register_test(&mut self, image: &'a ImageDecl, test: &'a TestDecl, complete: &mut bool) -> TestTemplates<'a> {
+        self.check_identifier(
+            &test.name,
+            &NAME,
+            "trellis::test::bad_name",
+            "test name",
+            "test names are letters, digits, `.`, `_` and `-`: they are part of node ids",
+        );
+        let mut compiled = TestTemplates {
+            name: test.name.value.clone(),
+            span: test.name.span,
+            when: self.add_optional_when(&test.when, complete),
+            runs: Vec::new(),
+            dockerfile: None,
+            context: None,
+            network: test.network.as_ref().or(image.network.as_ref()).map(|n| n.value).unwrap_or_default(),
+        };
+        match &test.body {
+            TestBody::Run(lines) => {
+                for line in lines {
+                    let run = self.add(line, "a run line");
+                    *complete &= run.is_some();
+                    compiled.runs.push(run);
+                }
+            }
+            TestBody::Dockerfile { dockerfile, context } => {
+                compiled.dockerfile = self.add(dockerfile, "a test dockerfile path");
+                *complete &= compiled.dockerfile.is_some();
+                compiled.context = self.add_optional(context, "a test context path", complete);
+            }
+        }
+        compiled
+    }
+
+    /// Renders an inline template for a variant; `None` (with a diagnostic) when rendering fails.
+    fn render(&mut self, t: &Tmpl<'a>, variant: &Combination<'_>) -> Option<String> {
         if t.literal {
             return Some(t.decl.value.clone());
         }
-        let result = self.env.get_template(&t.name).and_then(|tmpl| tmpl.render(ctx));
+        let result = self.env.get_template(&t.name).and_then(|tmpl| tmpl.render(&variant.context));
         match result {
             Ok(text) => Some(text),
             Err(error) if t.unknown && error.kind() == minijinja::ErrorKind::UndefinedError => {
@@ -728,16 +886,17 @@ impl<'a> Compiler<'a> {
             }
             Err(error) => {
                 let origin = Origin::Inline(self.source, t.decl, t.prefix, &t.prepared);
-                self.diags.push(template::diagnostic(&error, origin, &format!("for {variant}"), variables));
+                let context = format!("for {}", variant.id);
+                self.diags.push(template::diagnostic(&error, origin, &context, variant.variables));
                 None
             }
         }
     }
 
-    fn holds(&mut self, when: Option<&Tmpl<'a>>, ctx: &Value, variant: &str, variables: &str) -> Option<bool> {
+    fn holds(&mut self, when: Option<&Tmpl<'a>>, variant: &Combination<'_>) -> Option<bool> {
         match when {
             None => Some(true),
-            Some(t) => self.render(t, ctx, variant, variables).map(|s| s == "1"),
+            Some(t) => self.render(t, variant).map(|s| s == "1"),
         }
     }
 
@@ -852,17 +1011,11 @@ impl<'a> Compiler<'a> {
         ok.then_some(index)
     }
 
-    fn expand(
-        &mut self,
-        index: usize,
-        decl: &'a ImageDecl,
-        t: &ImageTemplates<'a>,
-        axes: &[CompiledAxis],
-        out: &mut Vec<Draft>,
-    ) {
-        if !t.complete {
+    fn expand(&mut self, image: &ExpandingImage<'a, '_>, axes: &[CompiledAxis], out: &mut Vec<Draft>) {
+        if !image.templates.complete {
             return;
         }
+        let decl = image.decl;
         let matrix: Vec<&CompiledAxis> =
             decl.matrix.iter().filter_map(|m| axes.iter().find(|a| a.axis.name == m.value)).collect();
         // An axis left without valid values was already reported; expanding it says nothing new.
@@ -873,17 +1026,12 @@ impl<'a> Compiler<'a> {
         let before = out.len();
         let diagnostics_before = (self.diags.len(), self.suppressed);
         let mut odometer = vec![0usize; matrix.len()];
-        'combinations: loop {
-            self.variant(index, decl, t, &matrix, &odometer, &variables, out);
-            // Advance: the last axis turns fastest.
-            for position in (0..odometer.len()).rev() {
-                odometer[position] += 1;
-                if odometer[position] < matrix[position].axis.values.len() {
-                    continue 'combinations;
-                }
-                odometer[position] = 0;
+        loop {
+            let combination = Combination::new(decl, &matrix, &odometer, &variables);
+            out.extend(self.variant(image, combination));
+            if !advance(&mut odometer, &matrix) {
+                break;
             }
-            break;
         }
         // Only when nothing failed: variants that failed to render are not "excluded".
         if out.len() == before && (self.diags.len(), self.suppressed) == diagnostics_before {
@@ -895,121 +1043,102 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn variant(
-        &mut self,
-        index: usize,
-        decl: &'a ImageDecl,
-        t: &ImageTemplates<'a>,
-        matrix: &[&CompiledAxis],
-        odometer: &[usize],
-        variables: &str,
-        out: &mut Vec<Draft>,
-    ) {
-        let mut values = IndexMap::new();
-        let mut id = decl.name.value.clone();
-        let mut ctx: IndexMap<String, Value> = IndexMap::new();
-        for (axis, &i) in matrix.iter().zip(odometer) {
-            let value = &axis.axis.values[i].value;
-            values.insert(axis.axis.name.clone(), value.clone());
-            // The variable is the value string; its attributes are read from the object.
-            ctx.insert(axis.axis.name.clone(), Value::from(value.as_str()));
-            ctx.insert(axis_vars::object_name(&axis.axis.name), axis.objects[i].clone());
-            id.push('/');
-            id.push_str(value);
-        }
-        ctx.insert("image".into(), Value::from(decl.name.value.as_str()));
-        ctx.insert("axes".into(), Value::from_pairs(values.iter().map(|(k, v)| (k.clone(), v.clone()))));
-        let ctx = Value::from_pairs(ctx);
+    /// The variant of one combination, unless an `exclude` drops it or a template fails.
+    fn variant(&mut self, image: &ExpandingImage<'a, '_>, combination: Combination<'_>) -> Option<Draft> {
         // Excludes first: an excluded combination is never rendered.
-        for (exclude, when) in decl.excludes.iter().zip(&t.excludes) {
+        if self.excluded(image, &combination) {
+            return None;
+        }
+        self.render_variant(image, combination)
+    }
+
+    fn excluded(&mut self, image: &ExpandingImage<'a, '_>, combination: &Combination<'_>) -> bool {
+        for (exclude, when) in image.decl.excludes.iter().zip(&image.templates.excludes) {
             let globs_match = exclude.globs.iter().all(|(axis, glob)| {
-                values.get(&axis.value).is_some_and(|v| wildmatch::WildMatch::new(&glob.value).matches(v))
+                combination.values.get(&axis.value).is_some_and(|v| wildmatch::WildMatch::new(&glob.value).matches(v))
             });
-            if globs_match && self.holds(when.as_ref(), &ctx, &id, variables) != Some(false) {
-                return;
+            if globs_match && self.holds(when.as_ref(), combination) != Some(false) {
+                return true;
             }
         }
-        let Some(draft) = self.render_variant(index, decl, t, &ctx, id, values, variables) else { return };
-        out.push(draft);
+        false
     }
 
     /// Renders every template of one variant. Every failing template is reported (a variant
     /// with four mistakes shows four diagnostics), then the variant is dropped.
-    #[allow(clippy::too_many_arguments)]
-    fn render_variant(
-        &mut self,
-        index: usize,
-        decl: &'a ImageDecl,
-        t: &ImageTemplates<'a>,
-        ctx: &Value,
-        id: String,
-        values: IndexMap<String, String>,
-        variables: &str,
-    ) -> Option<Draft> {
-        let repository = self.render(t.repository.as_ref()?, ctx, &id, variables);
+    fn render_variant(&mut self, image: &ExpandingImage<'a, '_>, variant: Combination<'_>) -> Option<Draft> {
+        let t = image.templates;
+        let repository = self.render(t.repository.as_ref()?, &variant);
         let dockerfile_decl = t.dockerfile.as_ref()?;
-        let template_path = self
-            .render(dockerfile_decl, ctx, &id, variables)
-            .and_then(|p| self.path(p, dockerfile_decl.decl, "the dockerfile path", &id));
+        let template = self
+            .render(dockerfile_decl, &variant)
+            .and_then(|p| self.path(p, dockerfile_decl.decl, "the dockerfile path", &variant.id));
         let context = match &t.context {
-            Some(c) => self.render(c, ctx, &id, variables).and_then(|p| self.path(p, c.decl, "the context path", &id)),
-            None => template_path.as_ref().map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default()),
+            Some(c) => self.render(c, &variant).and_then(|p| self.path(p, c.decl, "the context path", &variant.id)),
+            None => template.as_ref().map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default()),
         };
         let render_at = match &t.path {
             Some(p) => self
-                .render(p, ctx, &id, variables)
-                .and_then(|r| self.path(r, p.decl, "the render path", &id))
+                .render(p, &variant)
+                .and_then(|r| self.path(r, p.decl, "the render path", &variant.id))
                 .map(|sub| (sub, p.decl.span)),
-            None => Some((values.values().collect::<PathBuf>(), decl.name.span)),
+            None => Some((variant.values.values().collect::<PathBuf>(), image.decl.name.span)),
         };
         let target = match &t.target {
-            Some(target) => self.render(target, ctx, &id, variables).map(Some),
+            Some(target) => self.render(target, &variant).map(Some),
             None => Some(None),
         };
-        let args = self.render_pairs(&t.args, ctx, &id, variables);
-        let labels = self.render_pairs(&t.labels, ctx, &id, variables);
-        let produced = self.render_tags(decl, t, ctx, &id, repository.as_deref(), variables);
-        let tests = self.render_tests(t, ctx, &id, variables);
-        let dockerfile =
-            template_path.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, ctx, &id, variables));
-        // A variant with mistakes still takes part in the checks across variants (tag
-        // collisions, render paths, build contexts) with what did render: every mistake in
-        // one run. It never reaches a valid workspace: its mistakes were reported.
-        let complete = [
-            template_path.is_some(),
-            context.is_some(),
-            render_at.is_some(),
-            target.is_some(),
-            args.is_some(),
-            labels.is_some(),
-            produced.1,
-            tests.is_some(),
-            dockerfile.is_some(),
-        ]
-        .iter()
-        .all(|ok| *ok);
-        let (repository, (sub_path, render_decl)) = (repository?, render_at?);
-        let context_known = context.is_some();
-        let render_path = self.dockerfiles_dir.join(&decl.name.value).join(sub_path).join("Dockerfile");
+        let args = self.render_pairs(&t.args, &variant);
+        let labels = self.render_pairs(&t.labels, &variant);
+        let produced = self.render_tags(image, &variant, repository.as_deref());
+        let tests = self.render_tests(&t.tests, &variant);
+        let dockerfile = template.as_ref().and_then(|path| self.render_file(path, dockerfile_decl, &variant));
+        let rendered = RenderedVariant {
+            repository,
+            template,
+            context,
+            render_at,
+            target,
+            args,
+            labels,
+            produced,
+            tests,
+            dockerfile,
+        };
+        self.draft(image, variant, rendered)
+    }
+
+    /// A variant with mistakes still takes part in the checks across variants (tag
+    /// collisions, render paths, build contexts) with what did render: every mistake in one
+    /// run. It never reaches a valid workspace: its mistakes were reported.
+    fn draft(
+        &self,
+        image: &ExpandingImage<'a, '_>,
+        variant: Combination<'_>,
+        rendered: RenderedVariant,
+    ) -> Option<Draft> {
+        let complete = rendered.complete();
+        let context_known = rendered.context.is_some();
+        let (repository, (sub_path, render_decl)) = (rendered.repository?, rendered.render_at?);
+        let render_path = self.dockerfiles_dir.join(&image.decl.name.value).join(sub_path).join("Dockerfile");
         Some(Draft {
             variant: Variant {
-                id,
-                image: index,
-                values,
+                id: variant.id,
+                image: image.index,
+                values: variant.values,
                 repository,
-                template: template_path.unwrap_or_default(),
-                dockerfile: dockerfile.unwrap_or_default(),
+                template: rendered.template.unwrap_or_default(),
+                dockerfile: rendered.dockerfile.unwrap_or_default(),
                 render_path,
-                context: context.unwrap_or_default(),
-                target: target.flatten(),
-                args: args.unwrap_or_default(),
-                labels: labels.unwrap_or_default(),
-                network: decl.network.as_ref().map(|n| n.value).unwrap_or_default(),
+                context: rendered.context.unwrap_or_default(),
+                target: rendered.target.flatten(),
+                args: rendered.args.unwrap_or_default(),
+                labels: rendered.labels.unwrap_or_default(),
+                network: image.decl.network.as_ref().map(|n| n.value).unwrap_or_default(),
                 references: Vec::new(),
-                tests: tests.unwrap_or_default(),
+                tests: rendered.tests.unwrap_or_default(),
             },
-            produced: produced.0,
+            produced: rendered.produced.0,
             render_decl,
             complete,
             context_known,
@@ -1020,31 +1149,25 @@ impl<'a> Compiler<'a> {
     fn render_pairs(
         &mut self,
         pairs: &[(String, Option<Tmpl<'a>>)],
-        ctx: &Value,
-        id: &str,
-        variables: &str,
+        variant: &Combination<'_>,
     ) -> Option<Vec<(String, String)>> {
-        let rendered: Vec<Option<(String, String)>> = pairs
-            .iter()
-            .map(|(name, value)| Some((name.clone(), self.render(value.as_ref()?, ctx, id, variables)?)))
-            .collect();
+        let rendered: Vec<Option<(String, String)>> =
+            pairs.iter().map(|(name, value)| Some((name.clone(), self.render(value.as_ref()?, variant)?))).collect();
         rendered.into_iter().collect()
     }
 
     /// The references the variant's tag rules produce, with the index of each rule.
     fn render_tags(
         &mut self,
-        decl: &'a ImageDecl,
-        t: &ImageTemplates<'a>,
-        ctx: &Value,
-        id: &str,
+        image: &ExpandingImage<'a, '_>,
+        variant: &Combination<'_>,
         repository: Option<&str>,
-        variables: &str,
     ) -> (Vec<(Reference, usize)>, bool) {
+        let id = &variant.id;
         let mut produced = Vec::new();
         let mut ok = true;
-        for (rule, ((tag, when), tag_decl)) in t.tags.iter().zip(&decl.tags).enumerate() {
-            match self.holds(when.as_ref(), ctx, id, variables) {
+        for (rule, ((tag, when), tag_decl)) in image.templates.tags.iter().zip(&image.decl.tags).enumerate() {
+            match self.holds(when.as_ref(), variant) {
                 Some(true) => {}
                 Some(false) => continue,
                 None => {
@@ -1052,7 +1175,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
             }
-            let Some(rendered) = tag.as_ref().and_then(|tag| self.render(tag, ctx, id, variables)) else {
+            let Some(rendered) = tag.as_ref().and_then(|tag| self.render(tag, variant)) else {
                 ok = false;
                 continue;
             };
@@ -1076,17 +1199,11 @@ impl<'a> Compiler<'a> {
     }
 
     /// The variant's tests whose `when` holds, each rendered.
-    fn render_tests(
-        &mut self,
-        t: &ImageTemplates<'a>,
-        ctx: &Value,
-        id: &str,
-        variables: &str,
-    ) -> Option<Vec<VariantTest>> {
-        let mut tests = Vec::new();
+    fn render_tests(&mut self, tests: &[TestTemplates<'a>], variant: &Combination<'_>) -> Option<Vec<VariantTest>> {
+        let mut rendered = Vec::new();
         let mut ok = true;
-        for test in &t.tests {
-            match self.holds(test.when.as_ref(), ctx, id, variables) {
+        for test in tests {
+            match self.holds(test.when.as_ref(), variant) {
                 Some(true) => {}
                 Some(false) => continue,
                 None => {
@@ -1095,26 +1212,20 @@ impl<'a> Compiler<'a> {
                 }
             }
             let body = match &test.dockerfile {
-                None => self.render_run_lines(&test.runs, ctx, id, variables).map(VariantTestBody::Run),
-                Some(dockerfile) => self.test_body(test, dockerfile, ctx, id, variables),
+                None => self.render_run_lines(&test.runs, variant).map(VariantTestBody::Run),
+                Some(dockerfile) => self.test_body(test, dockerfile, variant),
             };
             match body {
                 Some(body) => {
-                    tests.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network })
+                    rendered.push(VariantTest { name: test.name.clone(), span: test.span, body, network: test.network })
                 }
                 None => ok = false,
             }
         }
-        ok.then_some(tests)
+        ok.then_some(rendered)
     }
 
-    fn render_run_lines(
-        &mut self,
-        runs: &[Option<Tmpl<'a>>],
-        ctx: &Value,
-        id: &str,
-        variables: &str,
-    ) -> Option<Vec<String>> {
+    fn render_run_lines(&mut self, runs: &[Option<Tmpl<'a>>], variant: &Combination<'_>) -> Option<Vec<String>> {
         let mut lines = Vec::new();
         let mut ok = true;
         for run in runs {
@@ -1122,14 +1233,14 @@ impl<'a> Compiler<'a> {
                 ok = false;
                 continue;
             };
-            let Some(line) = self.render(run, ctx, id, variables) else {
+            let Some(line) = self.render(run, variant) else {
                 ok = false;
                 continue;
             };
             if line.contains(['\n', '\r']) || line.trim().is_empty() {
                 self.diags.push(
                     Diagnostic::new("trellis::test::bad_run_line", "a run line must render to one non-empty line")
-                        .at(self.source, run.decl.span, format!("rendered for {id}"))
+                        .at(self.source, run.decl.span, format!("rendered for {}", variant.id))
                         .help(
                             "each `run` becomes one RUN instruction: write one command per `run`, or join them with &&",
                         ),
@@ -1147,16 +1258,14 @@ impl<'a> Compiler<'a> {
         &mut self,
         test: &TestTemplates<'a>,
         dockerfile: &Tmpl<'a>,
-        ctx: &Value,
-        id: &str,
-        variables: &str,
+        variant: &Combination<'_>,
     ) -> Option<VariantTestBody> {
-        let rendered = self.render(dockerfile, ctx, id, variables)?;
-        let dockerfile_path = self.path(rendered, dockerfile.decl, "the test dockerfile", id)?;
+        let rendered = self.render(dockerfile, variant)?;
+        let dockerfile_path = self.path(rendered, dockerfile.decl, "the test dockerfile", &variant.id)?;
         let context = match &test.context {
             Some(c) => {
-                let rendered = self.render(c, ctx, id, variables)?;
-                self.path(rendered, c.decl, "the test context", id)?
+                let rendered = self.render(c, variant)?;
+                self.path(rendered, c.decl, "the test context", &variant.id)?
             }
             None => dockerfile_path.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
@@ -1165,19 +1274,12 @@ impl<'a> Compiler<'a> {
     }
 
     /// The variant's Dockerfile from its template file, with the generated-by header.
-    fn render_file(
-        &mut self,
-        template_path: &Path,
-        decl: &Tmpl<'a>,
-        ctx: &Value,
-        id: &str,
-        variables: &str,
-    ) -> Option<String> {
+    fn render_file(&mut self, template_path: &Path, decl: &Tmpl<'a>, variant: &Combination<'_>) -> Option<String> {
         let file = self.template_file(template_path, decl.decl)?;
-        let rendered =
-            self.file_env.get_template(self.template_sources[file].0.name()).and_then(|tmpl| tmpl.render(ctx));
+        let rendered = (self.file_env.get_template(self.template_sources[file].0.name()))
+            .and_then(|tmpl| tmpl.render(&variant.context));
         match rendered {
-            Ok(text) => Some(with_header(&text, template_path, id)),
+            Ok(text) => Some(with_header(&text, template_path, &variant.id)),
             Err(error) => {
                 // The error may be in an included template: minijinja wraps it, innermost last.
                 let mut error = &error;
@@ -1196,7 +1298,7 @@ impl<'a> Compiler<'a> {
                     return None;
                 }
                 let origin = Origin::File(source, prepared);
-                self.diags.push(template::diagnostic(error, origin, &format!("for {id}"), variables));
+                self.diags.push(template::diagnostic(error, origin, &format!("for {}", variant.id), variant.variables));
                 None
             }
         }
@@ -1223,29 +1325,7 @@ impl<'a> Compiler<'a> {
                         if (owner_floats && reference.floating) || !collided.insert(key.clone()) {
                             continue;
                         }
-                        let first = &drafts[owner];
-                        let first_decl = &manifest.images[first.variant.image].tags[owner_rule];
-                        let this_decl = &manifest.images[draft.variant.image].tags[*rule];
-                        let mut d = Diagnostic::new(
-                            "trellis::tag::collision",
-                            format!("`{reference}` is produced by {} and {}", first.variant.id, draft.variant.id),
-                        );
-                        if first_decl.template.span == this_decl.template.span {
-                            d = d.at(
-                                self.source,
-                                this_decl.template.span,
-                                "renders the same reference for both variants",
-                            );
-                        } else {
-                            d = d.at(self.source, this_decl.template.span, format!("for {}", draft.variant.id)).at(
-                                self.source,
-                                first_decl.template.span,
-                                format!("for {}", first.variant.id),
-                            );
-                        }
-                        self.diags.push(d.help(
-                            "mark every producing tag float=#true to give the reference to the first variant in variant order, or make the tag unique per variant",
-                        ));
+                        self.report_collision(reference, (&drafts[owner], owner_rule), (draft, *rule), manifest);
                     }
                 }
             }
@@ -1261,6 +1341,36 @@ impl<'a> Compiler<'a> {
             draft.variant.references = references;
         }
         drafts
+    }
+
+    /// A reference produced by two variants, not both by floating tags: `first` is its owner,
+    /// each variant with the index of its producing tag rule.
+    fn report_collision(
+        &mut self,
+        reference: &Reference,
+        first: (&Draft, usize),
+        this: (&Draft, usize),
+        manifest: &Manifest,
+    ) {
+        let ((first, first_rule), (this, this_rule)) = (first, this);
+        let first_decl = &manifest.images[first.variant.image].tags[first_rule];
+        let this_decl = &manifest.images[this.variant.image].tags[this_rule];
+        let mut d = Diagnostic::new(
+            "trellis::tag::collision",
+            format!("`{reference}` is produced by {} and {}", first.variant.id, this.variant.id),
+        );
+        if first_decl.template.span == this_decl.template.span {
+            d = d.at(self.source, this_decl.template.span, "renders the same reference for both variants");
+        } else {
+            d = d.at(self.source, this_decl.template.span, format!("for {}", this.variant.id)).at(
+                self.source,
+                first_decl.template.span,
+                format!("for {}", first.variant.id),
+            );
+        }
+        self.diags.push(d.help(
+            "mark every producing tag float=#true to give the reference to the first variant in variant order, or make the tag unique per variant",
+        ));
     }
 }
 

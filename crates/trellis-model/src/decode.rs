@@ -13,7 +13,8 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::manifest::*;
 
 const TOP_NODES: &[&str] = &["settings", "axis", "image"];
-const SETTINGS_NODES: &[&str] = &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull"];
+const SETTINGS_NODES: &[&str] =
+    &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull", "builder"];
 const IMAGE_NODES: &[&str] = &[
     "matrix",
     "exclude",
@@ -28,6 +29,37 @@ const IMAGE_NODES: &[&str] = &[
     "tag",
     "test",
 ];
+
+/// A value that is one of a few words (`pull "missing"`), and how to say it is not.
+struct Keywords<T: 'static> {
+    /// The node or property taking the value, as the help names it.
+    node: &'static str,
+    /// What each word is, for the message and the label: "unknown pull policy", "not a pull policy".
+    what: &'static str,
+    code: &'static str,
+    words: &'static [(&'static str, T)],
+}
+
+const NETWORK_MODES: Keywords<NetworkMode> = Keywords {
+    node: "network",
+    what: "network mode",
+    code: "trellis::schema::bad_network",
+    words: &[("default", NetworkMode::Default), ("host", NetworkMode::Host), ("none", NetworkMode::None)],
+};
+
+const PULL_POLICIES: Keywords<PullPolicy> = Keywords {
+    node: "pull",
+    what: "pull policy",
+    code: "trellis::schema::bad_pull_policy",
+    words: &[("missing", PullPolicy::Missing), ("always", PullPolicy::Always), ("never", PullPolicy::Never)],
+};
+
+const BUILDERS: Keywords<BuilderChoice> = Keywords {
+    node: "builder",
+    what: "builder",
+    code: "trellis::schema::bad_builder",
+    words: &[("buildkit", BuilderChoice::BuildKit), ("classic", BuilderChoice::Classic)],
+};
 
 /// Parses and decodes `matrix.kdl`. A KDL syntax error yields no manifest.
 pub(crate) fn decode(source: &SourceFile, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
@@ -347,81 +379,14 @@ impl Decoder<'_> {
             );
         }
         let mut name = None;
-        let mut dockerfiles = None;
-        let mut state = None;
-        let mut registry = None;
         let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
         for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
-            let key = child.name().value();
-            if let Some(known) = SETTINGS_NODES.iter().find(|k| **k == key) {
-                if let Some(first) = seen.get(known) {
-                    self.duplicate(&format!("`{key}`"), child.name().span(), *first);
-                    continue;
-                }
-                seen.insert(known, child.name().span());
+            if self.repeated_setting(child, &mut seen) {
+                continue;
             }
-            match key {
-                "name" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut name, child, v);
-                }
-                "dockerfiles" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut dockerfiles, child, v);
-                }
-                "state" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut state, child, v);
-                }
-                "registry" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut registry, child, v);
-                }
-                "jobs" => settings.jobs = self.jobs(child),
-                "retries" => {
-                    self.no_children(child);
-                    self.no_props(child);
-                    match Self::args(child).as_slice() {
-                        [one] => {
-                            if let Some(n) = self.integer(one, "`retries`", 0..=20) {
-                                settings.retries = n;
-                            }
-                        }
-                        [] => self.missing_argument(child, "an integer"),
-                        [_, rest @ ..] => self.extra_arguments(child, rest, 1),
-                    }
-                }
-                "backoff" => {
-                    if let Some(text) = self.single_string(child) {
-                        match parse_duration(&text.value) {
-                            Some(d) => settings.backoff = d,
-                            None => self.error_help(
-                                "trellis::schema::bad_duration",
-                                format!("`{}` is not a duration", text.value),
-                                text.span,
-                                "not a duration",
-                                "write a number and a unit: \"500ms\", \"2s\", \"1m\"".to_owned(),
-                            ),
-                        }
-                    }
-                }
-                "pull" => {
-                    if let Some(text) = self.single_string(child) {
-                        match text.value.as_str() {
-                            "missing" => settings.pull = PullPolicy::Missing,
-                            "always" => settings.pull = PullPolicy::Always,
-                            "never" => settings.pull = PullPolicy::Never,
-                            other => self.error_help(
-                                "trellis::schema::bad_pull_policy",
-                                format!("unknown pull policy `{other}`"),
-                                text.span,
-                                "not a pull policy",
-                                "pull is one of \"missing\", \"always\", \"never\"".to_owned(),
-                            ),
-                        }
-                    }
-                }
-                other => self.unknown_node(child, other, "settings", SETTINGS_NODES),
+            match child.name().value() {
+                "name" => name = self.single_string(child),
+                _ => self.setting(child, &mut settings),
             }
         }
         match name {
@@ -434,14 +399,101 @@ impl Decoder<'_> {
                 "add `name \"my-images\"`: it is recorded in the dev.trellis.workspace label".to_owned(),
             ),
         }
-        if let Some(d) = dockerfiles {
-            settings.dockerfiles = d;
-        }
-        if let Some(s) = state {
-            settings.state = s;
-        }
-        settings.registry = registry;
         settings
+    }
+
+    /// Reports a setting written twice; true when `child` repeats one (and is to be skipped).
+    fn repeated_setting(&mut self, child: &KdlNode, seen: &mut HashMap<&'static str, SourceSpan>) -> bool {
+        let key = child.name().value();
+        let Some(known) = SETTINGS_NODES.iter().find(|k| **k == key) else { return false };
+        if let Some(first) = seen.get(known) {
+            self.duplicate(&format!("`{key}`"), child.name().span(), *first);
+            return true;
+        }
+        seen.insert(known, child.name().span());
+        false
+    }
+
+    /// One setting other than `name`; a bad value leaves the default.
+    fn setting(&mut self, child: &KdlNode, settings: &mut Settings) {
+        match child.name().value() {
+            "dockerfiles" => {
+                if let Some(dockerfiles) = self.single_string(child) {
+                    settings.dockerfiles = dockerfiles;
+                }
+            }
+            "state" => {
+                if let Some(state) = self.single_string(child) {
+                    settings.state = state;
+                }
+            }
+            "registry" => settings.registry = self.single_string(child),
+            "jobs" => settings.jobs = self.jobs(child),
+            "retries" => {
+                if let Some(retries) = self.retries(child) {
+                    settings.retries = retries;
+                }
+            }
+            "backoff" => {
+                if let Some(backoff) = self.backoff(child) {
+                    settings.backoff = backoff;
+                }
+            }
+            "pull" => {
+                if let Some(pull) = self.single_string(child).and_then(|s| self.keyword(s, &PULL_POLICIES)) {
+                    settings.pull = pull.value;
+                }
+            }
+            "builder" => settings.builder = self.single_string(child).and_then(|s| self.keyword(s, &BUILDERS)),
+            other => self.unknown_node(child, other, "settings", SETTINGS_NODES),
+        }
+    }
+
+    fn retries(&mut self, node: &KdlNode) -> Option<u32> {
+        self.no_children(node);
+        self.no_props(node);
+        match Self::args(node).as_slice() {
+            [one] => self.integer(one, "`retries`", 0..=20),
+            [] => {
+                self.missing_argument(node, "an integer");
+                None
+            }
+            [_, rest @ ..] => {
+                self.extra_arguments(node, rest, 1);
+                None
+            }
+        }
+    }
+
+    fn backoff(&mut self, node: &KdlNode) -> Option<Duration> {
+        let text = self.single_string(node)?;
+        let backoff = parse_duration(&text.value);
+        if backoff.is_none() {
+            self.error_help(
+                "trellis::schema::bad_duration",
+                format!("`{}` is not a duration", text.value),
+                text.span,
+                "not a duration",
+                "write a number and a unit: \"500ms\", \"2s\", \"1m\"".to_owned(),
+            );
+        }
+        backoff
+    }
+
+    /// The word of `keywords` that `text` spells; any other word is a diagnostic listing them.
+    fn keyword<T: Copy>(&mut self, text: Spanned<String>, keywords: &Keywords<T>) -> Option<Spanned<T>> {
+        if let Some((_, value)) = keywords.words.iter().find(|(word, _)| *word == text.value) {
+            return Some(Spanned::new(*value, text.span));
+        }
+        let words: Vec<String> = keywords.words.iter().map(|(word, _)| format!("\"{word}\"")).collect();
+        self.error_help(
+            keywords.code,
+            format!("unknown {} `{}`", keywords.what, text.value),
+            text.span,
+            &format!("not a {}", keywords.what),
+            format!("{} is one of {}", keywords.node, words.join(", ")),
+        );
+        None
     }
 
     fn jobs(&mut self, node: &KdlNode) -> Jobs {
@@ -470,27 +522,7 @@ impl Decoder<'_> {
 
     fn axis(&mut self, node: &KdlNode) -> Option<AxisDecl> {
         let props = self.props(node, &["sort"]);
-        let sort_by_version = match props.get("sort") {
-            None => false,
-            Some(entry) => match entry.value() {
-                KdlValue::String(s) if s == "version" => true,
-                KdlValue::String(s) => {
-                    self.error_help(
-                        "trellis::schema::bad_sort",
-                        format!("unknown axis sort `{s}`"),
-                        entry.span(),
-                        "not a sort order",
-                        "sort=\"version\" orders values highest first; leave it out to keep the written order"
-                            .to_owned(),
-                    );
-                    false
-                }
-                other => {
-                    self.wrong_type(entry, "`sort`", "a string", other);
-                    false
-                }
-            },
-        };
+        let sort_by_version = props.get("sort").is_some_and(|sort| self.sort_by_version(sort));
         let args = Self::args(node);
         let Some((first, rest)) = args.split_first() else {
             self.missing_argument(node, "a name");
@@ -522,6 +554,27 @@ impl Decoder<'_> {
             );
         }
         Some(AxisDecl { name, sort_by_version, values })
+    }
+
+    /// `sort="version"`; any other sort is a diagnostic (and the written order).
+    fn sort_by_version(&mut self, sort: &KdlEntry) -> bool {
+        match sort.value() {
+            KdlValue::String(s) if s == "version" => true,
+            KdlValue::String(s) => {
+                self.error_help(
+                    "trellis::schema::bad_sort",
+                    format!("unknown axis sort `{s}`"),
+                    sort.span(),
+                    "not a sort order",
+                    "sort=\"version\" orders values highest first; leave it out to keep the written order".to_owned(),
+                );
+                false
+            }
+            other => {
+                self.wrong_type(sort, "`sort`", "a string", other);
+                false
+            }
+        }
     }
 
     fn axis_value(&mut self, node: &KdlNode) -> Option<AxisValueDecl> {
@@ -571,109 +624,101 @@ impl Decoder<'_> {
     fn image(&mut self, node: &KdlNode) -> Option<ImageDecl> {
         self.no_props(node);
         let name = self.string_argument(node, "a name", "an image name")?;
-        let mut image = ImageDecl {
-            name,
-            matrix: Vec::new(),
-            excludes: Vec::new(),
-            repository: None,
-            dockerfile: None,
-            context: None,
-            path: None,
-            target: None,
-            args: Vec::new(),
-            labels: Vec::new(),
-            network: None,
-            tags: Vec::new(),
-            tests: Vec::new(),
-        };
-        let mut matrix_seen: Option<SourceSpan> = None;
-        let mut test_names: HashMap<String, SourceSpan> = HashMap::new();
-        let mut arg_names: HashMap<String, SourceSpan> = HashMap::new();
-        let mut label_names: HashMap<String, SourceSpan> = HashMap::new();
-        let place = format!("image `{}`", image.name.value);
+        let mut image = empty_image(name);
+        let mut declared = ImageNames::default();
         for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
-            match child.name().value() {
-                "matrix" => {
-                    self.no_children(child);
-                    self.no_props(child);
-                    if let Some(first) = matrix_seen {
-                        self.duplicate("`matrix`", child.name().span(), first);
-                        continue;
-                    }
-                    matrix_seen = Some(child.name().span());
-                    let args = Self::args(child);
-                    if args.is_empty() {
-                        self.missing_argument(child, "at least one axis name");
-                    }
-                    for arg in args {
-                        if let Some(axis) = self.string(arg, "an axis name") {
-                            image.matrix.push(axis);
-                        }
-                    }
-                }
-                "exclude" => {
-                    if let Some(exclude) = self.exclude(child) {
-                        image.excludes.push(exclude);
-                    }
-                }
-                "repository" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut image.repository, child, v);
-                }
-                "dockerfile" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut image.dockerfile, child, v);
-                }
-                "context" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut image.context, child, v);
-                }
-                "path" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut image.path, child, v);
-                }
-                "target" => {
-                    let v = self.single_string(child);
-                    self.set_once(&mut image.target, child, v);
-                }
-                "network" => {
-                    let v = self.single_string(child).and_then(|s| self.network(s));
-                    self.set_once(&mut image.network, child, v);
-                }
-                kind @ ("arg" | "label") => {
-                    let Some(pair) = self.pair(child) else { continue };
-                    let names = if kind == "arg" { &mut arg_names } else { &mut label_names };
-                    if let Some(first) = names.get(&pair.0.value) {
-                        let first = *first;
-                        self.duplicate(&format!("{kind} `{}`", pair.0.value), pair.0.span, first);
-                        continue;
-                    }
-                    names.insert(pair.0.value.clone(), pair.0.span);
-                    if kind == "arg" {
-                        image.args.push(pair);
-                    } else {
-                        image.labels.push(pair);
-                    }
-                }
-                "tag" => {
-                    if let Some(tag) = self.tag(child) {
-                        image.tags.push(tag);
-                    }
-                }
-                "test" => {
-                    if let Some(test) = self.test(child) {
-                        if let Some(first) = test_names.get(&test.name.value) {
-                            let first = *first;
-                            self.duplicate(&format!("test `{}`", test.name.value), test.name.span, first);
-                            continue;
-                        }
-                        test_names.insert(test.name.value.clone(), test.name.span);
-                        image.tests.push(test);
-                    }
-                }
-                other => self.unknown_node(child, other, &place, IMAGE_NODES),
+            self.image_child(child, &mut image, &mut declared);
+        }
+        self.required_image_fields(&image);
+        Some(image)
+    }
+
+    /// One node of an image block, added to `image`.
+    fn image_child(&mut self, child: &KdlNode, image: &mut ImageDecl, declared: &mut ImageNames) {
+        match child.name().value() {
+            "matrix" => self.image_matrix(child, image, &mut declared.matrix),
+            "exclude" => image.excludes.extend(self.exclude(child)),
+            "repository" => {
+                let v = self.single_string(child);
+                self.set_once(&mut image.repository, child, v);
+            }
+            "dockerfile" => {
+                let v = self.single_string(child);
+                self.set_once(&mut image.dockerfile, child, v);
+            }
+            "context" => {
+                let v = self.single_string(child);
+                self.set_once(&mut image.context, child, v);
+            }
+            "path" => {
+                let v = self.single_string(child);
+                self.set_once(&mut image.path, child, v);
+            }
+            "target" => {
+                let v = self.single_string(child);
+                self.set_once(&mut image.target, child, v);
+            }
+            "network" => {
+                let v = self.single_string(child).and_then(|s| self.keyword(s, &NETWORK_MODES));
+                self.set_once(&mut image.network, child, v);
+            }
+            "arg" => self.image_pair(child, &mut image.args, &mut declared.args),
+            "label" => self.image_pair(child, &mut image.labels, &mut declared.labels),
+            "tag" => image.tags.extend(self.tag(child)),
+            "test" => self.image_test(child, image, &mut declared.tests),
+            other => self.unknown_node(child, other, &format!("image `{}`", image.name.value), IMAGE_NODES),
+        }
+    }
+
+    /// `matrix "axis" …`, once per image.
+    fn image_matrix(&mut self, child: &KdlNode, image: &mut ImageDecl, declared: &mut Option<SourceSpan>) {
+        self.no_children(child);
+        self.no_props(child);
+        if let Some(first) = *declared {
+            self.duplicate("`matrix`", child.name().span(), first);
+            return;
+        }
+        *declared = Some(child.name().span());
+        let args = Self::args(child);
+        if args.is_empty() {
+            self.missing_argument(child, "at least one axis name");
+        }
+        for arg in args {
+            if let Some(axis) = self.string(arg, "an axis name") {
+                image.matrix.push(axis);
             }
         }
+    }
+
+    /// An `arg` or a `label`: a name given twice is a duplicate.
+    fn image_pair(
+        &mut self,
+        child: &KdlNode,
+        pairs: &mut Vec<(Spanned<String>, Spanned<String>)>,
+        declared: &mut HashMap<String, SourceSpan>,
+    ) {
+        let Some(pair) = self.pair(child) else { return };
+        if let Some(first) = declared.get(&pair.0.value) {
+            self.duplicate(&format!("{} `{}`", child.name().value(), pair.0.value), pair.0.span, *first);
+            return;
+        }
+        declared.insert(pair.0.value.clone(), pair.0.span);
+        pairs.push(pair);
+    }
+
+    /// A `test`: a name given twice is a duplicate.
+    fn image_test(&mut self, child: &KdlNode, image: &mut ImageDecl, declared: &mut HashMap<String, SourceSpan>) {
+        let Some(test) = self.test(child) else { return };
+        if let Some(first) = declared.get(&test.name.value) {
+            self.duplicate(&format!("test `{}`", test.name.value), test.name.span, *first);
+            return;
+        }
+        declared.insert(test.name.value.clone(), test.name.span);
+        image.tests.push(test);
+    }
+
+    fn required_image_fields(&mut self, image: &ImageDecl) {
+        let place = format!("image `{}`", image.name.value);
         let name_span = image.name.span;
         if image.repository.is_none() {
             self.missing_field(&place, "repository", name_span, "repository \"myorg/{{ image }}\"");
@@ -684,7 +729,6 @@ impl Decoder<'_> {
         if image.tags.is_empty() {
             self.missing_field(&place, "tag", name_span, "tag \"{{ version }}\"");
         }
-        Some(image)
     }
 
     fn missing_field(&mut self, place: &str, field: &str, span: SourceSpan, example: &str) {
@@ -695,25 +739,6 @@ impl Decoder<'_> {
             &format!("`{field}` missing in this image"),
             format!("add e.g. `{example}`"),
         );
-    }
-
-    fn network(&mut self, text: Spanned<String>) -> Option<Spanned<NetworkMode>> {
-        let mode = match text.value.as_str() {
-            "default" => NetworkMode::Default,
-            "host" => NetworkMode::Host,
-            "none" => NetworkMode::None,
-            other => {
-                self.error_help(
-                    "trellis::schema::bad_network",
-                    format!("unknown network mode `{other}`"),
-                    text.span,
-                    "not a network mode",
-                    "network is one of \"default\", \"host\", \"none\"".to_owned(),
-                );
-                return None;
-            }
-        };
-        Some(Spanned::new(mode, text.span))
     }
 
     fn pair(&mut self, node: &KdlNode) -> Option<(Spanned<String>, Spanned<String>)> {
@@ -806,7 +831,7 @@ impl Decoder<'_> {
         let dockerfile = self.optional_string_prop(&props, "dockerfile");
         let context = self.optional_string_prop(&props, "context");
         let when = self.optional_string_prop(&props, "when");
-        let network = self.optional_string_prop(&props, "network").and_then(|s| self.network(s));
+        let network = self.optional_string_prop(&props, "network").and_then(|s| self.keyword(s, &NETWORK_MODES));
         let mut runs = Vec::new();
         for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
             if child.name().value() != "run" {
@@ -817,6 +842,18 @@ impl Decoder<'_> {
                 runs.push(run);
             }
         }
+        let body = self.test_body(&name, dockerfile, context, runs)?;
+        Some(TestDecl { name, body, when, network })
+    }
+
+    /// `run` lines or a Dockerfile (with its context), not both and not neither.
+    fn test_body(
+        &mut self,
+        name: &Spanned<String>,
+        dockerfile: Option<Spanned<String>>,
+        context: Option<Spanned<String>>,
+        runs: Vec<Spanned<String>>,
+    ) -> Option<TestBody> {
         let body = match (dockerfile, runs.is_empty()) {
             (Some(dockerfile), true) => TestBody::Dockerfile { dockerfile, context },
             (Some(dockerfile), false) => {
@@ -854,7 +891,35 @@ impl Decoder<'_> {
                 return None;
             }
         };
-        Some(TestDecl { name, body, when, network })
+        Some(body)
+    }
+}
+
+/// Names declared so far in an image block: declaring one again is a mistake.
+#[derive(Default)]
+struct ImageNames {
+    matrix: Option<SourceSpan>,
+    args: HashMap<String, SourceSpan>,
+    labels: HashMap<String, SourceSpan>,
+    tests: HashMap<String, SourceSpan>,
+}
+
+/// An image with a name and nothing else yet.
+fn empty_image(name: Spanned<String>) -> ImageDecl {
+    ImageDecl {
+        name,
+        matrix: Vec::new(),
+        excludes: Vec::new(),
+        repository: None,
+        dockerfile: None,
+        context: None,
+        path: None,
+        target: None,
+        args: Vec::new(),
+        labels: Vec::new(),
+        network: None,
+        tags: Vec::new(),
+        tests: Vec::new(),
     }
 }
 
@@ -898,4 +963,96 @@ pub(crate) fn did_you_mean<'k>(name: &str, known: &[&'k str]) -> Option<&'k str>
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a `settings` block holding `name "t"` and `lines`.
+    fn decode_settings(lines: &str) -> (String, Option<Manifest>, Vec<Diagnostic>) {
+        let text = format!("settings {{\n    name \"t\"\n{lines}\n}}\n");
+        let source = SourceFile::new("matrix.kdl", text.as_str());
+        let mut diags = Vec::new();
+        let manifest = decode(&source, &mut diags);
+        (text, manifest, diags)
+    }
+
+    /// Each diagnostic of the settings block as `code: message | `spanned text`: label, … | help`.
+    fn check(lines: &str, expected: &[&str]) {
+        let (text, _, diags) = decode_settings(lines);
+        let described: Vec<String> = diags
+            .iter()
+            .map(|d| {
+                let labels: Vec<String> = miette::Diagnostic::labels(d)
+                    .into_iter()
+                    .flatten()
+                    .map(|l| format!("`{}`: {}", &text[l.offset()..l.offset() + l.len()], l.label().unwrap_or("")))
+                    .collect();
+                let help = miette::Diagnostic::help(d).map(|h| h.to_string()).unwrap_or_default();
+                format!("{}: {} | {} | {help}", d.code(), d.message(), labels.join(", "))
+            })
+            .collect();
+        assert_eq!(described, expected, "{text}");
+    }
+
+    #[test]
+    fn builder_is_buildkit_or_classic_and_unset_by_default() {
+        for (word, choice) in [("buildkit", BuilderChoice::BuildKit), ("classic", BuilderChoice::Classic)] {
+            let (text, manifest, diags) = decode_settings(&format!("    builder \"{word}\""));
+            assert!(diags.is_empty(), "{diags:?}");
+            let builder = manifest.unwrap().settings.builder.expect("builder is set");
+            assert_eq!(builder.value, choice);
+            assert_eq!(builder.value.as_str(), word);
+            assert_eq!(&text[builder.span.offset()..builder.span.offset() + builder.span.len()], format!("\"{word}\""));
+        }
+        let (_, manifest, _) = decode_settings("");
+        assert_eq!(manifest.unwrap().settings.builder, None);
+    }
+
+    #[test]
+    fn an_unknown_builder_is_a_diagnostic_at_its_value() {
+        check(
+            "    builder \"docker\"",
+            &[
+                "trellis::schema::bad_builder: unknown builder `docker` | `\"docker\"`: not a builder | builder is one of \"buildkit\", \"classic\"",
+            ],
+        );
+        check(
+            "    builder \"BuildKit\"",
+            &[
+                "trellis::schema::bad_builder: unknown builder `BuildKit` | `\"BuildKit\"`: not a builder | builder is one of \"buildkit\", \"classic\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn builder_twice_is_a_duplicate() {
+        check(
+            "    builder \"buildkit\"\n    builder \"classic\"",
+            &[
+                "trellis::schema::duplicate: `builder` is declared twice | `builder`: declared again here, `builder`: first declared here | remove one of the two declarations",
+            ],
+        );
+    }
+
+    #[test]
+    fn builder_takes_one_string() {
+        check(
+            "    builder #true",
+            &[
+                "trellis::schema::wrong_type: the value of `builder` must be a string, found a boolean | `#true`: expected a string | write the value of `builder` in double quotes",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_unknown_pull_policy_is_a_diagnostic_at_its_value() {
+        check(
+            "    pull \"sometimes\"",
+            &[
+                "trellis::schema::bad_pull_policy: unknown pull policy `sometimes` | `\"sometimes\"`: not a pull policy | pull is one of \"missing\", \"always\", \"never\"",
+            ],
+        );
+    }
 }

@@ -1,9 +1,9 @@
-//! trellis-model: `matrix.kdl` → a validated [`Workspace`] of variants, rendered templates and
+//! trellis-model: `matrix.kdl` → a validated [`Model`] of variants, rendered templates and
 //! resolved references, or every [`Diagnostic`] that stands in the way.
 //!
 //! This crate is pure: it reads `matrix.kdl` and the Dockerfile templates it names, and knows
 //! nothing about Docker, the graph, keys or the terminal. Pipeline: KDL document (the `kdl`
-//! crate) → [`manifest::Manifest`] (`decode`: shapes and types, spans kept) → [`Workspace`]
+//! crate) → [`manifest::Manifest`] (`decode`: shapes and types, spans kept) → [`Model`]
 //! (`compile`: names, axes, variants, minijinja templates, floating tags, references).
 
 mod axis_vars;
@@ -12,16 +12,16 @@ mod decode;
 mod diagnostic;
 mod files;
 pub mod manifest;
+mod model;
 pub mod reference;
 mod template;
-mod workspace;
 
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, SourceFile};
 pub use files::{DiskFiles, Files, MemoryFiles};
-pub use manifest::{AttributeValue, Jobs, NetworkMode, PullPolicy};
-pub use workspace::*;
+pub use manifest::{AttributeValue, BuilderChoice, Jobs, NetworkMode, PullPolicy};
+pub use model::*;
 
 pub use reference::{normalise as normalise_reference, registry_of};
 
@@ -42,7 +42,7 @@ impl std::error::Error for Diagnostics {}
 
 /// Compiles `text` (the contents of the file shown as `name`) with templates from `files`;
 /// `root` is recorded as the workspace root. Never panics on any input.
-pub fn compile(root: &Path, name: &str, text: &str, files: &dyn Files) -> Result<Workspace, Diagnostics> {
+pub fn compile(root: &Path, name: &str, text: &str, files: &dyn Files) -> Result<Model, Diagnostics> {
     match compile_all(root, name, text, files) {
         (Some(workspace), diags) if diags.is_empty() => Ok(workspace),
         (_, diags) => Err(Diagnostics(diags)),
@@ -52,7 +52,7 @@ pub fn compile(root: &Path, name: &str, text: &str, files: &dyn Files) -> Result
 /// Compiles as [`compile`] does and returns every diagnostic with what did compile: with
 /// diagnostics, the workspace is partial (the variants that rendered), good only for finding
 /// further mistakes (build contexts, dependencies) in the same run.
-pub fn compile_all(root: &Path, name: &str, text: &str, files: &dyn Files) -> (Option<Workspace>, Vec<Diagnostic>) {
+pub fn compile_all(root: &Path, name: &str, text: &str, files: &dyn Files) -> (Option<Model>, Vec<Diagnostic>) {
     let source = SourceFile::new(name, text);
     let mut diags = Vec::new();
     let workspace = decode::decode(&source, &mut diags)
@@ -61,7 +61,7 @@ pub fn compile_all(root: &Path, name: &str, text: &str, files: &dyn Files) -> (O
 }
 
 /// [`load`] with every diagnostic and the partial workspace (see [`compile_all`]).
-pub fn load_all(path: &Path) -> Result<(Option<Workspace>, Vec<Diagnostic>), LoadError> {
+pub fn load_all(path: &Path) -> Result<(Option<Model>, Vec<Diagnostic>), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
     let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let root = if root.as_os_str().is_empty() { PathBuf::from(".") } else { root };
@@ -70,7 +70,7 @@ pub fn load_all(path: &Path) -> Result<(Option<Workspace>, Vec<Diagnostic>), Loa
 }
 
 /// Reads and compiles the `matrix.kdl` at `path`; templates are read relative to its directory.
-pub fn load(path: &Path) -> Result<Workspace, LoadError> {
+pub fn load(path: &Path) -> Result<Model, LoadError> {
     match load_all(path)? {
         (Some(workspace), diags) if diags.is_empty() => Ok(workspace),
         (_, diags) => Err(LoadError::Invalid(Diagnostics(diags))),

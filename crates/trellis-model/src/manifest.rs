@@ -41,6 +41,8 @@ pub struct Settings {
     pub retries: u32,
     pub backoff: Duration,
     pub pull: PullPolicy,
+    /// `None` when not set: the engine picks (see [`crate::WorkspaceSettings::builder`]).
+    pub builder: Option<Spanned<BuilderChoice>>,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             retries: 2,
             backoff: Duration::from_secs(1),
             pull: PullPolicy::Missing,
+            builder: None,
         }
     }
 }
@@ -74,6 +77,26 @@ pub enum PullPolicy {
     Missing,
     Always,
     Never,
+}
+
+/// The image builder the engine runs: `settings { builder "buildkit" }` or `"classic"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderChoice {
+    /// The engine's embedded BuildKit (`RUN --mount=type=cache`, `--platform` on `FROM`, …).
+    BuildKit,
+    /// The classic (legacy) builder.
+    Classic,
+}
+
+impl BuilderChoice {
+    /// The word of the setting: `"buildkit"` or `"classic"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuilderChoice::BuildKit => "buildkit",
+            BuilderChoice::Classic => "classic",
+        }
+    }
 }
 
 /// `axis "name" [values…] [sort="version"] { value "v" attr=… }`.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use trellis_model::{MemoryFiles, Workspace, compile};
+use trellis_model::{MemoryFiles, Model, compile};
 
 const MATRIX: &str = r#"settings { name "t"; }
 axis "os" "trixie" "bookworm"
@@ -31,18 +31,18 @@ const TEMPLATE: &str = "FROM scratch\n{% if variant == \"slim\" %}LABEL slim=yes
 {% if py.default is none %}LABEL default=none\n{% endif %}\
 {% include \"common.j2\" %}";
 
-fn workspace() -> Workspace {
+fn workspace() -> Model {
     let files = MemoryFiles::default()
         .with("Dockerfile.j2", TEMPLATE)
         .with("common.j2", "LABEL os={{ os }}{% if os.startswith('book') %} old{% endif %}\n");
     compile(Path::new("."), "matrix.kdl", MATRIX, &files).unwrap_or_else(|d| panic!("{:?}", d.0))
 }
 
-fn variant<'w>(ws: &'w Workspace, id: &str) -> &'w trellis_model::Variant {
+fn variant<'w>(ws: &'w Model, id: &str) -> &'w trellis_model::Variant {
     ws.variants.iter().find(|v| v.id == id).unwrap_or_else(|| panic!("no variant {id}"))
 }
 
-fn tags(ws: &Workspace, id: &str) -> Vec<String> {
+fn tags(ws: &Model, id: &str) -> Vec<String> {
     variant(ws, id).references.iter().map(|r| r.tag.clone()).collect()
 }
 

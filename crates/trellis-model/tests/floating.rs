@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use trellis_model::{MemoryFiles, Workspace, compile};
+use trellis_model::{MemoryFiles, Model, compile};
 
 fn workspace(
     versions: &[String],
     oses: &[&str],
     sort: bool,
     extra_tags: &str,
-) -> Result<Workspace, trellis_model::Diagnostics> {
+) -> Result<Model, trellis_model::Diagnostics> {
     let values: Vec<String> = versions.iter().map(|v| format!("\"{v}\"")).collect();
     let oses: Vec<String> = oses.iter().map(|o| format!("\"{o}\"")).collect();
     let text = format!(
@@ -36,7 +36,7 @@ image "app" {{
     compile(Path::new("."), "matrix.kdl", &text, &MemoryFiles::default().with("D.j2", "FROM scratch\n"))
 }
 
-fn owner<'w>(ws: &'w Workspace, reference: &str) -> Vec<&'w str> {
+fn owner<'w>(ws: &'w Model, reference: &str) -> Vec<&'w str> {
     ws.variants
         .iter()
         .filter(|v| v.references.iter().any(|r| r.to_string() == reference))

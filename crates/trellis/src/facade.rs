@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, OnceLock};
 
-use trellis_graph::{Dependencies, Graph, GraphInputs, NoState, PlannedNode, Selection, UnmatchedFilter, render};
+use trellis_graph::{Dependencies, Graph, GraphInputs, PlannedNode, Selection, UnmatchedFilter, render};
 use trellis_model::{Diagnostics, LoadError};
+
+use crate::backend::Backend;
+use crate::state::{StateStore, StoreView};
 
 /// Everything that can go wrong before anything runs.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +25,7 @@ pub enum Error {
     #[error("cannot write rendered Dockerfiles: {0}")]
     Render(std::io::Error),
     #[error(transparent)]
-    State(#[from] trellis_exec::StateError),
+    State(#[from] crate::state::StateError),
     #[error("cannot write the run's reports: {0}")]
     Report(std::io::Error),
     #[error("no container engine: {0}")]
@@ -42,7 +45,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Workspace {
     manifest: PathBuf,
-    model: Arc<trellis_model::Workspace>,
+    model: Arc<trellis_model::Model>,
     dependencies: Dependencies,
     inputs: GraphInputs,
     graph: OnceLock<Graph>,
@@ -87,6 +90,12 @@ impl Workspace {
         if inputs.registry.is_none() {
             inputs.registry = model.settings.registry.clone();
         }
+        if inputs.builder.is_none() {
+            // Offline, the settings' builder or the default an engine with BuildKit takes;
+            // attaching to an engine decides for real.
+            let choice = model.settings.builder.unwrap_or(trellis_model::BuilderChoice::BuildKit);
+            inputs.builder = Some(choice.as_str().to_owned());
+        }
         // Reports earlier runs wrote inside the workspace stay out of every context.
         for report in recorded_reports(&model.root.join(&model.settings.state)) {
             if !inputs.reports.contains(&report) {
@@ -101,20 +110,19 @@ impl Workspace {
         &self.manifest
     }
 
-    pub fn model(&self) -> &trellis_model::Workspace {
+    pub fn model(&self) -> &trellis_model::Model {
         &self.model
     }
 
     /// The model, shared (engines keep it for the whole run).
-    pub fn shared_model(&self) -> Arc<trellis_model::Workspace> {
+    pub fn shared_model(&self) -> Arc<trellis_model::Model> {
         Arc::clone(&self.model)
     }
 
-    /// Sets the external base images' IDs (resolved in the engine); keys are computed anew.
-    pub fn with_base_images(mut self, ids: trellis_graph::BaseImageIds) -> Self {
-        self.inputs.base_images = ids;
-        self.graph = OnceLock::new();
-        self
+    /// Replaces the graph's inputs and the graph keyed with them.
+    pub(crate) fn set_keyed(&mut self, inputs: GraphInputs, graph: Graph) {
+        self.inputs = inputs;
+        self.graph = OnceLock::from(graph);
     }
 
     /// The graph's inputs (registry, external base IDs).
@@ -166,40 +174,43 @@ impl Workspace {
     /// engine: a build whose image was removed still shows as up to date). Without a state
     /// store every build, test, tag and push runs ("never built", "never run", …).
     pub fn plan(&self, filters: &[String]) -> Result<Vec<PlannedNode>, Error> {
-        self.plan_with(filters, None)
+        self.plan_on(filters, None)
     }
 
     /// The plan `build` would follow with `backend` (from [`Workspace::attach`]): builds and
-    /// tags judged by what the engine holds, tests and pushes by the state store.
-    pub fn plan_on(&self, filters: &[String], backend: &crate::engine::Backend) -> Result<Vec<PlannedNode>, Error> {
-        self.plan_with(filters, Some(backend))
+    /// tags judged by what the engine holds, pushes by what the registry serves, tests by the
+    /// state store.
+    pub fn plan_on(&self, filters: &[String], backend: Option<&Backend>) -> Result<Vec<PlannedNode>, Error> {
+        let selection = self.select(filters)?;
+        let state_dir = self.state_dir();
+        // A missing store reads as empty.
+        let store = StateStore::read(&state_dir)?;
+        let view = self.store_view(&store, &state_dir, backend, Default::default())?;
+        Ok(trellis_graph::plan(&self.model, view.graph, &selection, &view))
     }
 
-    fn plan_with(
-        &self,
-        filters: &[String],
-        backend: Option<&crate::engine::Backend>,
-    ) -> Result<Vec<PlannedNode>, Error> {
-        let engine = backend.and_then(crate::engine::Backend::images_by_key);
-        let selection = self.select(filters)?;
-        let graph = self.graph()?;
-        let state_dir = self.model.root.join(&self.model.settings.state);
-        if engine.is_none() && !state_dir.join("state.json").exists() {
-            return Ok(trellis_graph::plan(&self.model, graph, &selection, &NoState));
-        }
-        // A missing store reads as empty.
-        let store = trellis_exec::StateStore::read(&state_dir)?;
-        let view = crate::store_view::StoreView {
-            store: &store,
-            state_dir: &state_dir,
+    /// The plan's judge: `store`, and what `backend` found in the engine and registry.
+    pub(crate) fn store_view<'a>(
+        &'a self,
+        store: &'a StateStore,
+        state_dir: &'a Path,
+        backend: Option<&'a Backend>,
+        refresh: std::collections::HashSet<usize>,
+    ) -> Result<StoreView<'a>, Error> {
+        Ok(StoreView {
+            store,
+            state_dir,
             workspace: &self.model,
-            graph,
-            refresh: Default::default(),
-            engine,
+            graph: self.graph()?,
+            refresh,
+            facts: backend.and_then(Backend::facts),
             unresolved: self.first_unresolved_base(),
-            served: backend.and_then(crate::engine::Backend::served),
-        };
-        Ok(trellis_graph::plan(&self.model, graph, &selection, &view))
+        })
+    }
+
+    /// The state directory (`settings { state }`, relative to matrix.kdl).
+    pub fn state_dir(&self) -> PathBuf {
+        self.model.root.join(&self.model.settings.state)
     }
 
     /// External bases (of the builds and Dockerfile tests FILTERs select) without an image ID:

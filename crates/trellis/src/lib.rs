@@ -1,5 +1,4 @@
-//! trellis: a build-graph engine for families of container images — the library facade and
-//! the CLI's commands.
+//! trellis: a build-graph engine for families of container images — the library.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), trellis::Error> {
@@ -13,38 +12,52 @@
 //! ```
 //!
 //! Building from another repository's `cargo xtask`: attach to the Docker engine (external
-//! bases resolved and pulled per `pull`, the workspace's images listed once), look at the plan
-//! `build` would follow, run it.
+//! bases resolved and pulled per `pull`, the builder chosen, the workspace's images listed
+//! once), look at the plan `build` would follow, run it with your own [`EventSink`] — or
+//! [`Quiet`]. The library never prints; the state store is written whatever the sink does.
 //!
 //! ```no_run
 //! # async fn xtask() -> Result<(), trellis::Error> {
-//! let workspace = trellis::Workspace::load("matrix.kdl")?;
-//! let (workspace, backend) = workspace.attach(trellis::Attach { pull: true, push: true, ..Default::default() }).await?;
+//! let mut workspace = trellis::Workspace::load("matrix.kdl")?;
 //! let filters = vec!["node=22.*".to_owned()];
-//! for node in workspace.plan_on(&filters, &backend)? {
+//! let how = trellis::Attach { pull: true, push: true, filters: filters.clone() };
+//! let backend = workspace.attach(how, &mut trellis::Quiet).await?;
+//! for node in workspace.plan_on(&filters, Some(&backend))? {
 //!     println!("{:?} {} — {}", node.action, node.id, node.reason);
 //! }
 //! let config = trellis::RunConfig { filters, push: true, ..Default::default() };
-//! let outcome = workspace.run(&config, backend, trellis::Shutdown::new()).await?;
-//! assert!(outcome.summary.succeeded(), "see {}", outcome.report.display());
+//! let mut failures = Vec::new();
+//! let mut sink = |event: &trellis::Event<'_>| {
+//!     if let trellis::Event::NodeFinished { node, .. } = event
+//!         && node.status == "failed"
+//!     {
+//!         failures.push(node.id.clone());
+//!     }
+//! };
+//! let outcome = workspace.run(&config, &backend, &mut sink).await?;
+//! assert!(outcome.summary.succeeded(), "{failures:?} failed; see {}", outcome.report.display());
 //! # Ok(()) }
 //! ```
 //!
-//! Only this crate knows about the terminal, JSON and exit codes; the model and graph crates
-//! below it are pure.
+//! The crates below it are pure (model, graph), generic (exec) or the engine's client
+//! (docker); the `trellis` command (crate `trellis-cli`) renders this library's events.
 
-pub mod cli;
-mod connect;
-pub mod engine;
-mod execute;
+mod attach;
+mod backend;
+mod clean;
+mod events;
 mod facade;
-pub mod output;
-mod reporter;
-mod store_view;
+mod run;
+mod state;
 
-pub use connect::Attach;
-pub use execute::{RunConfig, RunOutcome};
-pub use facade::{Error, TagEntry, Workspace, find_manifest};
-pub use trellis_exec::{RunSummary, Shutdown};
-pub use trellis_graph::{Action, BaseImageIds, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
+pub use attach::{Attach, EngineFacts};
+pub use backend::{Backend, NodeOutput, SimStep, Simulation};
+pub use clean::CleanReport;
+pub use events::{Event, EventSink, Quiet};
+pub use facade::{Error, TagEntry, Workspace, find_manifest, inside};
+pub use run::{RunConfig, RunOutcome};
+pub use state::{FailedAttempt, NodeRecord, Outcome, ReportNode, StateError, StateStore};
+pub use trellis_docker::BuilderKind;
+pub use trellis_exec::{CancelReason, JobError, RunSummary, Shutdown};
+pub use trellis_graph::{Action, BaseImageIds, Component, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
 pub use trellis_model::{AttributeValue, Diagnostic, Diagnostics, Variant};

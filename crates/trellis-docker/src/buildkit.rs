@@ -1,0 +1,403 @@
+//! The engine's embedded BuildKit (`POST /build?version=2`, no session), as measured on
+//! dockerd 20.10 / BuildKit 0.8.4:
+//! - progress arrives as `moby.buildkit.trace` messages (rendered like `--progress=plain`),
+//!   the image ID as the aux of `moby.image.id`, a failure as the stream's `error`;
+//! - the tar's `.dockerignore` is not applied (the walk already filtered the context, so the
+//!   tar carries it verbatim), and the Dockerfile under its reserved name is read from the tar
+//!   — and stays in the context, where `COPY . …` sees it;
+//! - build labels reach the image config without a history entry, so they are also written
+//!   as a final `LABEL` step (see [`with_label_step`]);
+//! - `FROM sha256:<id>` is looked up on Docker Hub, a local tag is found locally: a test
+//!   stands on a temporary tag of the image under test, moved away and removed afterwards;
+//! - dropping the connection cancels the build: the running step is killed and no container
+//!   or image stays (BuildKit's steps are not engine containers).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    BuildImageOptions, BuilderVersion, CreateImageOptions, RemoveImageOptions, TagImageOptions,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+
+use crate::builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile};
+use crate::buildkit_progress::PlainProgress;
+use crate::buildkit_status::decode_trace;
+use crate::client::{EngineError, classify};
+use crate::context_tar::{RESERVED_DOCKERFILE, buildkit_context_tar};
+use crate::endpoint::Endpoint;
+
+/// The repository of the temporary tags tests stand on: `.invalid` never resolves (RFC 2606),
+/// so should the tag vanish mid-test, nothing is pulled from anywhere.
+const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
+
+/// The stage [`with_label_step`] adds on top of a build's `target`.
+const LABEL_STAGE: &str = "trellis-labels";
+
+#[derive(Debug, Clone)]
+pub(crate) struct BuildKitBuilder {
+    docker: Docker,
+    endpoint: Option<Endpoint>,
+}
+
+impl BuildKitBuilder {
+    pub(crate) fn new(docker: Docker, endpoint: Option<Endpoint>) -> Self {
+        Self { docker, endpoint }
+    }
+
+    async fn build(
+        &self,
+        request: BuildRequest<'_>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
+        let (dockerfile, target) = with_label_step(request.dockerfile, &request.labels, request.target);
+        let tar = buildkit_context_tar(request.context, &dockerfile)
+            .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
+        let options = BuildImageOptions {
+            dockerfile: RESERVED_DOCKERFILE.to_owned(),
+            buildargs: Some(request.args.iter().cloned().collect()),
+            labels: Some(request.labels),
+            networkmode: Some(request.network.to_owned()),
+            target: target.unwrap_or_default(),
+            platform: request.platform.unwrap_or_default().to_owned(),
+            nocache: request.no_cache,
+            version: BuilderVersion::BuilderBuildKit,
+            ..Default::default()
+        };
+        // Nothing to record: BuildKit runs no engine containers, and a build's image is its result.
+        let id = self.run_build(options, tar, None, line).await?;
+        id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
+    }
+
+    async fn test(
+        &self,
+        request: TestRequest<'_>,
+        trace: &mut BuildTrace,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(), EngineError> {
+        let tag = temporary_tag();
+        let base = format!("{TEST_BASE_REPOSITORY}:{tag}");
+        let (dockerfile, context, args) = match (request.run, request.dockerfile) {
+            (Some(lines), _) => (run_test_dockerfile(&base, lines), None, HashMap::new()),
+            (None, Some((text, walk))) => {
+                (text.to_owned(), Some(walk), HashMap::from([("IMAGE".to_owned(), base.clone())]))
+            }
+            (None, None) => return Err(EngineError::Failed("a test needs run lines or a Dockerfile".to_owned())),
+        };
+        // Recorded before it exists: clean_up copes with a tag that was never made.
+        trace.temporary_tag = Some(base);
+        let options = TagImageOptions { repo: Some(TEST_BASE_REPOSITORY.to_owned()), tag: Some(tag) };
+        self.docker.tag_image(request.image_id, Some(options)).await.map_err(classify)?;
+        let labels = HashMap::from([(crate::labels::TEST.to_owned(), "true".to_owned())]);
+        let (dockerfile, target) = with_label_step(&dockerfile, &labels, None);
+        let tar = buildkit_context_tar(context, &dockerfile)
+            .map_err(|e| EngineError::Failed(format!("cannot read the test context: {e}")))?;
+        let options = BuildImageOptions {
+            dockerfile: RESERVED_DOCKERFILE.to_owned(),
+            buildargs: Some(args),
+            labels: Some(labels),
+            networkmode: Some(request.network.to_owned()),
+            target: target.unwrap_or_default(),
+            platform: request.platform.unwrap_or_default().to_owned(),
+            // Tests must really run: never satisfied from the layer cache.
+            nocache: true,
+            version: BuilderVersion::BuilderBuildKit,
+            ..Default::default()
+        };
+        self.run_build(options, tar, Some(trace), line).await?;
+        Ok(())
+    }
+
+    /// Streams one build over a connection of its own (see `endpoint.rs` for why) and returns
+    /// the image ID. With `trace`, the image is recorded there as soon as the engine names it.
+    async fn run_build(
+        &self,
+        options: BuildImageOptions,
+        tar: Vec<u8>,
+        mut trace: Option<&mut BuildTrace>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<String>, EngineError> {
+        let endpoint = self.endpoint.as_ref().ok_or_else(|| {
+            EngineError::Refused("BuildKit builds need DOCKER_HOST to be a unix:// or tcp:// address".to_owned())
+        })?;
+        let query = serde_urlencoded::to_string(&options).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let request = http::Request::post(format!("/v{}/build?{query}", self.docker.client_version()))
+            .header(http::header::HOST, endpoint.host_header())
+            .header(http::header::CONTENT_TYPE, "application/x-tar")
+            .body(Full::new(Bytes::from(tar)))
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        let unreachable = |e: hyper::Error| EngineError::Unreachable(e.to_string());
+        let mut connection = endpoint.connect().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;
+        let response = connection.sender.send_request(request).await.map_err(unreachable)?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = serde_json::from_slice::<ServerMessage>(&bytes)
+                .map_or_else(|_| String::from_utf8_lossy(&bytes).into_owned(), |m| m.message);
+            return Err(classify(bollard::errors::Error::DockerResponseServerError {
+                status_code: status.as_u16(),
+                message,
+            }));
+        }
+        let mut stream = BuildStream::default();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.map_err(unreachable)?.data_ref() {
+                stream.feed(data, line);
+                if let (Some(trace), Some(id)) = (trace.as_deref_mut(), &stream.image)
+                    && !trace.layers.contains(id)
+                {
+                    trace.layers.push(id.clone());
+                }
+            }
+        }
+        stream.finish(line)
+    }
+
+    /// Removes the test image, then takes the temporary tag off the image under test without
+    /// deleting that image (removing an image's last tag deletes the image, and the image under
+    /// test is often untagged until its tests pass): an empty image is imported under the tag,
+    /// which moves it, and then removed with it.
+    async fn clean_up(&self, trace: &BuildTrace) {
+        for id in trace.layers.iter().rev() {
+            let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
+            let _ = self.docker.remove_image(id, Some(options), None).await;
+        }
+        let Some(reference) = &trace.temporary_tag else { return };
+        let Some((repository, tag)) = reference.rsplit_once(':') else { return };
+        let options = CreateImageOptions {
+            from_src: Some("-".to_owned()),
+            repo: Some(repository.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        // Two zero blocks: an empty tar.
+        let empty = bollard::body_full(Bytes::from_static(&[0; 1024]));
+        let mut import = self.docker.create_image(Some(options), Some(empty), None);
+        let mut imported = true;
+        while let Some(item) = import.next().await {
+            imported &= item.is_ok();
+        }
+        if imported {
+            let options = RemoveImageOptions { force: true, noprune: false, ..Default::default() };
+            let _ = self.docker.remove_image(reference, Some(options), None).await;
+        }
+    }
+}
+
+impl Builder for BuildKitBuilder {
+    fn kind(&self) -> BuilderKind {
+        BuilderKind::BuildKit
+    }
+
+    fn build<'a>(
+        &'a self,
+        request: BuildRequest<'a>,
+        _trace: &'a mut BuildTrace,
+        line: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<String, EngineError>> {
+        Box::pin(BuildKitBuilder::build(self, request, line))
+    }
+
+    fn test<'a>(
+        &'a self,
+        request: TestRequest<'a>,
+        trace: &'a mut BuildTrace,
+        line: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(BuildKitBuilder::test(self, request, trace, line))
+    }
+
+    fn clean_up<'a>(&'a self, trace: &'a BuildTrace) -> BoxFuture<'a, ()> {
+        Box::pin(BuildKitBuilder::clean_up(self, trace))
+    }
+}
+
+/// A tag no other run or test uses at the same time.
+fn temporary_tag() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `dockerfile` with the labels that need no quoting also written as a final `LABEL` step,
+/// and the target to build then. BuildKit puts API labels into the image config only; the
+/// classic builder adds a `LABEL` history entry per label, and
+/// [`DockerClient::labelled_last`](crate::DockerClient::labelled_last) tells a build's own
+/// image from one built on top of it (which inherits its labels) by such entries. With a
+/// `target`, the step goes into a stage of its own on top of it; without one, at the end of
+/// the last stage. Sorted, so the same labels give the same image.
+pub(crate) fn with_label_step(
+    dockerfile: &str,
+    labels: &HashMap<String, String>,
+    target: Option<&str>,
+) -> (String, Option<String>) {
+    let plain =
+        |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@,+".contains(&b));
+    let mut pairs: Vec<String> =
+        labels.iter().filter(|(k, v)| plain(k) && plain(v)).map(|(k, v)| format!("{k}={v}")).collect();
+    if pairs.is_empty() {
+        return (dockerfile.to_owned(), target.map(str::to_owned));
+    }
+    pairs.sort();
+    let mut text = dockerfile.to_owned();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let target = target.map(|stage| {
+        text.push_str(&format!("FROM {stage} AS {LABEL_STAGE}\n"));
+        LABEL_STAGE.to_owned()
+    });
+    text.push_str(&format!("LABEL {}\n", pairs.join(" ")));
+    (text, target)
+}
+
+#[derive(serde::Deserialize)]
+struct ServerMessage {
+    message: String,
+}
+
+/// One JSON message of the `/build` stream.
+#[derive(serde::Deserialize)]
+struct BuildMessage {
+    id: Option<String>,
+    stream: Option<String>,
+    aux: Option<serde_json::Value>,
+    error: Option<String>,
+    #[serde(rename = "errorDetail")]
+    error_detail: Option<ErrorDetail>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
+    message: Option<String>,
+}
+
+/// The `/build` stream read as it arrives: newline-delimited JSON in arbitrary chunks.
+#[derive(Default)]
+struct BuildStream {
+    pending: Vec<u8>,
+    progress: PlainProgress,
+    /// Plain `stream` text (what an engine without BuildKit answers) until its newline.
+    text: String,
+    image: Option<String>,
+    failure: Option<String>,
+}
+
+impl BuildStream {
+    fn feed(&mut self, chunk: &[u8], line: &mut (dyn FnMut(&str) + Send)) {
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let message: Vec<u8> = self.pending.drain(..=end).collect();
+            if message.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<BuildMessage>(&message) {
+                Ok(message) => self.message(message, line),
+                Err(e) => {
+                    line(&format!("unreadable build message ({e}): {}", String::from_utf8_lossy(&message).trim()))
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, message: BuildMessage, line: &mut (dyn FnMut(&str) + Send)) {
+        match (message.id.as_deref(), message.aux) {
+            (Some("moby.buildkit.trace"), Some(serde_json::Value::String(aux))) => match decode_trace(&aux) {
+                Ok(update) => self.progress.lines(&update).iter().for_each(|l| line(l)),
+                Err(e) => line(&e.to_string()),
+            },
+            (_, Some(aux)) => {
+                if let Some(id) = aux.get("ID").and_then(serde_json::Value::as_str) {
+                    self.image = Some(id.to_owned());
+                }
+            }
+            _ => {}
+        }
+        if let Some(text) = message.stream {
+            self.text.push_str(&text);
+            while let Some(end) = self.text.find('\n') {
+                let whole: String = self.text.drain(..=end).collect();
+                line(whole.trim_end_matches(['\n', '\r']));
+            }
+        }
+        if let Some(error) = message.error_detail.and_then(|d| d.message).or(message.error) {
+            self.failure = Some(error);
+        }
+    }
+
+    fn finish(mut self, line: &mut (dyn FnMut(&str) + Send)) -> Result<Option<String>, EngineError> {
+        self.progress.finish().iter().for_each(|l| line(l));
+        if !self.text.is_empty() {
+            line(self.text.trim_end_matches(['\n', '\r']));
+        }
+        match self.failure {
+            Some(message) => {
+                line(&format!("error: {message}"));
+                Err(classify(bollard::errors::Error::DockerStreamError { error: message }))
+            }
+            None => Ok(self.image),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_labels_become_a_final_label_step() {
+        let labels = HashMap::from([
+            ("dev.trellis.key".to_owned(), "ab12".to_owned()),
+            ("dev.trellis.parents".to_owned(), "base/1@sha256:ff,tool@sha256:ee".to_owned()),
+            ("description".to_owned(), "needs \"quotes\" and $vars".to_owned()),
+        ]);
+        let (text, target) = with_label_step("FROM scratch", &labels, None);
+        assert_eq!(
+            text,
+            "FROM scratch\nLABEL dev.trellis.key=ab12 dev.trellis.parents=base/1@sha256:ff,tool@sha256:ee\n"
+        );
+        assert_eq!(target, None);
+        let (text, target) = with_label_step("FROM scratch AS app\nFROM scratch AS debug\n", &labels, Some("app"));
+        assert!(
+            text.contains("FROM scratch AS debug\nFROM app AS trellis-labels\nLABEL dev.trellis.key=ab12 "),
+            "{text}"
+        );
+        assert_eq!(target.as_deref(), Some(LABEL_STAGE));
+        let unchanged = with_label_step("FROM scratch\n", &HashMap::new(), Some("app"));
+        assert_eq!(unchanged, ("FROM scratch\n".to_owned(), Some("app".to_owned())));
+    }
+
+    #[test]
+    fn the_stream_is_read_across_chunks() {
+        let trace = r#"{"id":"moby.buildkit.trace","aux":"GnEKR3NoYTI1Njo1Mzc3OGQxYTU3NDI5M2Y5MDhjZGQ4MTk0ODRmOGMzNzQ5ZDQwNTQxZTU3YmVlZTVkNGRjMTZhZmNjZDhlMjExEgwIwumR2AYQ2PzthwIYASIWbWFya2VyLWhpCnNlY29uZCBsaW5lCg=="}"#;
+        let id = r#"{"id":"moby.image.id","aux":{"ID":"sha256:9ac7"}}"#;
+        let all = format!("{trace}\r\n{id}\r\n");
+        let mut stream = BuildStream::default();
+        let mut lines = Vec::new();
+        let mut line = |l: &str| lines.push(l.to_owned());
+        for chunk in all.as_bytes().chunks(7) {
+            stream.feed(chunk, &mut line);
+        }
+        assert_eq!(stream.finish(&mut line).unwrap().as_deref(), Some("sha256:9ac7"));
+        assert_eq!(lines, ["#1 marker-hi", "#1 second line"]);
+    }
+
+    #[test]
+    fn a_failure_in_the_stream_is_classified() {
+        let mut stream = BuildStream::default();
+        let mut lines = Vec::new();
+        let mut line = |l: &str| lines.push(l.to_owned());
+        let missing = r#"{"errorDetail":{"message":"failed to compute cache key: \"/nothere\" not found: not found"},"error":"failed to compute cache key: \"/nothere\" not found: not found"}"#;
+        stream.feed(format!("{missing}\n").as_bytes(), &mut line);
+        assert!(matches!(stream.finish(&mut line), Err(EngineError::Refused(_))));
+        let mut stream = BuildStream::default();
+        let failing = r#"{"errorDetail":{"message":"executor failed running [/bin/sh -c exit 3]: exit code: 3"}}"#;
+        stream.feed(format!("{failing}\n").as_bytes(), &mut line);
+        assert!(matches!(stream.finish(&mut line), Err(EngineError::Failed(_))));
+    }
+}

@@ -1,0 +1,313 @@
+//! Attaching a workspace to the Docker engine before anything runs: external bases resolved to
+//! image IDs (pulled per the `pull` policy when building), and the one listing of the
+//! workspace's images by build key that judges every build and tag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use trellis_docker::{BuilderKind, DockerClient, EngineError, ImageListing};
+use trellis_exec::RetryPolicy;
+use trellis_model::{BuilderChoice, PullPolicy};
+
+use crate::backend::{Backend, DockerBackend, Worker};
+use crate::events::{Event, EventSink};
+use crate::facade::{Error, Workspace};
+
+/// What attaching is for.
+#[derive(Debug, Clone, Default)]
+pub struct Attach {
+    /// Pull bases per the `pull` policy (a build). A plan never pulls: it reports what a build
+    /// would pull.
+    pub pull: bool,
+    /// The run pushes: credentials for the push registry are looked up once, and what the
+    /// registry serves is asked before planning.
+    pub push: bool,
+    /// The FILTERs of the run: only the external bases of the variants they select (with
+    /// their parents) are resolved, pulled and required. Empty: every variant.
+    pub filters: Vec<String>,
+}
+
+/// What the engine and the registry held when the workspace was attached: what judges builds,
+/// tags and pushes in a plan. Read once; a run updates its own copy as it builds.
+#[derive(Debug)]
+pub struct EngineFacts {
+    /// The workspace's images by their build key (one listing per run).
+    pub by_key: HashMap<String, ImageListing>,
+    /// When the run pushes: the push registry and the digest it serves for every selected
+    /// reference (`registry/repository:tag`), `None` where it serves none.
+    pub served: Option<(String, HashMap<String, Option<String>>)>,
+    /// The builder every build goes through.
+    pub builder: BuilderKind,
+}
+
+impl EngineFacts {
+    /// What the registry serves, by `registry/repository:tag`, and the registry.
+    pub fn served(&self) -> Option<(&HashMap<String, Option<String>>, &str)> {
+        self.served.as_ref().map(|(registry, served)| (served, registry.as_str()))
+    }
+}
+
+impl Workspace {
+    /// Connects to the Docker engine (DOCKER_HOST or the default socket), resolves the
+    /// external bases to image IDs (pulling per `how.pull`; pulls are told to `sink`), picks
+    /// the builder, keys the workspace with all of it, and returns the backend `run` uses.
+    /// Under `pull "never"` a missing base is an error here, before anything builds; a base
+    /// left without an ID (a plan pulls nothing) is in [`Workspace::unresolved_bases`].
+    /// On error the workspace is unchanged (still usable offline).
+    pub async fn attach(&mut self, how: Attach, sink: &mut dyn EventSink) -> Result<Backend, Error> {
+        let registry = self.graph_inputs().registry.clone();
+        if how.push && registry.is_none() {
+            return Err(Error::Unsupported(
+                "--push needs a registry: set `registry` in settings or pass --registry".to_owned(),
+            ));
+        }
+        let client = connect().await?;
+        let builder = choose_builder(&client, self.model().settings.builder).await?;
+        let selection = self.select(&how.filters)?;
+        let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
+        let listing = self.key_while_listing(&client, ids, builder).await?;
+        let by_key = images_by_key(&client, listing, self).await?;
+        let served = match (&registry, how.push) {
+            (Some(registry), true) => {
+                Some((registry.clone(), served_digests(&client, self, &selection, registry).await?))
+            }
+            _ => None,
+        };
+        let graph = self.graph()?;
+        let up_to_date: HashMap<usize, String> = (graph.variants.iter().enumerate())
+            .filter_map(|(v, nodes)| by_key.get(&graph.dag[nodes.build].key.to_hex()).map(|i| (v, i.id.clone())))
+            .collect();
+        let docker = DockerBackend {
+            builder: client.builder(builder),
+            client,
+            model: self.shared_model(),
+            images: Mutex::new(up_to_date),
+            run_labels: crate::backend::run_labels(&self.model().root),
+            own_files: Arc::clone(&graph.own_files),
+            parents: self.dependencies().parents.clone(),
+            credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
+            registry,
+        };
+        let facts = EngineFacts { by_key, served, builder };
+        Ok(Backend { worker: Worker::Docker(Arc::new(docker)), facts: Some(Arc::new(facts)) })
+    }
+
+    /// Keys the workspace with the bases' IDs and the builder, hashing the build contexts on
+    /// a blocking thread while the daemon lists the workspace's images (~0.1 s for 200): a
+    /// no-op run costs the longer of the two, not their sum.
+    async fn key_while_listing(
+        &mut self,
+        client: &DockerClient,
+        ids: trellis_graph::BaseImageIds,
+        builder: BuilderKind,
+    ) -> Result<Vec<ImageListing>, Error> {
+        let mut inputs = self.graph_inputs().clone();
+        inputs.base_images = ids;
+        inputs.builder = Some(builder.to_string());
+        let (model, dependencies, keyed_inputs) = (self.shared_model(), self.dependencies().clone(), inputs.clone());
+        let hashing = tokio::task::spawn_blocking(move || {
+            trellis_graph::Graph::build(&model, &dependencies, &keyed_inputs).map_err(Error::Invalid)
+        });
+        let listing = client.workspace_images(&self.model().settings.name).await;
+        let graph = hashing.await.map_err(|e| Error::Report(std::io::Error::other(e)))??;
+        let listing = listing.map_err(unreachable)?;
+        self.set_keyed(inputs, graph);
+        Ok(listing)
+    }
+}
+
+/// The builder: the settings' choice, else BuildKit where the engine offers it.
+async fn choose_builder(client: &DockerClient, choice: Option<BuilderChoice>) -> Result<BuilderKind, Error> {
+    let offered = client.offers_buildkit().await;
+    match choice {
+        Some(BuilderChoice::Classic) => Ok(BuilderKind::Classic),
+        Some(BuilderChoice::BuildKit) if offered => Ok(BuilderKind::BuildKit),
+        Some(BuilderChoice::BuildKit) => Err(Error::Unsupported(
+            "settings ask for builder \"buildkit\", and this engine does not offer BuildKit: update the engine, or set builder \"classic\"".to_owned(),
+        )),
+        None if offered => Ok(BuilderKind::BuildKit),
+        None => Ok(BuilderKind::Classic),
+    }
+}
+
+/// The digest the registry serves for every selected reference, asked through the engine a
+/// few at a time. A reference it cannot tell about counts as not served: its push node then
+/// runs, and reports the registry's error itself. Credentials the registry refuses stop the
+/// run here, before anything builds.
+async fn served_digests(
+    client: &DockerClient,
+    workspace: &Workspace,
+    selection: &trellis_graph::Selection,
+    registry: &str,
+) -> Result<HashMap<String, Option<String>>, Error> {
+    use futures_util::StreamExt;
+    let credentials = trellis_docker::credentials_for(registry);
+    let user = credentials.as_ref().and_then(|c| c.username.clone());
+    let targets: Vec<String> = (workspace.variants().iter().enumerate())
+        .filter(|(v, _)| selection.contains(*v))
+        .flat_map(|(_, v)| v.references.iter().map(|r| format!("{registry}/{r}")))
+        .collect();
+    futures_util::stream::iter(targets)
+        .map(|target| {
+            let credentials = credentials.clone();
+            async move {
+                let digest = client.registry_digest(&target, credentials).await;
+                (target, digest)
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|(target, digest)| match digest {
+            Err(EngineError::Unauthorized(detail)) => {
+                Err(Error::Unauthorized { registry: registry.to_owned(), user: user.clone(), detail })
+            }
+            other => Ok((target, other.ok().flatten())),
+        })
+        .collect()
+}
+
+/// Whether an image with trellis's labels is trellis's own build or test image, not one built
+/// on top of one (which inherits the labels): `clean` removes only those.
+pub(crate) async fn self_made(client: &DockerClient, image: &ImageListing) -> Result<bool, Error> {
+    use trellis_docker::labels::{KEY, TEST};
+    let (label, value) = match (image.labels.get(TEST), image.labels.get(KEY)) {
+        (Some(test), _) => (TEST, test),
+        (None, Some(key)) => (KEY, key),
+        (None, None) => return Ok(false),
+    };
+    client.labelled_last(&image.id, label, value).await.map_err(unreachable)
+}
+
+/// `registry/repository` of `registry/repository:tag`.
+pub(crate) fn repository_of(reference: &str) -> &str {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => reference,
+    }
+}
+
+pub(crate) fn unreachable(error: EngineError) -> Error {
+    Error::NoEngine(error.to_string())
+}
+
+pub(crate) async fn connect() -> Result<DockerClient, Error> {
+    DockerClient::connect().await.map_err(|e| {
+        Error::NoEngine(format!(
+            "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
+        ))
+    })
+}
+
+/// The image of each current build key. Docker copies a parent's labels into every image
+/// built on it (by a user, or a child's build that failed halfway), so several images can
+/// carry one key: the image the state store recorded for that build wins without asking the
+/// engine anything more; otherwise, of the images that are that build's own (its label steps
+/// are their newest history, `labelled_last`), the one the variant's references point at,
+/// then the newest.
+pub(crate) async fn images_by_key(
+    client: &DockerClient,
+    listing: Vec<ImageListing>,
+    workspace: &Workspace,
+) -> Result<HashMap<String, ImageListing>, Error> {
+    use trellis_docker::labels::KEY;
+    let model = workspace.model();
+    let graph = workspace.graph()?;
+    let store = crate::state::StateStore::read(&model.root.join(&model.settings.state)).ok();
+    let mut candidates: HashMap<String, Vec<ImageListing>> = HashMap::new();
+    for image in listing {
+        if let Some(key) = image.labels.get(KEY).cloned() {
+            candidates.entry(key).or_default().push(image);
+        }
+    }
+    let mut chosen = HashMap::new();
+    for (v, nodes) in graph.variants.iter().enumerate() {
+        let build = &graph.dag[nodes.build];
+        let key = build.key.to_hex();
+        let Some(mut images) = candidates.remove(&key) else { continue };
+        let recorded = (store.as_ref().and_then(|s| s.get(&build.id)))
+            .filter(|record| record.key == key)
+            .and_then(|record| record.details.image.as_ref());
+        if let Some(at) = recorded.and_then(|id| images.iter().position(|i| &i.id == id)) {
+            chosen.insert(key, images.swap_remove(at));
+            continue;
+        }
+        let first_reference = model.variants[v].references.first().map(ToString::to_string);
+        let tested = |image: &ImageListing| first_reference.as_ref().is_some_and(|r| image.repo_tags.contains(r));
+        images.sort_by_key(|image| std::cmp::Reverse((tested(image), image.created)));
+        for image in images {
+            if client.labelled_last(&image.id, KEY, &key).await.map_err(unreachable)? {
+                chosen.insert(key, image);
+                break;
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// Every external base's image ID. `pull "always"` pulls each one (a base that moved in its
+/// registry then changes its dependents' keys); `"missing"` pulls those the engine lacks;
+/// `"never"` never pulls, and a missing base is an error before anything builds.
+pub(crate) async fn resolve_bases(
+    client: &DockerClient,
+    workspace: &Workspace,
+    selection: &trellis_graph::Selection,
+    pull: bool,
+    sink: &mut dyn EventSink,
+) -> Result<trellis_graph::BaseImageIds, Error> {
+    let settings = &workspace.model().settings;
+    let policy = settings.pull;
+    let retry = RetryPolicy { retries: settings.retries, delay: settings.backoff, ..RetryPolicy::default() };
+    let mut ids = trellis_graph::BaseImageIds::default();
+    let mut missing = Vec::new();
+    for base in workspace.dependencies().external_bases_of(|v| selection.contains(v)) {
+        let present = client.image_id(base).await.map_err(unreachable)?;
+        let id = match (present, policy) {
+            (_, PullPolicy::Always) | (None, PullPolicy::Missing) if pull => {
+                Some(pull_base(client, base, &retry, sink).await?)
+            }
+            (present, _) => present,
+        };
+        match id {
+            Some(id) => {
+                ids.0.insert(base.clone(), id);
+            }
+            None if policy == PullPolicy::Never && pull => missing.push(base.clone()),
+            None => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::MissingBases { bases: missing, policy: "never".to_owned() });
+    }
+    Ok(ids)
+}
+
+/// Pulls one base with the run's retry policy; the last error says why it could not be had.
+async fn pull_base(
+    client: &DockerClient,
+    base: &str,
+    retry: &RetryPolicy,
+    sink: &mut dyn EventSink,
+) -> Result<String, Error> {
+    let credentials = trellis_docker::credentials_for_image(base);
+    let mut delays = retry.delays(RetryPolicy::seed_for(base));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        sink.event(&Event::Pulling { base, attempt });
+        match client.pull(base, credentials.clone(), &mut |_: &str| {}).await {
+            Ok(image) => {
+                sink.event(&Event::Pulled { base, image: &image });
+                return Ok(image);
+            }
+            Err(error) => match delays.next() {
+                Some(retry_in) => {
+                    sink.event(&Event::PullFailed { base, error: &error.to_string(), retry_in });
+                    tokio::time::sleep(retry_in).await;
+                }
+                None => return Err(Error::Pull { base: base.to_owned(), message: error.to_string() }),
+            },
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The Docker Engine worker: builds through the chosen builder, tests as layers on the exact
+//! image, tags, pushes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use trellis_docker::labels;
+use trellis_exec::{ErrorClass, JobContext, JobError};
+use trellis_graph::{Component, ContextWalk, Node, NodeKind};
+use trellis_model::{Variant, VariantTestBody};
+
+use super::{NodeJob, NodeOutput};
+
+/// The Docker Engine: builds, tests as layers, tags, pushes.
+#[derive(Debug)]
+pub(crate) struct DockerBackend {
+    pub client: trellis_docker::DockerClient,
+    /// The builder every build and test goes through.
+    pub builder: Arc<dyn trellis_docker::Builder>,
+    pub model: Arc<trellis_model::Model>,
+    /// Image ID per variant: up-to-date builds from the listing, then this run's builds.
+    pub images: Mutex<HashMap<usize, String>>,
+    /// Push target (`--registry` or the settings'), and its credentials from the docker
+    /// config, looked up once per run.
+    pub registry: Option<String>,
+    pub credentials: Option<trellis_docker::DockerCredentials>,
+    /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
+    /// git). Not part of any key: a new commit alone must not rebuild anything.
+    pub run_labels: HashMap<String, String>,
+    /// trellis's own files: left out of the tars as they were left out of the keys.
+    pub own_files: Arc<trellis_graph::OwnFiles>,
+    /// Per variant, the variants its Dockerfile builds on.
+    pub parents: Vec<Vec<usize>>,
+}
+
+/// The OCI labels describing this run: when, and from which commit of which repository.
+pub(crate) fn run_labels(root: &std::path::Path) -> HashMap<String, String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let mut labels = HashMap::new();
+    labels.insert(
+        "org.opencontainers.image.created".to_owned(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    );
+    if let Some(revision) = git(&["rev-parse", "HEAD"]) {
+        labels.insert("org.opencontainers.image.revision".to_owned(), revision);
+    }
+    if let Some(source) = git(&["config", "--get", "remote.origin.url"]) {
+        labels.insert("org.opencontainers.image.source".to_owned(), source);
+    }
+    labels
+}
+
+/// Retried: what can be transient (an engine or registry away, a failing RUN step). Not
+/// retried: what the engine refuses as it stands, and refused credentials.
+fn engine_error(error: trellis_docker::EngineError) -> JobError {
+    use trellis_docker::EngineError as E;
+    let class = match error {
+        E::Unreachable(_) => ErrorClass::EngineUnreachable,
+        E::Failed(_) => ErrorClass::NodeFailed,
+        E::Refused(_) => ErrorClass::InvalidInput,
+        E::Unauthorized(_) => ErrorClass::AccessDenied,
+    };
+    JobError::new(class, error.to_string())
+}
+
+fn invalid(message: impl Into<String>) -> JobError {
+    JobError::new(ErrorClass::InvalidInput, message)
+}
+
+type Ctx = JobContext<NodeOutput>;
+
+impl DockerBackend {
+    pub async fn run(&self, job: &NodeJob, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let node = &job.node;
+        let variant = &self.model.variants[node.variant];
+        match node.kind {
+            NodeKind::Build => self.build(node, variant, job.no_cache, ctx).await,
+            NodeKind::Test => self.test(node, variant, ctx).await,
+            NodeKind::Tag => self.tag(node, variant, ctx).await,
+            NodeKind::Push => self.push(node, variant, ctx).await,
+            NodeKind::Render => Err(invalid("render nodes are written by the runner, not the engine")),
+        }
+    }
+
+    /// The image ID of a variant: built in this run, or up to date in the engine.
+    fn image_of(&self, variant: usize) -> Result<String, JobError> {
+        self.images
+            .lock()
+            .map_err(|_| JobError::failed("image table poisoned"))?
+            .get(&variant)
+            .cloned()
+            .ok_or_else(|| invalid("the variant's image is not in the engine"))
+    }
+
+    async fn build(&self, node: &Node, variant: &Variant, no_cache: bool, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let walk = self.walk_planned_context(node, variant).await?;
+        let request = trellis_docker::BuildRequest {
+            dockerfile: &variant.dockerfile,
+            context: Some(&walk),
+            args: &variant.args,
+            labels: self.build_labels(node, variant)?,
+            network: variant.network.as_str(),
+            target: variant.target.as_deref(),
+            no_cache,
+            platform: None,
+        };
+        let mut trace = trellis_docker::BuildTrace::default();
+        let mut log = |line: &str| ctx.line(line);
+        let id = tokio::select! {
+            result = self.builder.build(request, &mut trace, &mut log) => result.map_err(engine_error),
+            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
+        };
+        // Dropping the stream does not stop a running step: remove what it left.
+        if id.is_err() {
+            self.builder.clean_up(&trace).await;
+        }
+        let id = id?;
+        if let Ok(mut images) = self.images.lock() {
+            images.insert(node.variant, id.clone());
+        }
+        Ok(NodeOutput::image(id))
+    }
+
+    /// The build context, walked again for the tar: the same walk as the key, and refused
+    /// when its content is no longer what was planned.
+    async fn walk_planned_context(&self, node: &Node, variant: &Variant) -> Result<ContextWalk, JobError> {
+        let dir = self.model.root.join(&variant.context);
+        let own = self.own_files.in_context(&variant.context);
+        let planned = node.component(&Component::Context).map(str::to_owned);
+        let (walk, digest) = tokio::task::spawn_blocking(move || {
+            let walk = ContextWalk::new(&dir, &own)?;
+            let digest = walk.digest()?;
+            Ok::<_, trellis_graph::ContextError>((walk, digest))
+        })
+        .await
+        .map_err(|e| JobError::failed(e.to_string()))?
+        .map_err(|e| invalid(e.to_string()))?;
+        if planned.as_deref() != Some(digest.to_hex().as_str()) {
+            return Err(invalid("the build context changed after planning: run trellis build again"));
+        }
+        Ok(walk)
+    }
+
+    /// The run's OCI labels, the matrix's own, and trellis's (which the skip listing reads).
+    fn build_labels(&self, node: &Node, variant: &Variant) -> Result<HashMap<String, String>, JobError> {
+        let mut labels = self.run_labels.clone();
+        // The version is the variant's first tag unless the matrix says otherwise (like the
+        // run's labels it is not part of the key: renaming a tag rebuilds nothing).
+        if let Some(first) = variant.references.first() {
+            labels.insert("org.opencontainers.image.version".to_owned(), first.tag.clone());
+        }
+        labels.extend(variant.labels.iter().cloned());
+        labels.insert(labels::WORKSPACE.to_owned(), self.model.settings.name.clone());
+        labels.insert(labels::VARIANT.to_owned(), variant.id.clone());
+        labels.insert(labels::KEY.to_owned(), node.key.to_hex());
+        // The tested images of the parents the FROM lines resolve to now: a parent rebuilt
+        // later under the same key then makes this image stale.
+        let mut parents = Vec::new();
+        for &parent in &self.parents[node.variant] {
+            parents.push(format!("{}@{}", self.model.variants[parent].id, self.image_of(parent)?));
+        }
+        labels.insert(labels::PARENTS.to_owned(), parents.join(","));
+        Ok(labels)
+    }
+
+    async fn test(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let image = self.image_of(node.variant)?;
+        let test = &variant.tests[node.test.unwrap_or_default()];
+        // A Dockerfile test's context, walked before the request borrows it.
+        let user_test = match &test.body {
+            VariantTestBody::Run(_) => None,
+            VariantTestBody::Dockerfile { context, text, .. } => {
+                let own = self.own_files.in_context(context);
+                let walk =
+                    ContextWalk::new(&self.model.root.join(context), &own).map_err(|e| invalid(e.to_string()))?;
+                Some((&**text, walk))
+            }
+        };
+        let request = trellis_docker::TestRequest {
+            image_id: &image,
+            run: match &test.body {
+                VariantTestBody::Run(lines) => Some(lines),
+                VariantTestBody::Dockerfile { .. } => None,
+            },
+            dockerfile: user_test.as_ref().map(|(text, walk)| (*text, walk)),
+            network: test.network.as_str(),
+            platform: None,
+        };
+        let mut trace = trellis_docker::BuildTrace::default();
+        let mut log = |line: &str| ctx.line(line);
+        let result = tokio::select! {
+            result = self.builder.test(request, &mut trace, &mut log) => result.map_err(engine_error),
+            () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
+        };
+        // After success, failure and cancellation alike: no test container or image stays.
+        self.builder.clean_up(&trace).await;
+        result?;
+        Ok(NodeOutput::image(image))
+    }
+
+    async fn tag(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let image = self.image_of(node.variant)?;
+        for reference in &variant.references {
+            let reference = reference.to_string();
+            self.client.tag(&image, &reference).await.map_err(engine_error)?;
+            ctx.line(format!("tagged {reference}"));
+        }
+        Ok(NodeOutput::image(image))
+    }
+
+    async fn push(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let registry = self
+            .registry
+            .as_deref()
+            .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
+        let image = self.image_of(node.variant)?;
+        // Where the engine recorded this image as pushed: one inspect for all references.
+        let mut recorded = self.client.repo_digests(&image).await.map_err(engine_error)?;
+        let mut digest = String::new();
+        for reference in &variant.references {
+            let target = format!("{registry}/{reference}");
+            let repository = format!("{registry}/{}", reference.repository);
+            if let Some(served) = self.already_served(&image, &recorded, &target, &repository, registry).await? {
+                ctx.line(format!("{target} is already served at {served}"));
+                digest = served;
+                continue;
+            }
+            let mut log = |line: &str| ctx.line(line);
+            let pushed = tokio::select! {
+                result = self.client.push(&image, &target, self.credentials.clone(), &mut log) => result.map_err(|e| self.registry_error(registry, e))?,
+                () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+            };
+            ctx.line(format!("pushed {target} at {pushed}"));
+            // The engine now records this digest for the repository, as a new inspect
+            // would show.
+            recorded.retain(|d| !d.starts_with(&format!("{repository}@")));
+            recorded.push(format!("{repository}@{pushed}"));
+            digest = pushed;
+        }
+        Ok(NodeOutput { image: Some(image), digest: Some(digest) })
+    }
+
+    /// The digest `target` is served at, when it is the digest this image was pushed under
+    /// (the local reference is then pointed at the image, as a push would).
+    async fn already_served(
+        &self,
+        image: &str,
+        recorded: &[String],
+        target: &str,
+        repository: &str,
+        registry: &str,
+    ) -> Result<Option<String>, JobError> {
+        let local = trellis_docker::digest_in(recorded, repository);
+        let served = (self.client.registry_digest(target, self.credentials.clone()).await)
+            .map_err(|e| self.registry_error(registry, e))?;
+        match (local, served) {
+            (Some(local), Some(served)) if local == served => {
+                self.client.tag(image, target).await.map_err(engine_error)?;
+                Ok(Some(served))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A push or registry error; a refusal names the registry and the user.
+    fn registry_error(&self, registry: &str, error: trellis_docker::EngineError) -> JobError {
+        match error {
+            trellis_docker::EngineError::Unauthorized(detail) => {
+                let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
+                let who = user.map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`"));
+                JobError::new(
+                    ErrorClass::AccessDenied,
+                    format!(
+                        "unauthorized: {registry} refused {who} ({detail}); check the credentials in the docker config (`docker login {registry}`)"
+                    ),
+                )
+            }
+            other => engine_error(other),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The plan's view of the state store: a node is skipped when its current key already
+//! succeeded; otherwise the reason names what changed, down to the context file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use trellis_graph::{Component, ContextManifest, Graph, Node, NodeKind, StateView};
+use trellis_model::Model;
+
+use super::{NodeRecord, Outcome, StateStore};
+use crate::attach::EngineFacts;
+
+/// The plan's judge: the state store, and what the engine and registry hold when attached.
+pub(crate) struct StoreView<'a> {
+    pub store: &'a StateStore,
+    pub state_dir: &'a Path,
+    pub workspace: &'a Model,
+    pub graph: &'a Graph,
+    /// Variants whose builds run although their keys are unchanged (`--refresh`).
+    pub refresh: HashSet<usize>,
+    /// What the engine (and, for a pushing run, the registry) held when attached: builds and
+    /// tags are then judged by what the engine really holds.
+    pub facts: Option<&'a EngineFacts>,
+    /// Per variant, an external base the engine does not hold (a plan pulls nothing).
+    pub unresolved: HashMap<usize, &'a str>,
+}
+
+impl StateView for StoreView<'_> {
+    fn judge(&self, node: &Node) -> Result<String, String> {
+        if node.kind == NodeKind::Build && self.refresh.contains(&node.variant) {
+            return Err("refresh requested: rebuilt without the layer cache".to_owned());
+        }
+        if let Some(images) = self.facts.map(|f| &f.by_key) {
+            // A base the engine lacks (a plan does not pull): the build's key is not final yet.
+            if let (NodeKind::Build, Some(base)) = (node.kind, self.unresolved.get(&node.variant)) {
+                return Err(match self.workspace.settings.pull {
+                    trellis_model::PullPolicy::Never => format!("base {base} is not in the engine (pull \"never\")"),
+                    _ => format!("base {base} is not in the engine yet: pulled first"),
+                });
+            }
+            match node.kind {
+                NodeKind::Build => {
+                    return match images.get(&node.key.to_hex()) {
+                        Some(image) => match self.moved_parent(node, image, images) {
+                            Some(parent) => Err(format!("parent {parent} was rebuilt: its tested image changed")),
+                            None => Ok(format!("image {} has this key", short(&image.id))),
+                        },
+                        None => Err(match self.store.get(&node.id) {
+                            Some(record) if record.key == node.key.to_hex() => {
+                                "its image is gone from the engine".to_owned()
+                            }
+                            Some(record) => self.what_changed(record, node),
+                            None => "never built".to_owned(),
+                        }),
+                    };
+                }
+                NodeKind::Tag => {
+                    let build_key = node.component(&Component::Image);
+                    let variant = &self.workspace.variants[node.variant];
+                    let on_image = build_key.and_then(|k| images.get(k)).is_some_and(|image| {
+                        variant.references.iter().all(|r| image.repo_tags.contains(&r.to_string()))
+                    });
+                    if !on_image {
+                        return Err("not every reference points at the image".to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(record) = self.store.get(&node.id) else { return Err(trellis_graph::never(node.kind).to_owned()) };
+        if let (NodeKind::Push, Some((served, registry)), Outcome::Succeeded) =
+            (node.kind, self.facts.and_then(EngineFacts::served), &record.outcome)
+            && record.key == node.key.to_hex()
+        {
+            let pushed = record.details.digest.as_deref();
+            for reference in &self.workspace.variants[node.variant].references {
+                let target = format!("{registry}/{reference}");
+                match served.get(&target).and_then(Option::as_deref) {
+                    Some(digest) if Some(digest) == pushed => {}
+                    Some(_) => return Err(format!("{target} is served at another digest")),
+                    None => return Err(format!("{target} is not served")),
+                }
+            }
+        }
+        if record.key == node.key.to_hex() {
+            return match record.outcome {
+                Outcome::Succeeded => Ok(format!("up to date (run {})", record.run)),
+                Outcome::Failed => Err(format!("failed in run {}", record.run)),
+            };
+        }
+        Err(self.what_changed(record, node))
+    }
+}
+
+impl StoreView<'_> {
+    /// A parent whose current image (the one its key names in the engine) is not the one
+    /// `image` was built on: a refresh, or a rebuild the key cannot see.
+    fn moved_parent(
+        &self,
+        node: &Node,
+        image: &trellis_docker::ImageListing,
+        images: &HashMap<String, trellis_docker::ImageListing>,
+    ) -> Option<&str> {
+        let built_on: HashMap<&str, &str> = (image.labels.get(trellis_docker::labels::PARENTS))
+            .map(|parents| parents.split(',').filter_map(|p| p.split_once('@')).collect())
+            .unwrap_or_default();
+        let index = self.graph.index(&node.id)?;
+        let parents = (self.graph.dag.neighbors_directed(index, petgraph::Incoming))
+            .map(|p| &self.graph.dag[p])
+            .filter(|p| p.kind == NodeKind::Tag);
+        for parent in parents {
+            let parent_build = &self.graph.dag[self.graph.variants[parent.variant].build];
+            let Some(current) = images.get(&parent_build.key.to_hex()) else { continue };
+            let id = self.workspace.variants[parent.variant].id.as_str();
+            if built_on.get(id) != Some(&current.id.as_str()) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn what_changed(&self, record: &NodeRecord, node: &Node) -> String {
+        let now: BTreeMap<String, &str> = node.components.iter().map(|(c, v)| (c.to_string(), v.as_str())).collect();
+        let mut reasons = Vec::new();
+        // In the key's own order: Dockerfile, context, args, labels, builder, parents, bases.
+        for (component, value) in &node.components {
+            match record.components.get(&component.to_string()) {
+                Some(old) if old == value => {}
+                Some(old) => reasons.push(self.describe(component, old, node)),
+                None => reasons.push(format!("{component} added")),
+            }
+        }
+        for name in record.components.keys() {
+            if !now.contains_key(name) {
+                reasons.push(format!("{name} removed"));
+            }
+        }
+        if reasons.is_empty() {
+            // Same components, different key: the key schema changed.
+            reasons.push("key schema changed".to_owned());
+        }
+        reasons.join("; ")
+    }
+
+    fn describe(&self, component: &Component, old: &str, node: &Node) -> String {
+        match component {
+            Component::Context => self.context_change(old, node),
+            other => other.changed(),
+        }
+    }
+
+    fn context_change(&self, old_digest: &str, node: &Node) -> String {
+        let variant = &self.workspace.variants[node.variant];
+        let current = self.graph.context_manifests.get(&variant.context);
+        let before = load_manifest(self.state_dir, old_digest);
+        match (current, before) {
+            (Some(current), Some(before)) => {
+                let changed = current.changed_files(&before);
+                match changed.as_slice() {
+                    [] => "build context changed".to_owned(),
+                    [one] => format!("context file {one} changed"),
+                    [a, b] => format!("context files {a}, {b} changed"),
+                    [a, b, rest @ ..] => format!("context files {a}, {b} and {} more changed", rest.len()),
+                }
+            }
+            _ => "build context changed".to_owned(),
+        }
+    }
+}
+
+fn manifest_path(state_dir: &Path, digest: &str) -> PathBuf {
+    state_dir.join("contexts").join(format!("{digest}.json"))
+}
+
+fn load_manifest(state_dir: &Path, digest: &str) -> Option<ContextManifest> {
+    let bytes = std::fs::read(manifest_path(state_dir, digest)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Keeps a context's file list, so a later plan can name the file that changed. Written once
+/// per digest (content-addressed); a failure to write only costs detail in a later reason.
+pub(crate) fn save_manifest(state_dir: &Path, manifest: &ContextManifest) {
+    let path = manifest_path(state_dir, &manifest.digest.to_hex());
+    if path.exists() {
+        return;
+    }
+    if let Ok(bytes) = serde_json::to_vec(manifest) {
+        let _ = trellis_graph::render::write_if_changed(&path, &bytes);
+    }
+}
+
+fn short(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
+}
