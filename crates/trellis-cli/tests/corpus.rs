@@ -574,6 +574,7 @@ corpus! {
     file_flag: "file-flag",
     external_base: "external-base",
     filtered_external: "filtered-external",
+    cache_mount: "cache-mount",
 }
 
 /// A case folder without a test would never run; a case file with a typo would run a weaker

@@ -59,15 +59,13 @@ fn external_base(ws: &EngineWorkspace, marker: &str) {
     std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
     std::fs::write(dir.join("Dockerfile"), format!("{}LABEL marker={marker}\n", BASE.replace("NAME", &ws.name)))
         .unwrap();
-    let status = Command::new("docker")
+    let output = Command::new("docker")
         .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
         .arg(&dir)
         .env("DOCKER_BUILDKIT", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(output.status.success(), "docker build of the external base: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn family(label: &str) -> EngineWorkspace {
@@ -535,13 +533,20 @@ fn stderr_of<T>(f: impl FnOnce() -> T) -> (T, String) {
         pipe.read_to_string(&mut text).unwrap();
         text
     });
-    let value = f();
+    let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     // SAFETY: restores fd 2; the pipe's write end closes with it, ending the reader.
     unsafe {
         libc::dup2(saved, std::io::stderr().as_raw_fd());
         libc::close(saved);
     }
-    (value, reader.join().unwrap())
+    let text = reader.join().unwrap();
+    match value {
+        Ok(value) => (value, text),
+        Err(panic) => {
+            eprintln!("stderr while it ran:\n{text}");
+            std::panic::resume_unwind(panic)
+        }
+    }
 }
 
 #[test]
@@ -554,7 +559,7 @@ fn a_library_caller_runs_quietly_with_its_own_sink_and_the_next_run_skips_everyt
             let mut workspace = trellis::Workspace::load(ws.fixture.path("matrix.kdl")).unwrap();
             let how = trellis::Attach { filters: filters.clone(), ..Default::default() };
             let backend = workspace.attach(how, &mut trellis::Quiet).await.unwrap();
-            assert!(workspace.unresolved_bases(&[]).unwrap().is_empty(), "the external base is in the engine");
+            assert!(workspace.unresolved_bases(&filters).unwrap().is_empty(), "the selection needs no missing base");
             let plan = workspace.plan_on(&filters, Some(&backend)).unwrap();
             let config = trellis::RunConfig { filters: filters.clone(), ..Default::default() };
             let mut sink = |event: &trellis::Event<'_>| match event {
@@ -685,9 +690,16 @@ fn a_refreshed_parent_rebuilds_its_children_on_it() {
         assert!(reason.contains("parent base was rebuilt"), "{reason}");
     }
     assert_eq!(ws.build(&[]).0, Some(0));
+    // With either builder: the child's layers start with the refreshed base's (BuildKit's
+    // images record no parent image, so `docker history` cannot tell).
+    let layers = |reference: &str| docker(&["image", "inspect", "-f", "{{json .RootFS.Layers}}", reference]);
+    let base_layers = layers(&base);
     for v in ["1", "2"] {
-        let history = docker(&["history", "-q", "--no-trunc", &ws.reference("app", v)]);
-        assert!(history.lines().any(|l| l == base), "app/{v} stands on the refreshed base:\n{history}");
+        let child = layers(&ws.reference("app", v));
+        assert!(
+            child.starts_with(base_layers.trim_end_matches(']')),
+            "app/{v} stands on the refreshed base:\n{child}\n{base_layers}"
+        );
     }
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(0));
@@ -744,4 +756,42 @@ fn an_image_built_on_a_trellis_image_is_neither_taken_for_it_nor_cleaned() {
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert_eq!(image_id(&derived_ref), Some(derived.clone()), "clean keeps what others built on ours");
     docker(&["rmi", &derived_ref]);
+}
+
+/// The log of `node` in the last run.
+fn last_log(ws: &EngineWorkspace, node: &str) -> String {
+    let report = ws.report();
+    let entry = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == node).unwrap().clone();
+    std::fs::read_to_string(ws.fixture.path(entry["log"].as_str().expect("the node ran"))).unwrap()
+}
+
+#[test]
+fn switching_the_builder_rebuilds_and_plan_names_it() {
+    let with = |builder: &str| FAMILY.replace("retries 0", &format!("retries 0\n    builder \"{builder}\""));
+    let ws =
+        EngineWorkspace::new("builder", &with("classic"), &[("base.j2", BASE), ("app.j2", APP), ("tool.j2", TOOL)]);
+    let (code, stderr) = ws.build(&["v=1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(last_log(&ws, "build:app/1").contains("Step 1/"), "the classic builder's steps");
+
+    let matrix = std::fs::read_to_string(ws.fixture.path("matrix.kdl")).unwrap();
+    std::fs::write(ws.fixture.path("matrix.kdl"), matrix.replace("builder \"classic\"", "builder \"buildkit\""))
+        .unwrap();
+    let plan = ws.trellis(&["plan", "--json", "v=1"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let node = |id: &str| plan.as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone();
+    for build in ["build:base", "build:app/1"] {
+        assert_eq!(node(build)["action"], "run", "{build}");
+        assert!(node(build)["reason"].as_str().unwrap().contains("builder changed"), "{}", node(build));
+    }
+    let (code, stderr) = ws.build(&["v=1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let log = last_log(&ws, "build:app/1");
+    assert!(!log.contains("Step 1/") && log.contains("DONE"), "BuildKit's steps:\n{log}");
+    let tested =
+        docker(&["image", "inspect", "-f", "{{index .Config.Labels \"dev.trellis.key\"}}", &ws.reference("app", "1")]);
+    assert_eq!(tested, node("build:app/1")["key"].as_str().unwrap(), "the tag points at the BuildKit build");
+    let (code, stderr) = ws.build(&["v=1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("START"), "nothing ran:\n{stderr}");
 }
