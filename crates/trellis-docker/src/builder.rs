@@ -126,3 +126,71 @@ pub(crate) fn run_test_dockerfile(base: &str, lines: &[String]) -> String {
     }
     text
 }
+
+/// The stage [`with_label_step`] adds on top of a build's `target`.
+const LABEL_STAGE: &str = "trellis-labels";
+
+/// `dockerfile` with the labels that need no quoting written as one final `LABEL` step, the
+/// target to build then, and the labels left for the API. Both builders need the step: the
+/// classic builder turns each API label into a step of its own (a container committed per
+/// label, ~0.2 s each), BuildKit writes API labels into the config with no history entry —
+/// and [`DockerClient::labelled_last`] tells a build's own image from one built on top of it
+/// (which inherits its labels) by this step. With a `target`, the step goes into a stage of
+/// its own on top of it; without one, at the end of the last stage. Sorted, so the same labels
+/// give the same image.
+pub(crate) fn with_label_step(
+    dockerfile: &str,
+    labels: &HashMap<String, String>,
+    target: Option<&str>,
+) -> (String, Option<String>, HashMap<String, String>) {
+    let plain = |text: &str| text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@,+".contains(&b));
+    let (stepped, rest): (HashMap<String, String>, HashMap<String, String>) =
+        labels.clone().into_iter().partition(|(k, v)| !k.is_empty() && plain(k) && plain(v));
+    if stepped.is_empty() {
+        return (dockerfile.to_owned(), target.map(str::to_owned), rest);
+    }
+    let mut pairs: Vec<String> =
+        stepped.iter().map(|(k, v)| if v.is_empty() { format!("{k}=\"\"") } else { format!("{k}={v}") }).collect();
+    pairs.sort();
+    let mut text = dockerfile.to_owned();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let target = target.map(|stage| {
+        text.push_str(&format!("FROM {stage} AS {LABEL_STAGE}\n"));
+        LABEL_STAGE.to_owned()
+    });
+    text.push_str(&format!("LABEL {}\n", pairs.join(" ")));
+    (text, target, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_labels_become_a_final_label_step() {
+        let labels = HashMap::from([
+            ("dev.trellis.key".to_owned(), "ab12".to_owned()),
+            ("dev.trellis.parents".to_owned(), "base/1@sha256:ff,tool@sha256:ee".to_owned()),
+            ("description".to_owned(), "needs \"quotes\" and $vars".to_owned()),
+        ]);
+        let (text, target, rest) = with_label_step("FROM scratch", &labels, None);
+        assert_eq!(
+            text,
+            "FROM scratch\nLABEL dev.trellis.key=ab12 dev.trellis.parents=base/1@sha256:ff,tool@sha256:ee\n"
+        );
+        assert_eq!(target, None);
+        assert_eq!(rest.keys().collect::<Vec<_>>(), ["description"], "left for the API");
+        let empty = HashMap::from([("dev.trellis.parents".to_owned(), String::new())]);
+        assert_eq!(with_label_step("FROM scratch\n", &empty, None).0, "FROM scratch\nLABEL dev.trellis.parents=\"\"\n");
+        let (text, target, _) = with_label_step("FROM scratch AS app\nFROM scratch AS debug\n", &labels, Some("app"));
+        assert!(
+            text.contains("FROM scratch AS debug\nFROM app AS trellis-labels\nLABEL dev.trellis.key=ab12 "),
+            "{text}"
+        );
+        assert_eq!(target.as_deref(), Some(LABEL_STAGE));
+        let unchanged = with_label_step("FROM scratch\n", &HashMap::new(), Some("app"));
+        assert_eq!(unchanged, ("FROM scratch\n".to_owned(), Some("app".to_owned()), HashMap::new()));
+    }
+}

@@ -24,7 +24,9 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 
-use crate::builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile};
+use crate::builder::{
+    BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile, with_label_step,
+};
 use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
 use crate::client::{EngineError, classify};
@@ -34,9 +36,6 @@ use crate::endpoint::Endpoint;
 /// The repository of the temporary tags tests stand on: `.invalid` never resolves (RFC 2606),
 /// so should the tag vanish mid-test, nothing is pulled from anywhere.
 const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
-
-/// The stage [`with_label_step`] adds on top of a build's `target`.
-const LABEL_STAGE: &str = "trellis-labels";
 
 #[derive(Debug, Clone)]
 pub(crate) struct BuildKitBuilder {
@@ -54,7 +53,8 @@ impl BuildKitBuilder {
         request: BuildRequest<'_>,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, EngineError> {
-        let (dockerfile, target) = with_label_step(request.dockerfile, &request.labels, request.target);
+        // Every label also goes through the API: BuildKit writes them into the config only.
+        let (dockerfile, target, _) = with_label_step(request.dockerfile, &request.labels, request.target);
         let tar = buildkit_context_tar(request.context, &dockerfile)
             .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
         let options = BuildImageOptions {
@@ -93,7 +93,7 @@ impl BuildKitBuilder {
         let options = TagImageOptions { repo: Some(TEST_BASE_REPOSITORY.to_owned()), tag: Some(tag) };
         self.docker.tag_image(request.image_id, Some(options)).await.map_err(classify)?;
         let labels = HashMap::from([(crate::labels::TEST.to_owned(), "true".to_owned())]);
-        let (dockerfile, target) = with_label_step(&dockerfile, &labels, None);
+        let (dockerfile, target, _) = with_label_step(&dockerfile, &labels, None);
         let tar = buildkit_context_tar(context, &dockerfile)
             .map_err(|e| EngineError::Failed(format!("cannot read the test context: {e}")))?;
         let options = BuildImageOptions {
@@ -224,38 +224,6 @@ fn temporary_tag() -> String {
     format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// `dockerfile` with the labels that need no quoting also written as a final `LABEL` step,
-/// and the target to build then. BuildKit puts API labels into the image config only; the
-/// classic builder adds a `LABEL` history entry per label, and
-/// [`DockerClient::labelled_last`](crate::DockerClient::labelled_last) tells a build's own
-/// image from one built on top of it (which inherits its labels) by such entries. With a
-/// `target`, the step goes into a stage of its own on top of it; without one, at the end of
-/// the last stage. Sorted, so the same labels give the same image.
-pub(crate) fn with_label_step(
-    dockerfile: &str,
-    labels: &HashMap<String, String>,
-    target: Option<&str>,
-) -> (String, Option<String>) {
-    let plain =
-        |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@,+".contains(&b));
-    let mut pairs: Vec<String> =
-        labels.iter().filter(|(k, v)| plain(k) && plain(v)).map(|(k, v)| format!("{k}={v}")).collect();
-    if pairs.is_empty() {
-        return (dockerfile.to_owned(), target.map(str::to_owned));
-    }
-    pairs.sort();
-    let mut text = dockerfile.to_owned();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    let target = target.map(|stage| {
-        text.push_str(&format!("FROM {stage} AS {LABEL_STAGE}\n"));
-        LABEL_STAGE.to_owned()
-    });
-    text.push_str(&format!("LABEL {}\n", pairs.join(" ")));
-    (text, target)
-}
-
 #[derive(serde::Deserialize)]
 struct ServerMessage {
     message: String,
@@ -348,29 +316,6 @@ impl BuildStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_labels_become_a_final_label_step() {
-        let labels = HashMap::from([
-            ("dev.trellis.key".to_owned(), "ab12".to_owned()),
-            ("dev.trellis.parents".to_owned(), "base/1@sha256:ff,tool@sha256:ee".to_owned()),
-            ("description".to_owned(), "needs \"quotes\" and $vars".to_owned()),
-        ]);
-        let (text, target) = with_label_step("FROM scratch", &labels, None);
-        assert_eq!(
-            text,
-            "FROM scratch\nLABEL dev.trellis.key=ab12 dev.trellis.parents=base/1@sha256:ff,tool@sha256:ee\n"
-        );
-        assert_eq!(target, None);
-        let (text, target) = with_label_step("FROM scratch AS app\nFROM scratch AS debug\n", &labels, Some("app"));
-        assert!(
-            text.contains("FROM scratch AS debug\nFROM app AS trellis-labels\nLABEL dev.trellis.key=ab12 "),
-            "{text}"
-        );
-        assert_eq!(target.as_deref(), Some(LABEL_STAGE));
-        let unchanged = with_label_step("FROM scratch\n", &HashMap::new(), Some("app"));
-        assert_eq!(unchanged, ("FROM scratch\n".to_owned(), Some("app".to_owned())));
-    }
 
     #[test]
     fn the_stream_is_read_across_chunks() {

@@ -10,7 +10,9 @@ use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveContain
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use crate::builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile};
+use crate::builder::{
+    BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile, with_label_step,
+};
 use crate::client::{EngineError, classify};
 use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
 
@@ -30,14 +32,16 @@ impl ClassicBuilder {
         trace: &mut BuildTrace,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, EngineError> {
-        let tar = context_tar(request.context, request.dockerfile)
+        // One LABEL step for the labels, not one committed container per label.
+        let (dockerfile, target, rest) = with_label_step(request.dockerfile, &request.labels, request.target);
+        let tar = context_tar(request.context, &dockerfile)
             .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
         let options = BuildImageOptions {
             dockerfile: RESERVED_DOCKERFILE.to_owned(),
             buildargs: Some(request.args.iter().cloned().collect()),
-            labels: Some(request.labels),
+            labels: Some(rest),
             networkmode: Some(request.network.to_owned()),
-            target: request.target.unwrap_or_default().to_owned(),
+            target: target.unwrap_or_default(),
             platform: request.platform.unwrap_or_default().to_owned(),
             nocache: request.no_cache,
             rm: true,
