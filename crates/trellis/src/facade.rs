@@ -36,8 +36,17 @@ pub enum Error {
     Pull { base: String, message: String },
     #[error("{0}")]
     Unsupported(String),
-    #[error("unauthorized: {registry} refused {} ({detail}); check the credentials in the docker config (`docker login {registry}`); nothing was run", user.as_deref().map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`")))]
+    #[error("{}; nothing was run", refused(registry, user.as_deref(), detail))]
     Unauthorized { registry: String, user: Option<String>, detail: String },
+}
+
+/// What a registry refusing credentials (or their absence) is told as, before a run and
+/// during one alike.
+pub(crate) fn refused(registry: &str, user: Option<&str>, detail: &str) -> String {
+    let who = user.map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`"));
+    format!(
+        "unauthorized: {registry} refused {who} ({detail}); check the credentials in the docker config (`docker login {registry}`)"
+    )
 }
 
 /// A loaded, validated workspace. Its keyed graph (which reads every build context) is built
@@ -97,7 +106,7 @@ impl Workspace {
             inputs.builder = Some(choice.as_str().to_owned());
         }
         // Reports earlier runs wrote inside the workspace stay out of every context.
-        for report in recorded_reports(&model.root.join(&model.settings.state)) {
+        for report in crate::state::recorded_reports(&model.root.join(&model.settings.state)) {
             if !inputs.reports.contains(&report) {
                 inputs.reports.push(report);
             }
@@ -244,33 +253,6 @@ impl Workspace {
     pub fn check_rendered(&self) -> Result<render::RenderCheck, Error> {
         render::check(&self.model).map_err(Error::Render)
     }
-}
-
-const REPORTS_FILE: &str = "reports.json";
-
-/// The reports runs wrote inside the workspace (relative to its root), as recorded in the
-/// state directory.
-fn recorded_reports(state_dir: &Path) -> Vec<PathBuf> {
-    std::fs::read(state_dir.join(REPORTS_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
-}
-
-/// Records reports a run wrote inside the workspace: trellis's own files, never build context.
-pub(crate) fn record_reports(state_dir: &Path, written: &[PathBuf]) -> std::io::Result<()> {
-    let mut reports = recorded_reports(state_dir);
-    let before = reports.len();
-    for report in written {
-        if !reports.contains(report) {
-            reports.push(report.clone());
-        }
-    }
-    if reports.len() == before {
-        return Ok(());
-    }
-    let bytes = serde_json::to_vec_pretty(&reports).map_err(std::io::Error::other)?;
-    render::write_if_changed(&state_dir.join(REPORTS_FILE), &bytes).map(|_| ())
 }
 
 /// `path` relative to the workspace `root`, when it lies inside it (it need not exist yet).

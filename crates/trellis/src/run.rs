@@ -92,7 +92,7 @@ impl Workspace {
         }
         let reports: Vec<PathBuf> =
             config.reports.iter().filter_map(|path| crate::facade::inside(&model.root, path)).collect();
-        if let Err(e) = crate::facade::record_reports(&state_dir, &reports) {
+        if let Err(e) = crate::state::record_reports(&state_dir, &reports) {
             recorder.warn(format!("cannot record the reports written inside the workspace: {e}"));
         }
         let (nodes, mut store, warnings) = recorder.into_entries();

@@ -277,13 +277,7 @@ impl DockerBackend {
         match error {
             trellis_docker::EngineError::Unauthorized(detail) => {
                 let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
-                let who = user.map_or_else(|| "access without credentials".to_owned(), |u| format!("user `{u}`"));
-                JobError::new(
-                    ErrorClass::AccessDenied,
-                    format!(
-                        "unauthorized: {registry} refused {who} ({detail}); check the credentials in the docker config (`docker login {registry}`)"
-                    ),
-                )
+                JobError::new(ErrorClass::AccessDenied, crate::facade::refused(registry, user, &detail))
             }
             other => engine_error(other),
         }

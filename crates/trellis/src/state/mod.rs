@@ -7,10 +7,12 @@
 //! - `StoreView`: the plan's judge over the store and what the engine holds.
 
 mod recorder;
+mod reports;
 mod store;
 mod view;
 
 pub use recorder::{FailedAttempt, ReportNode};
 pub(crate) use recorder::{JobInfo, Recorder, report_json};
+pub(crate) use reports::{record_reports, recorded_reports};
 pub use store::{NodeRecord, Outcome, StateError, StateLock, StateStore};
 pub(crate) use view::StoreView;
