@@ -399,6 +399,9 @@ fn clean(manifest: &Path) -> Result<u8, Error> {
     for (id, variant, test) in &report.removed {
         println!("removed {id} ({variant}{})", if *test { ", a test image" } else { "" });
     }
+    for tag in &report.untagged {
+        println!("untagged {tag} (left by an interrupted test)");
+    }
     for (id, variant, why) in &report.refused {
         eprintln!("kept {id} ({variant}): {why}");
     }

@@ -795,3 +795,22 @@ fn switching_the_builder_rebuilds_and_plan_names_it() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("START"), "nothing ran:\n{stderr}");
 }
+
+#[test]
+fn clean_takes_a_leftover_test_tag_off_and_keeps_the_image() {
+    let ws = family("leftover");
+    let (code, stderr) = ws.build(&["base"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let base = image_id(&ws.reference("base", "latest")).unwrap();
+    // What a BuildKit test killed with -9 leaves: its temporary tag on the image under test.
+    let leftover = format!("{}:{}", trellis_docker::TEST_BASE_REPOSITORY, ws.name);
+    docker(&["tag", &base, &leftover]);
+    docker(&["rmi", &ws.reference("base", "latest")]);
+    assert_eq!(image_id(&leftover), Some(base.clone()), "only the leftover tag names the image now");
+    let output = ws.trellis(&["clean"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("untagged {leftover}")), "{stdout}");
+    assert_eq!(image_id(&leftover), None, "the tag is gone");
+    assert!(docker(&["image", "inspect", "-f", "{{.Id}}", &base]).starts_with("sha256:"), "the image stays");
+}

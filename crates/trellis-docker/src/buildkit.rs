@@ -16,11 +16,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    BuildImageOptions, BuilderVersion, CreateImageOptions, RemoveImageOptions, TagImageOptions,
-};
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions, TagImageOptions};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 
@@ -29,13 +26,11 @@ use crate::builder::{
 };
 use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
-use crate::client::{EngineError, classify};
+use crate::client::{EngineError, classify, untag};
 use crate::context_tar::{RESERVED_DOCKERFILE, buildkit_context_tar};
 use crate::endpoint::Endpoint;
 
-/// The repository of the temporary tags tests stand on: `.invalid` never resolves (RFC 2606),
-/// so should the tag vanish mid-test, nothing is pulled from anywhere.
-const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
+use crate::TEST_BASE_REPOSITORY;
 
 #[derive(Debug, Clone)]
 pub(crate) struct BuildKitBuilder {
@@ -159,32 +154,14 @@ impl BuildKitBuilder {
     }
 
     /// Removes the test image, then takes the temporary tag off the image under test without
-    /// deleting that image (removing an image's last tag deletes the image, and the image under
-    /// test is often untagged until its tests pass): an empty image is imported under the tag,
-    /// which moves it, and then removed with it.
+    /// deleting that image (see [`untag`]).
     async fn clean_up(&self, trace: &BuildTrace) {
         for id in trace.layers.iter().rev() {
             let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
             let _ = self.docker.remove_image(id, Some(options), None).await;
         }
-        let Some(reference) = &trace.temporary_tag else { return };
-        let Some((repository, tag)) = reference.rsplit_once(':') else { return };
-        let options = CreateImageOptions {
-            from_src: Some("-".to_owned()),
-            repo: Some(repository.to_owned()),
-            tag: Some(tag.to_owned()),
-            ..Default::default()
-        };
-        // Two zero blocks: an empty tar.
-        let empty = bollard::body_full(Bytes::from_static(&[0; 1024]));
-        let mut import = self.docker.create_image(Some(options), Some(empty), None);
-        let mut imported = true;
-        while let Some(item) = import.next().await {
-            imported &= item.is_ok();
-        }
-        if imported {
-            let options = RemoveImageOptions { force: true, noprune: false, ..Default::default() };
-            let _ = self.docker.remove_image(reference, Some(options), None).await;
+        if let Some(reference) = &trace.temporary_tag {
+            untag(&self.docker, reference).await;
         }
     }
 }

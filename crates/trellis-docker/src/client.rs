@@ -302,6 +302,11 @@ impl DockerClient {
             .any(|step| step.split_whitespace().any(|word| word == wanted)))
     }
 
+    /// Takes `reference` off its image, leaving the image (see [`untag`]).
+    pub async fn untag(&self, reference: &str) {
+        untag(&self.docker, reference).await;
+    }
+
     /// Removes an image by ID (for `trellis clean` and tests).
     pub async fn remove_image(&self, id: &str, force: bool) -> Result<(), EngineError> {
         let options = RemoveImageOptions { force, noprune: false, ..Default::default() };
@@ -315,6 +320,30 @@ fn offers_buildkit(version: &bollard::models::SystemVersion) -> bool {
     let (major, minor) = api.split_once('.').unwrap_or((api, "0"));
     let api = (major.parse::<u32>().unwrap_or(0), minor.parse::<u32>().unwrap_or(0));
     version.os.as_deref().is_some_and(|os| os.eq_ignore_ascii_case("linux")) && api >= (1, 39)
+}
+
+/// Takes `reference` off its image without deleting the image (removing an image's last tag
+/// deletes it, and an image under test is often untagged until its tests pass): an empty
+/// image is imported under the tag, which moves it, and then removed with it.
+pub(crate) async fn untag(docker: &Docker, reference: &str) {
+    let Some((repository, tag)) = reference.rsplit_once(':') else { return };
+    let options = CreateImageOptions {
+        from_src: Some("-".to_owned()),
+        repo: Some(repository.to_owned()),
+        tag: Some(tag.to_owned()),
+        ..Default::default()
+    };
+    // Two zero blocks: an empty tar.
+    let empty = bollard::body_full(bytes::Bytes::from_static(&[0; 1024]));
+    let mut import = docker.create_image(Some(options), Some(empty), None);
+    let mut imported = true;
+    while let Some(item) = import.next().await {
+        imported &= item.is_ok();
+    }
+    if imported {
+        let options = RemoveImageOptions { force: true, noprune: false, ..Default::default() };
+        let _ = docker.remove_image(reference, Some(options), None).await;
+    }
 }
 
 /// The digest under which `repository` holds an image, among its [`DockerClient::repo_digests`].

@@ -36,6 +36,12 @@ pub mod labels {
     pub const TEST: &str = "dev.trellis.test";
 }
 
+/// The repository of the temporary local tags BuildKit tests stand on (BuildKit looks `FROM
+/// sha256:<id>` up on Docker Hub; a local tag is found locally). `.invalid` never resolves
+/// (RFC 2606): should the tag vanish mid-test, nothing is pulled from anywhere. A tag left
+/// by a killed run is `trellis clean`'s to remove.
+pub const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
+
 pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
 pub use client::{
     DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image, digest_in,

@@ -14,6 +14,9 @@ pub struct CleanReport {
     pub kept: usize,
     /// (image ID, variant, why the engine refused).
     pub refused: Vec<(String, String, String)>,
+    /// Temporary tags a killed BuildKit test left (`trellis.invalid/under-test:…`), taken off
+    /// their images (the images stay).
+    pub untagged: Vec<String>,
 }
 
 impl Workspace {
@@ -23,10 +26,20 @@ impl Workspace {
     /// reference points at, or one of a variant whose key cannot be known yet (an external
     /// base missing from the engine). Pulls nothing.
     pub async fn clean(&mut self) -> Result<CleanReport, Error> {
+        // Not while a run uses the images (a test may stand on a temporary tag).
+        let _lock = crate::state::StateLock::acquire(&self.state_dir())?;
         // Keyed as a build would key it (bases, builder), pulling nothing.
         self.attach(crate::Attach::default(), &mut crate::Quiet).await?;
         let client = connect().await?;
         let workspace = &*self;
+        let mut report = CleanReport::default();
+        for image in client.workspace_images(&workspace.model().settings.name).await.map_err(unreachable)? {
+            let prefix = format!("{}:", trellis_docker::TEST_BASE_REPOSITORY);
+            for tag in image.repo_tags.iter().filter(|t| t.starts_with(&prefix)) {
+                client.untag(tag).await;
+                report.untagged.push(tag.clone());
+            }
+        }
         let model = workspace.model();
         let graph = workspace.graph()?;
         let references: HashSet<String> =
@@ -34,7 +47,6 @@ impl Workspace {
         let repositories: HashSet<&str> = model.variants.iter().map(|v| v.repository.as_str()).collect();
         let unknown: HashSet<&str> =
             workspace.first_unresolved_base().keys().map(|v| model.variants[*v].id.as_str()).collect();
-        let mut report = CleanReport::default();
         // An image others were built on is listed only once they are gone (the engine hides
         // untagged parents): list again after each pass that removed something.
         loop {
