@@ -405,7 +405,8 @@ fn clean(manifest: &Path) -> Result<u8, Error> {
     for (id, variant, why) in &report.refused {
         eprintln!("kept {id} ({variant}): {why}");
     }
-    println!("{} removed, {} current images kept", report.removed.len(), report.kept);
+    let images = if report.kept == 1 { "image" } else { "images" };
+    println!("{} removed, {} current {images} kept", report.removed.len(), report.kept);
     Ok(exit::SUCCESS)
 }
 

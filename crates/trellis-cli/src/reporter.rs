@@ -109,11 +109,12 @@ impl EventSink for Progress {
                 }
             )),
             Event::Warning { message } => self.println(&format!("warning: {message}")),
-            Event::RunFinished { summary, report } => {
+            Event::RunFinished { summary, report, builder } => {
                 if let Progress::Bar { bar, .. } = self {
                     bar.finish_and_clear();
                 }
-                eprintln!("{summary} — report: {}", path_for_user(report));
+                let builder = builder.map(|b| format!(" — builder {b}")).unwrap_or_default();
+                eprintln!("{summary}{builder} — report: {}", path_for_user(report));
             }
         }
     }

@@ -283,6 +283,29 @@ fn plan_names_what_changed_after_a_build() {
 }
 
 #[test]
+fn reverting_an_edit_skips_what_already_succeeded_with_those_inputs() {
+    let fixture = fixture(r#"{"default_ms": 5}"#);
+    assert_eq!(build(&fixture, &[]).code, Some(0));
+    let text = std::fs::read_to_string(fixture.path("matrix.kdl")).unwrap();
+    fixture.write(
+        "matrix.kdl",
+        &text.replace(r#"test "smoke" { run "true"; }"#, r#"test "smoke" { run "true"; run ":"; }"#),
+    );
+    let edited = build(&fixture, &[]);
+    assert_eq!(edited.code, Some(0), "{}", edited.stderr);
+    assert!(edited.stderr.contains("START test:app/2.0.0/smoke"), "{}", edited.stderr);
+
+    fixture.write("matrix.kdl", &text);
+    let plan = trellis(&fixture, &["plan", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let running: Vec<&Value> = plan.as_array().unwrap().iter().filter(|n| n["action"] == "run").collect();
+    let tests: Vec<&Value> = running.iter().copied().filter(|n| n["kind"] == "test").collect();
+    assert!(tests.is_empty(), "the tests passed with these commands before: {tests:#?}");
+    let test = plan.as_array().unwrap().iter().find(|n| n["id"] == "test:app/2.0.0/smoke").unwrap();
+    assert!(test["reason"].as_str().unwrap().starts_with("up to date (run "), "{test}");
+}
+
+#[test]
 fn refresh_rebuilds_unchanged_variants() {
     let fixture = fixture(r#"{"default_ms": 5}"#);
     assert_eq!(build(&fixture, &[]).code, Some(0));

@@ -794,6 +794,30 @@ fn switching_the_builder_rebuilds_and_plan_names_it() {
     let (code, stderr) = ws.build(&["v=1"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("START"), "nothing ran:\n{stderr}");
+    assert!(stderr.contains("— builder buildkit —"), "the run names its builder:\n{stderr}");
+
+    // Back to classic. The engine lists no untagged image that others were built on, so the
+    // classic base is not found and rebuilds (from the layer cache); the reasons say exactly
+    // that — nothing about files that did not change — and the run converges.
+    std::fs::write(ws.fixture.path("matrix.kdl"), matrix).unwrap();
+    let plan = ws.trellis(&["plan", "--json", "v=1"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let reasons: Vec<(&str, &str)> = (plan.as_array().unwrap().iter())
+        .filter(|n| n["action"] == "run")
+        .map(|n| (n["id"].as_str().unwrap(), n["reason"].as_str().unwrap()))
+        .collect();
+    let expected = [
+        ("build:base", "builder changed"),
+        ("tag:base", "not every reference points at the image"),
+        ("build:app/1", "build:base re-runs"),
+        ("test:app/1/smoke", "build:app/1 re-runs"),
+        ("tag:app/1", "not every reference points at the image"),
+    ];
+    assert_eq!(reasons, expected);
+    let (code, stderr) = ws.build(&["v=1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (_, stderr) = ws.build(&["v=1"]);
+    assert!(!stderr.contains("START"), "converged:\n{stderr}");
 }
 
 #[test]

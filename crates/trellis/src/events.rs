@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use trellis_docker::BuilderKind;
 use trellis_exec::{CancelReason, JobError, RunSummary};
 use trellis_graph::NodeKind;
 
@@ -67,9 +68,11 @@ pub enum Event<'a> {
     Warning {
         message: &'a str,
     },
+    /// `builder`: the builder the run's builds went through (none for a simulation).
     RunFinished {
         summary: &'a RunSummary,
         report: &'a Path,
+        builder: Option<BuilderKind>,
     },
 }
 

@@ -56,7 +56,7 @@ pub use clean::CleanReport;
 pub use events::{Event, EventSink, Quiet};
 pub use facade::{Error, TagEntry, Workspace, find_manifest, inside};
 pub use run::{RunConfig, RunOutcome};
-pub use state::{FailedAttempt, NodeRecord, Outcome, ReportNode, StateError, StateStore};
+pub use state::{EarlierKey, FailedAttempt, NodeRecord, Outcome, ReportNode, StateError, StateStore};
 pub use trellis_docker::BuilderKind;
 pub use trellis_exec::{CancelReason, JobError, RunSummary, Shutdown};
 pub use trellis_graph::{Action, BaseImageIds, Component, Graph, GraphInputs, NodeKind, PlannedNode, Selection};

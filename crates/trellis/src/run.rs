@@ -11,7 +11,7 @@ use petgraph::graph::NodeIndex;
 use trellis_exec::{ExecOptions, Initial, Job, JobGraph, Limits, RetryPolicy, RunSummary, Shutdown};
 use trellis_graph::{Action, Graph, NodeKind, PlannedNode, Selection};
 
-use crate::backend::{Backend, NodeJob, NodeRunner};
+use crate::backend::{Backend, NodeJob, NodeOutput, NodeRunner};
 use crate::events::{Event, EventSink};
 use crate::facade::{Error, Workspace};
 use crate::state::{JobInfo, Recorder, ReportNode, StateLock, StateStore};
@@ -60,6 +60,11 @@ impl Workspace {
         sink: &mut dyn EventSink,
     ) -> Result<RunOutcome, Error> {
         let model = self.model();
+        if config.push && backend.facts().is_some_and(|f| f.served.is_none()) {
+            return Err(Error::Unsupported(
+                "the run pushes, but its backend was attached without `push: true`: attach with `Attach { push: true, .. }` (credentials and what the registry serves are read then)".to_owned(),
+            ));
+        }
         let state_dir = self.state_dir();
         let _lock = StateLock::acquire(&state_dir)?;
         let store = StateStore::open(&state_dir)?;
@@ -67,7 +72,8 @@ impl Workspace {
         let refresh = self.refreshed(config, &selection);
         let view = self.store_view(&store, &state_dir, Some(backend), refresh)?;
         let plan = trellis_graph::plan(model, view.graph, &selection, &view);
-        let (jobs, infos) = self.job_graph(view.graph, config, &selection, &plan, &store, &view.refresh);
+        let against = Judged { store: &store, refresh: &view.refresh, facts: backend.facts() };
+        let (jobs, infos) = self.job_graph(view.graph, config, &selection, &plan, &against);
         drop(view);
 
         let run_id = run_id();
@@ -98,9 +104,10 @@ impl Workspace {
         let (nodes, mut store, warnings) = recorder.into_entries();
         store.compact()?;
         let report = state_dir.join("runs").join(&run_id).join("report.json");
-        let json = crate::state::report_json(&run_id, &summary, &nodes);
+        let builder = backend.facts().map(|f| f.builder);
+        let json = crate::state::report_json(&run_id, &summary, builder, &nodes);
         trellis_graph::render::write_if_changed(&report, json.as_bytes()).map_err(Error::Report)?;
-        sink.event(&Event::RunFinished { summary: &summary, report: &report });
+        sink.event(&Event::RunFinished { summary: &summary, report: &report, builder });
         Ok(RunOutcome { run_id, summary, report, nodes, warnings })
     }
 
@@ -141,8 +148,7 @@ impl Workspace {
         config: &RunConfig,
         selection: &Selection,
         plan: &[PlannedNode],
-        store: &StateStore,
-        refresh: &HashSet<usize>,
+        against: &Judged<'_>,
     ) -> (JobGraph<NodeJob>, Vec<JobInfo>) {
         let included = |kind: NodeKind| match kind {
             NodeKind::Test => !config.no_test,
@@ -156,7 +162,7 @@ impl Workspace {
         for planned_node in planned {
             let index = graph.index(&planned_node.id).expect("planned nodes exist");
             let deps = job_deps(graph, index, selection, &position);
-            let (job, info) = self.job(graph, index, planned_node, deps, store, refresh);
+            let (job, info) = self.job(graph, index, planned_node, deps, against);
             jobs.push(job);
             infos.push(info);
         }
@@ -170,8 +176,7 @@ impl Workspace {
         index: NodeIndex,
         planned: &PlannedNode,
         deps: Vec<usize>,
-        store: &StateStore,
-        refresh: &HashSet<usize>,
+        against: &Judged<'_>,
     ) -> (Job<NodeJob>, JobInfo) {
         let model = self.model();
         let node = graph.dag[index].clone();
@@ -186,16 +191,22 @@ impl Workspace {
             context: (node.kind == NodeKind::Build)
                 .then(|| graph.context_manifests.get(&variant.context).cloned())
                 .flatten(),
+            // A build skipped because the engine holds its image: that image.
+            found: (node.kind == NodeKind::Build)
+                .then(|| against.facts.and_then(|f| f.by_key.get(&node.key.to_hex())))
+                .flatten()
+                .map(|image| NodeOutput::image(image.id.clone()))
+                .unwrap_or_default(),
         };
         // Critical-path priority needs costs: the node's duration in its last run, or a
         // rough default per kind.
-        let cost = store.get(&node.id).and_then(|r| r.duration_ms).unwrap_or(match node.kind {
+        let cost = against.store.get(&node.id).and_then(|r| r.duration_ms).unwrap_or(match node.kind {
             NodeKind::Render | NodeKind::Tag => 10,
             NodeKind::Build => 30_000,
             NodeKind::Test => 5_000,
             NodeKind::Push => 2_000,
         });
-        let no_cache = node.kind == NodeKind::Build && refresh.contains(&node.variant);
+        let no_cache = node.kind == NodeKind::Build && against.refresh.contains(&node.variant);
         let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render, no_cache });
         job.initial = match planned.action {
             Action::Run => Initial::Run,
@@ -204,6 +215,14 @@ impl Workspace {
         job.cost = cost;
         (job, info)
     }
+}
+
+/// What the plan was judged against.
+struct Judged<'a> {
+    store: &'a StateStore,
+    /// Variants rebuilt without the layer cache (`--refresh`).
+    refresh: &'a HashSet<usize>,
+    facts: Option<&'a crate::EngineFacts>,
 }
 
 /// The job indices a node waits for: its selected dependencies that are jobs, and through

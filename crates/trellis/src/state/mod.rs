@@ -14,5 +14,5 @@ mod view;
 pub use recorder::{FailedAttempt, ReportNode};
 pub(crate) use recorder::{JobInfo, Recorder, report_json};
 pub(crate) use reports::{record_reports, recorded_reports};
-pub use store::{NodeRecord, Outcome, StateError, StateLock, StateStore};
+pub use store::{EarlierKey, NodeRecord, Outcome, StateError, StateLock, StateStore};
 pub(crate) use view::StoreView;

@@ -30,6 +30,8 @@ pub(crate) struct JobInfo {
     pub references: Vec<String>,
     /// For build nodes: the context's file list, kept for later "which file changed" reasons.
     pub context: Option<Arc<ContextManifest>>,
+    /// What a skipped node stands for (a skipped build: the engine's image with its key).
+    pub found: NodeOutput,
 }
 
 /// One node of the run's report (`report.json`, and what sinks and reporters read).
@@ -76,6 +78,8 @@ pub struct FailedAttempt {
 struct Report<'a> {
     run_id: &'a str,
     summary: &'a RunSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    builder: Option<String>,
     nodes: &'a [ReportNode],
 }
 
@@ -182,7 +186,10 @@ impl<'s> Recorder<'s> {
     fn finished(&mut self, index: usize, status: NodeStatus, attempts: u32, duration: Duration, output: NodeOutput) {
         let id = self.jobs[index].node.id.clone();
         if let Some(mut log) = self.logs.remove(&index) {
-            let _ = writeln!(log, "=== {id}: {} ===", status.name());
+            let _ = match &status {
+                NodeStatus::Failed { error } => writeln!(log, "=== {id}: failed: {error} ==="),
+                other => writeln!(log, "=== {id}: {} ===", other.name()),
+            };
             let _ = log.flush();
         }
         // Record before telling anyone: a run killed after this line keeps the result.
@@ -197,11 +204,24 @@ impl<'s> Recorder<'s> {
         self.entries[index] = Some(entry);
     }
 
+    /// Records a node that ran, and one skipped under a key its record does not hold as its
+    /// current one (an image the engine had, a key the node succeeded with before): later
+    /// reasons then compare with what is current, not with what last ran.
     fn record(&mut self, index: usize, status: &NodeStatus, duration: Duration, output: &NodeOutput) {
         let info = &self.jobs[index];
-        let outcome = match status {
-            NodeStatus::Passed | NodeStatus::Flaky => Outcome::Succeeded,
-            NodeStatus::Failed { .. } => Outcome::Failed,
+        let key = info.node.key.to_hex();
+        let previous = self.store.get(&info.node.id);
+        let (outcome, run, details, duration_ms) = match status {
+            NodeStatus::Passed | NodeStatus::Flaky => {
+                (Outcome::Succeeded, self.run_id.clone(), output.clone(), Some(duration.as_millis() as u64))
+            }
+            NodeStatus::Failed { .. } => {
+                (Outcome::Failed, self.run_id.clone(), output.clone(), Some(duration.as_millis() as u64))
+            }
+            NodeStatus::Skipped { .. } if previous.is_none_or(|r| r.key != key) => {
+                let run = previous.and_then(|r| r.succeeded_with(&key)).unwrap_or(&self.run_id).to_owned();
+                (Outcome::Succeeded, run, info.found.clone(), previous.and_then(|r| r.duration_ms))
+            }
             _ => return,
         };
         if info.node.kind == NodeKind::Render {
@@ -211,12 +231,13 @@ impl<'s> Recorder<'s> {
             super::view::save_manifest(&self.state_dir, manifest);
         }
         let record = NodeRecord {
-            key: info.node.key.to_hex(),
+            key,
             outcome,
             components: info.node.components.iter().map(|(c, hash)| (c.to_string(), hash.clone())).collect(),
-            details: output.clone(),
-            duration_ms: Some(duration.as_millis() as u64),
-            run: self.run_id.clone(),
+            details,
+            duration_ms,
+            run,
+            earlier: Vec::new(),
         };
         let id = info.node.id.clone();
         if let Err(e) = self.store.record(&id, record) {
@@ -274,6 +295,12 @@ fn display(root: &Path, path: &Path) -> String {
 }
 
 /// `report.json` of a run.
-pub(crate) fn report_json(run_id: &str, summary: &RunSummary, nodes: &[ReportNode]) -> String {
-    serde_json::to_string_pretty(&Report { run_id, summary, nodes }).unwrap_or_default()
+pub(crate) fn report_json(
+    run_id: &str,
+    summary: &RunSummary,
+    builder: Option<trellis_docker::BuilderKind>,
+    nodes: &[ReportNode],
+) -> String {
+    let builder = builder.map(|b| b.to_string());
+    serde_json::to_string_pretty(&Report { run_id, summary, builder, nodes }).unwrap_or_default()
 }

@@ -57,6 +57,31 @@ pub struct NodeRecord {
     #[serde(default)]
     pub duration_ms: Option<u64>,
     pub run: String,
+    /// Keys this node succeeded with before, newest first (at most [`EARLIER_KEYS`]): going
+    /// back to one — a reverted edit, a builder switched back — skips the node again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierKey>,
+}
+
+/// A key a node once succeeded with, and the run that did it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierKey {
+    pub key: String,
+    pub run: String,
+}
+
+/// How many earlier successful keys a record keeps.
+pub const EARLIER_KEYS: usize = 8;
+
+impl NodeRecord {
+    /// The run in which this node succeeded with `key`, now or before.
+    pub fn succeeded_with(&self, key: &str) -> Option<&str> {
+        match (self.key == key, self.outcome) {
+            (true, Outcome::Succeeded) => Some(&self.run),
+            (true, Outcome::Failed) => None,
+            (false, _) => self.earlier.iter().find(|e| e.key == key).map(|e| e.run.as_str()),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -127,8 +152,20 @@ impl StateStore {
         self.records.get(id)
     }
 
-    /// Appends one record durably, then applies it.
-    pub fn record(&mut self, id: &str, record: NodeRecord) -> Result<(), StateError> {
+    /// Appends one record durably, then applies it. The keys the node succeeded with before
+    /// are carried over into the new record's `earlier`.
+    pub fn record(&mut self, id: &str, mut record: NodeRecord) -> Result<(), StateError> {
+        if let Some(old) = self.records.get(id) {
+            let mut earlier = Vec::new();
+            if old.outcome == Outcome::Succeeded {
+                earlier.push(EarlierKey { key: old.key.clone(), run: old.run.clone() });
+            }
+            earlier.extend(old.earlier.iter().cloned());
+            let mut seen = std::collections::HashSet::new();
+            earlier.retain(|e| e.key != record.key && seen.insert(e.key.clone()));
+            earlier.truncate(EARLIER_KEYS);
+            record.earlier = earlier;
+        }
         let path = self.dir.join("journal.jsonl");
         let mut line = serde_json::to_vec(&JournalLine { id: id.to_owned(), record: record.clone() })
             .map_err(|e| StateError::Io { path: path.clone(), source: e.into() })?;
@@ -212,6 +249,7 @@ mod tests {
             details: NodeOutput::default(),
             duration_ms: None,
             run: "r1".into(),
+            earlier: Vec::new(),
         }
     }
 
@@ -225,6 +263,23 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.get("build:a").unwrap().key, "k2");
         assert_eq!(fs::metadata(dir.path().join("journal.jsonl")).unwrap().len(), 0, "compacted on open");
+    }
+
+    #[test]
+    fn earlier_successful_keys_are_kept_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record("test:a", record("k1")).unwrap();
+        store.record("test:a", record("k2")).unwrap();
+        store.record("test:a", NodeRecord { outcome: Outcome::Failed, ..record("k3") }).unwrap();
+        store.record("test:a", record("k1")).unwrap();
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        let a = store.get("test:a").unwrap();
+        let earlier: Vec<&str> = a.earlier.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(earlier, ["k2"], "k1 is the current key again; the failed k3 never succeeded");
+        assert_eq!(a.succeeded_with("k2"), Some("r1"));
+        assert_eq!(a.succeeded_with("k3"), None);
     }
 
     #[test]

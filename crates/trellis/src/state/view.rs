@@ -82,13 +82,16 @@ impl StateView for StoreView<'_> {
                 }
             }
         }
-        if record.key == node.key.to_hex() {
-            return match record.outcome {
-                Outcome::Succeeded => Ok(format!("up to date (run {})", record.run)),
-                Outcome::Failed => Err(format!("failed in run {}", record.run)),
-            };
+        let key = node.key.to_hex();
+        if record.key == key && record.outcome == Outcome::Failed {
+            return Err(format!("failed in run {}", record.run));
         }
-        Err(self.what_changed(record, node))
+        // A push's record holds the digest it pushed: only its current record judges it.
+        let earlier_counts = node.kind != NodeKind::Push;
+        match record.succeeded_with(&key) {
+            Some(run) if record.key == key || earlier_counts => Ok(format!("up to date (run {run})")),
+            _ => Err(self.what_changed(record, node)),
+        }
     }
 }
 
