@@ -421,3 +421,21 @@ fn rejected(dir: &std::path::Path) -> String {
         Err(other) => panic!("expected diagnostics, got {other}"),
     }
 }
+
+#[test]
+fn cache_mount_with_the_classic_builder() {
+    let matrix = r#"settings {
+    name "t"
+    builder "classic"
+}
+axis "v" "1" "2"
+image "app" {
+    matrix "v"
+    repository "acme/app"
+    dockerfile "Dockerfile.j2"
+    tag "{{ v }}"
+}
+"#;
+    let dockerfile = "FROM scratch\nRUN --mount=type=cache,target=/cache echo {{ v }}\n";
+    check_with("cache_mount_with_the_classic_builder", matrix, &[("Dockerfile.j2", dockerfile)]);
+}

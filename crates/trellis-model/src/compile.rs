@@ -43,6 +43,7 @@ pub(crate) fn compile(
     let mut compiler = Compiler::new(source, files, diags, &axes, settings.dockerfiles.clone());
     let variants = compiler.variants(&manifest, &axes);
     check_render_paths(&variants, source, compiler.diags);
+    check_classic_builder(&variants, &manifest, source, compiler.diags);
     compiler.tidy_diagnostics(before);
     // With diagnostics this is a partial workspace (the variants that compiled), which the
     // caller may only use to look for more mistakes.
@@ -1431,6 +1432,35 @@ fn with_header(text: &str, template: &Path, variant: &str) -> String {
         template.to_string_lossy()
     );
     format!("{}{header}{}", &text[..directives], &text[directives..])
+}
+
+/// `builder "classic"` with a Dockerfile that only BuildKit can build (`RUN --mount`): said
+/// before anything runs, once per image, at the setting.
+fn check_classic_builder(drafts: &[Draft], manifest: &Manifest, source: &SourceFile, diags: &mut Vec<Diagnostic>) {
+    let Some(builder) = manifest.settings.builder.as_ref().filter(|b| b.value == BuilderChoice::Classic) else {
+        return;
+    };
+    let mut reported = std::collections::HashSet::new();
+    for draft in drafts {
+        let mounts = draft.variant.dockerfile.lines().any(|line| {
+            let mut words = line.split_whitespace();
+            words.next().is_some_and(|w| w.eq_ignore_ascii_case("RUN")) && words.any(|w| w.starts_with("--mount="))
+        });
+        if mounts && reported.insert(draft.variant.image) {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::builder::needs_buildkit",
+                    format!(
+                        "the Dockerfile of image `{}` uses `RUN --mount` ({} first), which the classic builder cannot run",
+                        manifest.images[draft.variant.image].name.value,
+                        draft.variant.id
+                    ),
+                )
+                .at(source, builder.span, "the classic builder is chosen here")
+                .help("remove `builder \"classic\"` (BuildKit is the default where the engine offers it), or the `--mount`"),
+            );
+        }
+    }
 }
 
 fn check_render_paths(drafts: &[Draft], source: &SourceFile, diags: &mut Vec<Diagnostic>) {
