@@ -322,26 +322,34 @@ fn offers_buildkit(version: &bollard::models::SystemVersion) -> bool {
     version.os.as_deref().is_some_and(|os| os.eq_ignore_ascii_case("linux")) && api >= (1, 39)
 }
 
+/// An empty image that stays in the engine under this tag: a tag to be removed is first
+/// moved onto it (see [`untag`]).
+const ANCHOR: &str = "trellis.invalid/anchor:empty";
+
 /// Takes `reference` off its image without deleting the image (removing an image's last tag
-/// deletes it, and an image under test is often untagged until its tests pass): an empty
-/// image is imported under the tag, which moves it, and then removed with it.
+/// deletes it, and an image under test is often untagged until its tests pass): the tag is
+/// moved onto [`ANCHOR`], which keeps its own tag, and then removed from it. The anchor is made
+/// once per engine (an empty import) and never removed: an image that comes and goes without
+/// a parent races the classic builder, which looks through such images for a cache hit of a
+/// `FROM scratch` step and fails when one vanishes under it.
 pub(crate) async fn untag(docker: &Docker, reference: &str) {
     let Some((repository, tag)) = reference.rsplit_once(':') else { return };
-    let options = CreateImageOptions {
-        from_src: Some("-".to_owned()),
-        repo: Some(repository.to_owned()),
-        tag: Some(tag.to_owned()),
-        ..Default::default()
-    };
-    // Two zero blocks: an empty tar.
-    let empty = bollard::body_full(bytes::Bytes::from_static(&[0; 1024]));
-    let mut import = docker.create_image(Some(options), Some(empty), None);
-    let mut imported = true;
-    while let Some(item) = import.next().await {
-        imported &= item.is_ok();
+    if docker.inspect_image(ANCHOR).await.is_err() {
+        let (anchor_repository, anchor_tag) = ANCHOR.rsplit_once(':').unwrap_or((ANCHOR, "empty"));
+        let options = CreateImageOptions {
+            from_src: Some("-".to_owned()),
+            repo: Some(anchor_repository.to_owned()),
+            tag: Some(anchor_tag.to_owned()),
+            ..Default::default()
+        };
+        // Two zero blocks: an empty tar.
+        let empty = bollard::body_full(bytes::Bytes::from_static(&[0; 1024]));
+        let mut import = docker.create_image(Some(options), Some(empty), None);
+        while import.next().await.is_some() {}
     }
-    if imported {
-        let options = RemoveImageOptions { force: true, noprune: false, ..Default::default() };
+    let options = TagImageOptions { repo: Some(repository.to_owned()), tag: Some(tag.to_owned()) };
+    if docker.tag_image(ANCHOR, Some(options)).await.is_ok() {
+        let options = RemoveImageOptions { force: false, noprune: true, ..Default::default() };
         let _ = docker.remove_image(reference, Some(options), None).await;
     }
 }
