@@ -368,6 +368,13 @@ fn node<'a>(report: &'a Value, id: &str) -> Option<&'a Value> {
 }
 
 fn run_case(name: &str) {
+    // The pass under another builder (`TRELLIS_E2E_BUILDER`) adds nothing for a case that
+    // chooses its builder itself: the default pass ran it as it is.
+    let manifest = std::fs::read_to_string(Path::new(CORPUS).join(name).join("matrix.kdl")).unwrap_or_default();
+    if std::env::var_os("TRELLIS_E2E_BUILDER").is_some() && manifest.contains("builder \"") {
+        eprintln!("{name} chooses its builder: run by the default pass");
+        return;
+    }
     let mut h = Harness::new(name);
     // The mistakes are independent of the rest: their verdict waits until the flow is done,
     // so that one failure does not hide the other.

@@ -59,13 +59,25 @@ fn external_base(ws: &EngineWorkspace, marker: &str) {
     std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
     std::fs::write(dir.join("Dockerfile"), format!("{}LABEL marker={marker}\n", BASE.replace("NAME", &ws.name)))
         .unwrap();
-    let output = Command::new("docker")
-        .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
-        .arg(&dir)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "docker build of the external base: {}", String::from_utf8_lossy(&output.stderr));
+    // Setup, not under test. The classic builder looks through the engine's images without a
+    // parent for a cache hit of a `FROM scratch` step and fails ("unable to find image") when
+    // one vanishes under it — every BuildKit image is such an image, and other tests remove
+    // theirs all the time: that engine race is retried here.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let output = Command::new("docker")
+            .args(["build", "-q", "-t", &format!("{}-ext/busybox:1", ws.prefix)])
+            .arg(&dir)
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            return;
+        }
+        assert!(attempts < 3 && stderr.contains("unable to find image"), "docker build of the external base: {stderr}");
+    }
 }
 
 fn family(label: &str) -> EngineWorkspace {
