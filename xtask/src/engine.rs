@@ -4,7 +4,8 @@
 //! when 127.0.0.1:5000 does not answer, starts Debian's `docker-registry` there with htpasswd
 //! auth (user `trellis`, a password with `+ / ? > ~` in it, so that credential encoding is
 //! exercised). Installs docker.io, docker-registry, apache2-utils, busybox-static and docker-compose
-//! when missing and root.
+//! when missing and root, and qemu-user-static + binfmt-support so that linux/arm64 images
+//! build and run here (checking that the arm64 handler is enabled).
 //! Idempotent; state, logs and pids under `.cache/engine/`.
 
 use std::fs;
@@ -72,6 +73,7 @@ pub fn start() -> Result {
     }
     start_docker()?;
     start_registry()?;
+    emulation()?;
     // The registry's credentials as a docker config, for `DOCKER_CONFIG` (the main job and the
     // tests that push as the family does).
     docker_config()?;
@@ -82,6 +84,42 @@ pub fn start() -> Result {
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
     );
     Ok(())
+}
+
+/// Foreign platforms (linux/arm64 on this amd64 machine) run under the kernel's binfmt_misc
+/// with Debian's qemu-user-static, whose handlers carry the `F` flag (they then work inside
+/// containers too). Installs the packages when missing, mounts binfmt_misc when it is not,
+/// and checks that the arm64 handler is enabled.
+fn emulation() -> Result {
+    for package in ["qemu-user-static", "binfmt-support"] {
+        if !installed(package) {
+            apt_install(package)?;
+        }
+    }
+    let binfmt = std::path::Path::new("/proc/sys/fs/binfmt_misc");
+    if !binfmt.join("status").exists() && is_root() {
+        let mut mount = Command::new("mount");
+        mount.args(["-t", "binfmt_misc", "binfmt_misc"]).arg(binfmt);
+        crate::run(mount)?;
+    }
+    let handler = binfmt.join("qemu-aarch64");
+    if !handler.exists() && is_root() {
+        // The package registers its handlers when binfmt_misc was mounted at install time.
+        let mut import = Command::new("update-binfmts");
+        import.args(["--import", "qemu-aarch64"]);
+        let _ = crate::run(import);
+        let mut enable = Command::new("update-binfmts");
+        enable.args(["--enable", "qemu-aarch64"]);
+        let _ = crate::run(enable);
+    }
+    match fs::read_to_string(&handler) {
+        Ok(text) if text.lines().next() == Some("enabled") => Ok(()),
+        Ok(text) => Err(format!("{}: {}", handler.display(), text.lines().next().unwrap_or("unreadable"))),
+        Err(e) => Err(format!(
+            "no arm64 emulation ({}: {e}): install qemu-user-static and binfmt-support as root",
+            handler.display()
+        )),
+    }
 }
 
 fn start_docker() -> Result {

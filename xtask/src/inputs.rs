@@ -92,10 +92,16 @@ pub fn busybox() -> Result {
 
 /// `.cache/rootfs/<release>/rootfs.tar`: `debootstrap --variant=minbase`, made once and kept
 /// until `refresh` (the weekly security refresh) asks for a new one.
+/// What a rootfs tarball holds, written beside it (outside the build context): a tarball made
+/// by an older xtask is made again.
+const ROOTFS_FORMAT: &str = "2: minbase, no apt lists or archives\n";
+
 pub fn rootfs(release: &str, refresh: bool) -> Result {
     let dir = cache(&format!("rootfs/{release}"));
     let tarball = dir.join("rootfs.tar");
-    if tarball.exists() && !refresh {
+    let format = cache(&format!("rootfs/.{release}.format"));
+    let current = fs::read_to_string(&format).is_ok_and(|f| f == ROOTFS_FORMAT);
+    if tarball.exists() && current && !refresh {
         return Ok(());
     }
     if !installed("debootstrap") {
@@ -110,12 +116,32 @@ pub fn rootfs(release: &str, refresh: bool) -> Result {
     let mut debootstrap = Command::new("debootstrap");
     debootstrap.args(["--variant=minbase", release]).arg(&tree).arg(DEBIAN_MIRROR);
     run(debootstrap)?;
+    strip_apt_state(&tree)?;
     let partial = dir.join(".rootfs.tar.partial");
     let mut tar = Command::new("tar");
     tar.args(["--numeric-owner", "--xattrs", "-C"]).arg(&tree).args(["-cf"]).arg(&partial).arg(".");
     run(tar)?;
     fs::rename(&partial, &tarball).map_err(|e| format!("cannot place {}: {e}", tarball.display()))?;
+    fs::write(&format, ROOTFS_FORMAT).map_err(|e| format!("cannot write {}: {e}", format.display()))?;
     fs::remove_dir_all(&tree).map_err(|e| format!("cannot remove {}: {e}", tree.display()))?;
+    Ok(())
+}
+
+/// Empties what apt downloaded while bootstrapping — package lists and archives, ~87 MB of a
+/// 200 MB minbase — as the official Debian images ship: `apt-get update` fills them again.
+/// The directories stay (with `partial/` and `lock`, as apt made them).
+fn strip_apt_state(tree: &Path) -> Result {
+    for dir in ["var/lib/apt/lists", "var/cache/apt/archives", "var/cache/apt"] {
+        let dir = tree.join(dir);
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let keep = entry.file_name() == "lock" || path.is_dir();
+            if !keep {
+                fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -90,7 +90,7 @@ fn cargo() -> Command {
     command
 }
 
-fn run(mut command: Command) -> Result {
+pub(crate) fn run(mut command: Command) -> Result {
     eprintln!("$ {}", describe(&command));
     let status = command.status().map_err(|e| format!("cannot start {}: {e}", describe(&command)))?;
     if status.success() { Ok(()) } else { Err(format!("`{}` failed ({status})", describe(&command))) }
