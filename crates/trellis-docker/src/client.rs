@@ -9,8 +9,6 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::builder::{BuildRequest, BuildTrace, TestRequest};
-use crate::classic::ClassicBuilder;
 use crate::endpoint::Endpoint;
 
 /// What went wrong, classified for the executor's retry decisions.
@@ -142,7 +140,7 @@ impl DockerClient {
     /// engine with API 1.39 or newer (BuildKit's API version; dockerd 20.10 answers 1.41, and
     /// its `/_ping` has no `Builder-Version` header yet), reached over an address BuildKit
     /// builds can connect to. Judged at connect: no request.
-    pub async fn offers_buildkit(&self) -> bool {
+    pub fn offers_buildkit(&self) -> bool {
         self.buildkit
     }
 
@@ -199,37 +197,6 @@ impl DockerClient {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 401 | 403 | 404, .. }) => Ok(None),
             Err(other) => Err(classify(other)),
         }
-    }
-
-    /// The classic builder's build (transitional: callers move to [`DockerClient::builder`]).
-    pub async fn build(
-        &self,
-        request: BuildRequest<'_>,
-        trace: &mut BuildTrace,
-        line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<String, EngineError> {
-        ClassicBuilder::new(self.docker.clone()).build(request, trace, line).await
-    }
-
-    /// The classic builder's test (transitional: callers move to [`DockerClient::builder`]).
-    pub async fn test(
-        &self,
-        request: TestRequest<'_>,
-        trace: &mut BuildTrace,
-        line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<(), EngineError> {
-        ClassicBuilder::new(self.docker.clone()).test(request, trace, line).await
-    }
-
-    /// Force-removes the containers a build ran (transitional: [`crate::Builder::clean_up`]).
-    pub async fn remove_containers(&self, trace: &BuildTrace) {
-        let containers = BuildTrace { containers: trace.containers.clone(), ..Default::default() };
-        ClassicBuilder::new(self.docker.clone()).clean_up(&containers).await;
-    }
-
-    /// Removes a test's containers and layers (transitional: [`crate::Builder::clean_up`]).
-    pub async fn remove_test(&self, trace: &BuildTrace) {
-        ClassicBuilder::new(self.docker.clone()).clean_up(trace).await;
     }
 
     /// Points `reference` (`repository:tag`) at `image_id`.

@@ -62,7 +62,7 @@ impl Workspace {
             ));
         }
         let client = connect().await?;
-        let builder = choose_builder(&client, self.model().settings.builder).await?;
+        let builder = choose_builder(&client, self.model().settings.builder)?;
         let selection = self.select(&how.filters)?;
         let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
         let listing = self.key_while_listing(&client, ids, builder).await?;
@@ -117,8 +117,8 @@ impl Workspace {
 }
 
 /// The builder: the settings' choice, else BuildKit where the engine offers it.
-async fn choose_builder(client: &DockerClient, choice: Option<BuilderChoice>) -> Result<BuilderKind, Error> {
-    let offered = client.offers_buildkit().await;
+fn choose_builder(client: &DockerClient, choice: Option<BuilderChoice>) -> Result<BuilderKind, Error> {
+    let offered = client.offers_buildkit();
     match choice {
         Some(BuilderChoice::Classic) => Ok(BuilderKind::Classic),
         Some(BuilderChoice::BuildKit) if offered => Ok(BuilderKind::BuildKit),

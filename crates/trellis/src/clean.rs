@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::attach::{connect, images_by_key, repository_of, self_made, unreachable};
+use crate::attach::{images_by_key, repository_of, self_made, unreachable};
 use crate::facade::{Error, Workspace};
 
 /// What `trellis clean` did.
@@ -29,8 +29,8 @@ impl Workspace {
         // Not while a run uses the images (a test may stand on a temporary tag).
         let _lock = crate::state::StateLock::acquire(&self.state_dir())?;
         // Keyed as a build would key it (bases, builder), pulling nothing.
-        self.attach(crate::Attach::default(), &mut crate::Quiet).await?;
-        let client = connect().await?;
+        let backend = self.attach(crate::Attach::default(), &mut crate::Quiet).await?;
+        let client = backend.client().ok_or_else(|| Error::NoEngine("attached without an engine".to_owned()))?.clone();
         let workspace = &*self;
         let mut report = CleanReport::default();
         for image in client.workspace_images(&workspace.model().settings.name).await.map_err(unreachable)? {

@@ -69,6 +69,14 @@ impl Backend {
     pub fn facts(&self) -> Option<&EngineFacts> {
         self.facts.as_deref()
     }
+
+    /// The engine's client, when attached to one.
+    pub(crate) fn client(&self) -> Option<&trellis_docker::DockerClient> {
+        match &self.worker {
+            Worker::Docker(docker) => Some(&docker.client),
+            Worker::Simulate(_) => None,
+        }
+    }
 }
 
 /// The executor's runner for trellis nodes.
