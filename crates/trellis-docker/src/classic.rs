@@ -16,6 +16,18 @@ use crate::builder::{
 use crate::client::{EngineError, classify};
 use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
 
+/// How many times a build runs when its cache lookup keeps racing removals.
+const CACHE_RACE_ATTEMPTS: u32 = 3;
+
+/// The classic builder's cache lookup for a step lists the images, then reads each sibling;
+/// an image removed in between (by anyone: another build's test, `docker image prune`) fails
+/// the step with `unable to find image "sha256:…"` although nothing is wrong with the build.
+/// Steps on `FROM scratch` compare against every parentless image, so they meet it most.
+/// Measured on dockerd 20.10; the same inputs build at the next attempt.
+fn raced_a_removal(message: &str) -> bool {
+    message.starts_with("unable to find image \"sha256:")
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ClassicBuilder {
     docker: Docker,
@@ -49,10 +61,20 @@ impl ClassicBuilder {
             version: BuilderVersion::BuilderV1,
             ..Default::default()
         };
-        // A build's layers are the image's own history, not leftovers: record none.
-        let mut steps = BuildTrace::default();
-        let id = self.run_build(options, tar, &mut steps, line).await;
-        trace.containers.append(&mut steps.containers);
+        let mut attempt = 1;
+        let id = loop {
+            // A build's layers are the image's own history, not leftovers: record none.
+            let mut steps = BuildTrace::default();
+            let id = self.run_build(options.clone(), tar.clone(), &mut steps, line).await;
+            trace.containers.append(&mut steps.containers);
+            match id {
+                Err(EngineError::Failed(message)) if raced_a_removal(&message) && attempt < CACHE_RACE_ATTEMPTS => {
+                    line("trellis: the engine's layer-cache lookup raced the removal of another image; building again");
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
         id?.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
     }
 
@@ -202,5 +224,19 @@ impl Builder for ClassicBuilder {
 
     fn clean_up<'a>(&'a self, trace: &'a BuildTrace) -> BoxFuture<'a, ()> {
         Box::pin(ClassicBuilder::clean_up(self, trace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raced_a_removal;
+
+    #[test]
+    fn only_the_cache_lookup_race_builds_again() {
+        assert!(raced_a_removal(
+            "unable to find image \"sha256:e5faea5318d2d111c9f32aa7e1d3278db87f7dd78e0488cd82591c6d60b077da\""
+        ));
+        assert!(!raced_a_removal("pull access denied for missing, repository does not exist"));
+        assert!(!raced_a_removal("The command '/bin/sh -c false' returned a non-zero code: 1"));
     }
 }
