@@ -439,3 +439,37 @@ image "app" {
     let dockerfile = "FROM scratch\nRUN --mount=type=cache,target=/cache echo {{ v }}\n";
     check_with("cache_mount_with_the_classic_builder", matrix, &[("Dockerfile.j2", dockerfile)]);
 }
+
+cases! {
+    // Platforms: as Docker names them, each once, at least one.
+    unknown_platform: with("    name \"t\"\n    platforms \"linux/amd64\" \"linux/aarch64\"", "axis \"v\" \"1\"", IMAGE);
+    platform_twice: image("    tag \"{{ v }}\"\n    platforms \"linux/arm64\" \"linux/amd64\" \"linux/arm64\"");
+    platforms_without_values: image("    tag \"{{ v }}\"\n    platforms");
+    platforms_twice_in_an_image: image("    tag \"{{ v }}\"\n    platforms \"linux/arm64\"\n    platforms \"linux/amd64\"");
+}
+
+/// A child stands on its parent's image for the same platform: one the parent is not built
+/// for is found before anything runs, pointing at both declarations.
+#[test]
+fn parent_lacks_a_platform() {
+    let matrix = r#"settings {
+    name "t"
+    platforms "linux/amd64"
+}
+image "base" {
+    repository "acme/base"
+    dockerfile "base.j2"
+    context "."
+    tag "latest"
+}
+image "app" {
+    repository "acme/app"
+    dockerfile "app.j2"
+    context "."
+    tag "latest"
+    platforms "linux/amd64" "linux/arm64"
+}
+"#;
+    let files = [("base.j2", "FROM scratch\n"), ("app.j2", "FROM acme/base:latest\n")];
+    check_with("parent_lacks_a_platform", matrix, &files);
+}

@@ -17,18 +17,72 @@ pub struct ImageUse {
 /// Every external image a Dockerfile uses, in order: `FROM` images that are not earlier stages
 /// or `scratch`, and `COPY --from` images that are not stages.
 pub fn image_uses(dockerfile: &str, build_args: &[(String, String)]) -> Vec<ImageUse> {
+    scan(dockerfile, build_args).1.into_iter().map(|found| found.image_use).collect()
+}
+
+/// The Dockerfile with the images `replacement` maps (by their reference after substitution)
+/// written in their place: the `FROM` operand or the `--from=` value. A rewritten instruction
+/// is put on one line; the lines it continued on stay, empty, so line numbers hold.
+pub fn replace_images(
+    dockerfile: &str,
+    build_args: &[(String, String)],
+    replacement: impl Fn(&str) -> Option<String>,
+) -> String {
+    let (instructions, found) = scan(dockerfile, build_args);
+    let mut rewritten: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+    for found in found {
+        let Some(new) = replacement(&found.image_use.reference) else { continue };
+        let words = (rewritten.entry(found.instruction))
+            .or_insert_with(|| instructions[found.instruction].text.split_whitespace().map(str::to_owned).collect());
+        words[found.word] = match words[found.word].starts_with("--from=") {
+            true => format!("--from={new}"),
+            false => new,
+        };
+    }
+    let mut lines: Vec<String> = dockerfile.lines().map(str::to_owned).collect();
+    for (index, words) in rewritten {
+        let instruction = &instructions[index];
+        lines[instruction.first - 1] = words.join(" ");
+        for line in &mut lines[instruction.first..instruction.last] {
+            line.clear();
+        }
+    }
+    let mut out = lines.join("\n");
+    if dockerfile.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// One logical instruction: continuation lines joined, with the lines it spans (1-based).
+struct Instruction {
+    first: usize,
+    last: usize,
+    text: String,
+}
+
+/// An image use and where it was written: the instruction, and the word of it.
+struct Found {
+    image_use: ImageUse,
+    instruction: usize,
+    word: usize,
+}
+
+fn scan(dockerfile: &str, build_args: &[(String, String)]) -> (Vec<Instruction>, Vec<Found>) {
     let escape = escape_char(dockerfile);
     let mut global_args: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<String> = Vec::new();
     let mut seen_from = false;
-    let mut uses = Vec::new();
-    for (line, instruction) in instructions(dockerfile, escape) {
-        let mut words = instruction.split_whitespace();
-        let Some(keyword) = words.next() else { continue };
-        let rest: Vec<&str> = words.collect();
+    let mut found = Vec::new();
+    let instructions = instructions(dockerfile, escape);
+    for (index, instruction) in instructions.iter().enumerate() {
+        let line = instruction.first;
+        let words: Vec<&str> = instruction.text.split_whitespace().collect();
+        let Some(keyword) = words.first() else { continue };
+        let rest = &words[1..];
         match keyword.to_ascii_uppercase().as_str() {
             "ARG" if !seen_from => {
-                for declaration in &rest {
+                for declaration in rest {
                     let (name, default) = match declaration.split_once('=') {
                         Some((n, d)) => (n, Some(unquote(d))),
                         None => (*declaration, None),
@@ -44,10 +98,11 @@ pub fn image_uses(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
             }
             "FROM" => {
                 seen_from = true;
-                let operands: Vec<&&str> = rest.iter().filter(|w| !w.starts_with("--")).collect();
-                let Some(image) = operands.first() else { continue };
+                let operands: Vec<(usize, &str)> =
+                    rest.iter().enumerate().filter(|(_, w)| !w.starts_with("--")).map(|(i, w)| (i + 1, *w)).collect();
+                let Some(&(word, image)) = operands.first() else { continue };
                 let image = substitute(image, &global_args);
-                if let (Some(as_kw), Some(name)) = (operands.get(1), operands.get(2))
+                if let (Some((_, as_kw)), Some((_, name))) = (operands.get(1), operands.get(2))
                     && as_kw.eq_ignore_ascii_case("as")
                 {
                     stages.push(name.to_ascii_lowercase());
@@ -57,24 +112,25 @@ pub fn image_uses(dockerfile: &str, build_args: &[(String, String)]) -> Vec<Imag
                 let is_stage =
                     stages[..stages.len() - 1].iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&image));
                 if !is_stage && !image.eq_ignore_ascii_case("scratch") && !image.is_empty() {
-                    uses.push(ImageUse { reference: image, line });
+                    found.push(Found { image_use: ImageUse { reference: image, line }, instruction: index, word });
                 }
             }
             "COPY" | "ADD" => {
-                for flag in rest.iter().take_while(|w| w.starts_with("--")) {
+                for (i, flag) in rest.iter().enumerate().take_while(|(_, w)| w.starts_with("--")) {
                     let Some(from) = flag.strip_prefix("--from=") else { continue };
                     let from = substitute(from, &global_args);
                     let is_stage = from.parse::<usize>().is_ok()
                         || stages.iter().any(|s| !s.is_empty() && s.eq_ignore_ascii_case(&from));
                     if !is_stage && !from.is_empty() {
-                        uses.push(ImageUse { reference: from, line });
+                        let image_use = ImageUse { reference: from, line };
+                        found.push(Found { image_use, instruction: index, word: i + 1 });
                     }
                 }
             }
             _ => {}
         }
     }
-    uses
+    (instructions, found)
 }
 
 /// The `# escape=` parser directive, if any, else `\`.
@@ -89,11 +145,11 @@ fn escape_char(dockerfile: &str) -> char {
     '\\'
 }
 
-/// Logical instructions with their first line number: continuation lines joined, comments
-/// and blank lines dropped.
-fn instructions(dockerfile: &str, escape: char) -> Vec<(usize, String)> {
+/// Logical instructions with the lines they span: continuation lines joined, comments and
+/// blank lines dropped.
+fn instructions(dockerfile: &str, escape: char) -> Vec<Instruction> {
     let mut out = Vec::new();
-    let mut current: Option<(usize, String)> = None;
+    let mut current: Option<Instruction> = None;
     for (index, raw) in dockerfile.lines().enumerate() {
         let trimmed = raw.trim();
         if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_none()) {
@@ -103,9 +159,10 @@ fn instructions(dockerfile: &str, escape: char) -> Vec<(usize, String)> {
             Some(body) => (true, body),
             None => (false, trimmed),
         };
-        let entry = current.get_or_insert_with(|| (index + 1, String::new()));
-        entry.1.push_str(body);
-        entry.1.push(' ');
+        let entry = current.get_or_insert_with(|| Instruction { first: index + 1, last: index + 1, text: String::new() });
+        entry.last = index + 1;
+        entry.text.push_str(body);
+        entry.text.push(' ');
         if !continues {
             out.extend(current.take());
         }
@@ -197,6 +254,18 @@ mod tests {
         let file = "# escape=`\nFROM `\n  --platform=linux/amd64 `\n  # a comment\n  base:1 AS b\n";
         assert_eq!(refs(file, &[]), ["base:1"]);
         assert_eq!(refs("from --platform=$BUILDPLATFORM x:1\n", &[]), ["x:1"]);
+    }
+
+    #[test]
+    fn images_are_replaced_where_written_and_stages_are_left_alone() {
+        let file = "ARG OS=trixie\nFROM trellis/busybox:latest AS unpack\nRUN true\nFROM \\\n  trellis/debian:${OS}\nCOPY --from=unpack /out/ /usr/local/\nCOPY --chown=1 --from=trellis/busybox:latest /bin/sh /sh\n";
+        let replaced = replace_images(file, &[], |r| r.starts_with("trellis/").then(|| format!("tmp/{}", r.len())));
+        assert_eq!(
+            replaced,
+            "ARG OS=trixie\nFROM tmp/22 AS unpack\nRUN true\nFROM tmp/21\n\nCOPY --from=unpack /out/ /usr/local/\nCOPY --chown=1 --from=tmp/22 /bin/sh /sh\n"
+        );
+        assert_eq!(refs(&replaced, &[]), ["tmp/22", "tmp/21", "tmp/22"]);
+        assert_eq!(replace_images(file, &[], |_| None), file);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Node {
     pub variant: usize,
     /// Index into the variant's tests, for test nodes.
     pub test: Option<usize>,
+    /// Build and test nodes of a variant with `platforms`: the platform (`linux/arm64`), also
+    /// the id's `@` suffix. `None`: the engine's own platform, or a render, tag or push.
+    pub platform: Option<String>,
     pub key: NodeKey,
     /// The key's named inputs with their hashes (hex), for saying which one changed.
     pub components: Components,
@@ -66,10 +69,47 @@ type Keyed = (NodeKey, Components);
 #[derive(Debug, Clone)]
 pub struct VariantNodes {
     pub render: NodeIndex,
-    pub build: NodeIndex,
-    pub tests: Vec<NodeIndex>,
+    /// A build and its tests per platform, in the order the platforms are written; one,
+    /// unnamed, for a variant without `platforms`.
+    pub platforms: Vec<PlatformNodes>,
     pub tag: NodeIndex,
     pub push: NodeIndex,
+}
+
+/// One platform's build of a variant and the tests run on its image.
+#[derive(Debug, Clone)]
+pub struct PlatformNodes {
+    /// `None`: the engine's own platform, named in no id or key.
+    pub platform: Option<String>,
+    pub build: NodeIndex,
+    pub tests: Vec<NodeIndex>,
+}
+
+impl VariantNodes {
+    /// Every platform's build node.
+    pub fn builds(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.platforms.iter().map(|p| p.build)
+    }
+
+    /// The nodes of the engine's own platform (`native`): the unnamed platform, or the named
+    /// one equal to it. `None` when the variant is built for other platforms only.
+    pub fn native(&self, native: &str) -> Option<&PlatformNodes> {
+        self.platforms.iter().find(|p| p.platform.as_deref().is_none_or(|p| p == native))
+    }
+}
+
+/// The platform of the machine trellis runs on, in Docker's words: the engine's own platform
+/// when it runs here too. Attaching to an engine replaces it with the engine's answer.
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    format!("linux/{arch}")
 }
 
 /// Image IDs of external base images, by reference as written in the Dockerfile. The engine
@@ -87,6 +127,16 @@ pub struct GraphInputs {
     pub reports: Vec<PathBuf>,
     /// The builder that builds the images (`classic`, `buildkit`), part of every build key.
     pub builder: Option<String>,
+    /// The engine's own platform (`linux/amd64`); `None`: [`host_platform`]. Variants without
+    /// `platforms` are built for it; it decides which parent image such a variant stands on.
+    pub native_platform: Option<String>,
+}
+
+impl GraphInputs {
+    /// The engine's own platform.
+    pub fn native(&self) -> String {
+        self.native_platform.clone().unwrap_or_else(host_platform)
+    }
 }
 
 /// What each variant builds on, from its rendered Dockerfile, and what its Dockerfile tests
@@ -112,6 +162,7 @@ impl Dependencies {
     pub fn new(workspace: &Model) -> Result<Self, Diagnostics> {
         let mut diags = Vec::new();
         let uses = dependencies(workspace, &mut diags);
+        diags.extend(platform_mismatches(workspace, &uses.parents, &host_platform()));
         let order = variant_order(workspace, &uses, &mut diags);
         match order {
             Some(order) if diags.is_empty() => Ok(Self {
@@ -147,6 +198,8 @@ pub struct Graph {
     pub context_manifests: HashMap<PathBuf, Arc<ContextManifest>>,
     /// trellis's own files, left out of every context: the builds' tars leave out the same.
     pub own_files: Arc<OwnFiles>,
+    /// The engine's own platform the graph was keyed for.
+    pub native_platform: String,
     by_id: HashMap<String, NodeIndex>,
 }
 
@@ -154,7 +207,8 @@ impl Graph {
     /// Builds the graph and computes every key. Reads the build contexts and the test
     /// Dockerfiles; reports every problem it finds as a diagnostic.
     pub fn build(workspace: &Model, dependencies: &Dependencies, inputs: &GraphInputs) -> Result<Self, Diagnostics> {
-        let mut diags = Vec::new();
+        let native = inputs.native();
+        let mut diags = platform_mismatches(workspace, &dependencies.parents, &native);
         let own_files = OwnFiles::of(workspace, &inputs.reports);
         let contexts = context_digests(workspace, &own_files, &mut diags);
         if !diags.is_empty() {
@@ -162,17 +216,26 @@ impl Graph {
         }
         let Dependencies { parents, external_bases, test_parents, test_bases, order } = dependencies;
 
-        // Build keys need the parents' keys: compute in dependency order.
+        // Build keys need the parents' keys: compute in dependency order, per platform.
         let digest_of = |dir: &Path| contexts[&workspace.root.join(dir)].digest;
-        let mut builds: Vec<Option<Keyed>> = vec![None; workspace.variants.len()];
+        let mut builds: Vec<Vec<Keyed>> = vec![Vec::new(); workspace.variants.len()];
         for &v in order {
             let variant = &workspace.variants[v];
-            let parent_keys: Vec<(&str, NodeKey)> = parents[v]
-                .iter()
-                .map(|p| (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("parents come first").0))
-                .collect();
-            builds[v] =
-                Some(build_key(variant, &digest_of(&variant.context), &parent_keys, &external_bases[v], inputs));
+            for platform in variant.platform_slots() {
+                let wanted = platform.unwrap_or(&native);
+                let parent_keys: Vec<(&str, NodeKey)> = (parents[v].iter())
+                    .map(|&p| (workspace.variants[p].id.as_str(), slot_key(&builds, workspace, p, wanted, &native)))
+                    .collect();
+                let keyed = build_key(
+                    variant,
+                    platform,
+                    &digest_of(&variant.context),
+                    &parent_keys,
+                    &external_bases[v],
+                    inputs,
+                );
+                builds[v].push(keyed);
+            }
         }
 
         let mut dag = DiGraph::new();
@@ -185,62 +248,76 @@ impl Graph {
             index
         };
         for (v, variant) in workspace.variants.iter().enumerate() {
-            let (build_key, build_components) = builds[v].clone().expect("every variant has a key");
             let node = |kind: NodeKind, id: String, (key, components): Keyed| Node {
                 id,
                 kind,
                 variant: v,
                 test: None,
+                platform: None,
                 key,
                 components,
             };
             let render = add(&mut dag, node(NodeKind::Render, format!("render:{}", variant.id), render_key(variant)));
-            let build =
-                add(&mut dag, node(NodeKind::Build, format!("build:{}", variant.id), (build_key, build_components)));
-            dag.add_edge(render, build, ());
-            let mut tests = Vec::new();
-            for (t, test) in variant.tests.iter().enumerate() {
-                let uses: Vec<(&str, NodeKey)> = test_parents[v][t]
-                    .iter()
-                    .map(|p| {
-                        (workspace.variants[*p].id.as_str(), builds[*p].as_ref().expect("every variant has a key").0)
-                    })
-                    .collect();
-                let keyed = test_key(test, &build_key, &uses, &test_bases[v][t], &inputs.base_images, &digest_of);
-                let mut n = node(NodeKind::Test, format!("test:{}/{}", variant.id, test.name), keyed);
-                n.test = Some(t);
-                let index = add(&mut dag, n);
-                dag.add_edge(build, index, ());
-                tests.push(index);
+            let mut platforms = Vec::new();
+            for (slot, platform) in variant.platform_slots().into_iter().enumerate() {
+                let at = platform.map(|p| format!("@{p}")).unwrap_or_default();
+                let (build_key, build_components) = builds[v][slot].clone();
+                let mut n = node(NodeKind::Build, format!("build:{}{at}", variant.id), (build_key, build_components));
+                n.platform = platform.map(str::to_owned);
+                let build = add(&mut dag, n);
+                dag.add_edge(render, build, ());
+                let mut tests = Vec::new();
+                for (t, test) in variant.tests.iter().enumerate() {
+                    let wanted = platform.unwrap_or(&native);
+                    let uses: Vec<(&str, NodeKey)> = (test_parents[v][t].iter())
+                        .map(|&p| {
+                            (workspace.variants[p].id.as_str(), used_key(&builds, workspace, p, wanted, &native))
+                        })
+                        .collect();
+                    let keyed = test_key(test, &build_key, &uses, &test_bases[v][t], &inputs.base_images, &digest_of);
+                    let mut n = node(NodeKind::Test, format!("test:{}/{}{at}", variant.id, test.name), keyed);
+                    n.test = Some(t);
+                    n.platform = platform.map(str::to_owned);
+                    let index = add(&mut dag, n);
+                    dag.add_edge(build, index, ());
+                    tests.push(index);
+                }
+                platforms.push(PlatformNodes { platform: platform.map(str::to_owned), build, tests });
             }
-            let (tag_key, tag_components) = tag_key(variant, &build_key);
+            let (tag_key, tag_components) = tag_key(variant, &builds[v]);
             let tag = add(&mut dag, node(NodeKind::Tag, format!("tag:{}", variant.id), (tag_key, tag_components)));
-            if tests.is_empty() {
-                dag.add_edge(build, tag, ());
-            }
-            for &t in &tests {
-                dag.add_edge(t, tag, ());
+            for platform in &platforms {
+                if platform.tests.is_empty() {
+                    dag.add_edge(platform.build, tag, ());
+                }
+                for &t in &platform.tests {
+                    dag.add_edge(t, tag, ());
+                }
             }
             let mut push_key = ComponentKey::new("push");
             push_key.key(Component::Tag, &tag_key).text(Component::Registry, inputs.registry.as_deref().unwrap_or(""));
             let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key.finish()));
             dag.add_edge(tag, push, ());
-            variants.push(VariantNodes { render, build, tests, tag, push });
+            variants.push(VariantNodes { render, platforms, tag, push });
         }
         for (tested, per_test) in test_parents.iter().enumerate() {
             for (t, parents) in per_test.iter().enumerate() {
                 for &parent in parents {
                     // A test runs with the other images it names as they were tagged after
                     // their own tests.
-                    dag.add_edge(variants[parent].tag, variants[tested].tests[t], ());
+                    for platform in &variants[tested].platforms {
+                        dag.add_edge(variants[parent].tag, platform.tests[t], ());
+                    }
                 }
             }
         }
         for (child, parents) in parents.iter().enumerate() {
             for &parent in parents {
-                // A child builds on its parent's tested, tagged image; registries get the
-                // parent before the child.
-                dag.add_edge(variants[parent].tag, variants[child].build, ());
+                // A child builds on its parent's tested, tagged images (every platform's);
+                // registries get the parent before the child.
+                for build in variants[child].builds().collect::<Vec<_>>() {
+                    dag.add_edge(variants[parent].tag, build, ());
+                }
                 dag.add_edge(variants[parent].push, variants[child].push, ());
             }
         }
@@ -248,7 +325,14 @@ impl Graph {
             .into_iter()
             .map(|(dir, manifest)| (dir.strip_prefix(&workspace.root).map(Path::to_path_buf).unwrap_or(dir), manifest))
             .collect();
-        Ok(Self { dag, variants, context_manifests, own_files: Arc::new(own_files), by_id })
+        Ok(Self {
+            dag,
+            variants,
+            context_manifests,
+            own_files: Arc::new(own_files),
+            native_platform: native,
+            by_id,
+        })
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
@@ -279,6 +363,73 @@ impl Graph {
         }
         order
     }
+}
+
+/// The index of `variant`'s platform `platform` (its unnamed one stands for `native`).
+pub fn platform_slot(variant: &Variant, platform: &str, native: &str) -> Option<usize> {
+    variant.platform_slots().iter().position(|p| p.unwrap_or(native) == platform)
+}
+
+/// The build key of parent `p` for `platform` (checked to exist by [`platform_mismatches`]).
+fn slot_key(builds: &[Vec<Keyed>], workspace: &Model, p: usize, platform: &str, native: &str) -> NodeKey {
+    let slot = platform_slot(&workspace.variants[p], platform, native).expect("parents have the platform");
+    builds[p][slot].0
+}
+
+/// The build key of a variant a Dockerfile test uses: its image for the platform under test
+/// when it has one, else its first (tests with other images see the engine's tags of them).
+fn used_key(builds: &[Vec<Keyed>], workspace: &Model, p: usize, platform: &str, native: &str) -> NodeKey {
+    let slot = platform_slot(&workspace.variants[p], platform, native).unwrap_or(0);
+    builds[p][slot].0
+}
+
+/// A child built for a platform its parent is not built for: a diagnostic per pair, before
+/// anything runs. A variant without `platforms` is built for the engine's own (`native`).
+fn platform_mismatches(workspace: &Model, parents: &[Vec<usize>], native: &str) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for (child, parents) in parents.iter().enumerate() {
+        let variant = &workspace.variants[child];
+        for &p in parents {
+            let parent = &workspace.variants[p];
+            for platform in variant.platform_slots() {
+                let wanted = platform.unwrap_or(native);
+                if platform_slot(parent, wanted, native).is_some() {
+                    continue;
+                }
+                diags.push(parent_lacks(workspace, variant, parent, platform, wanted));
+            }
+        }
+    }
+    diags
+}
+
+fn parent_lacks(
+    workspace: &Model,
+    child: &Variant,
+    parent: &Variant,
+    platform: Option<&str>,
+    wanted: &str,
+) -> Diagnostic {
+    let (child_image, parent_image) = (workspace.image_of(child), workspace.image_of(parent));
+    let message = match platform {
+        Some(_) => format!("{} is built for {wanted}, and its parent {} is not", child.id, parent.id),
+        None => format!(
+            "{} is built for the engine's platform {wanted}, and its parent {} is not",
+            child.id, parent.id
+        ),
+    };
+    let mut d = Diagnostic::new("trellis::platform::parent_lacks", message);
+    d = match child_image.platforms_span {
+        Some(span) => d.at(&workspace.manifest, span, format!("{} is built for these platforms", child.id)),
+        None => d.at(&workspace.manifest, child_image.dockerfile_decl.span, format!("{} builds FROM {}", child.id, parent.id)),
+    };
+    if let Some(span) = parent_image.platforms_span.filter(|s| Some(*s) != child_image.platforms_span) {
+        d = d.at(&workspace.manifest, span, format!("{} is built for these", parent.id));
+    }
+    d.help(format!(
+        "a child stands on its parent's image for the same platform: add \"{wanted}\" to the platforms of image `{}`, or declare `platforms` once in settings",
+        parent_image.name
+    ))
 }
 
 /// What every variant's Dockerfile and Dockerfile tests use.
@@ -595,6 +746,7 @@ fn render_key(variant: &Variant) -> Keyed {
 
 fn build_key(
     variant: &Variant,
+    platform: Option<&str>,
     context: &ContextDigest,
     parents: &[(&str, NodeKey)],
     bases: &[String],
@@ -613,6 +765,9 @@ fn build_key(
     }
     if let Some(builder) = &inputs.builder {
         key.text(Component::Builder, builder);
+    }
+    if let Some(platform) = platform {
+        key.text(Component::Platform, platform);
     }
     for (id, parent) in parents {
         key.key(Component::Parent((*id).to_owned()), parent);
@@ -653,10 +808,17 @@ fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds) {
     }
 }
 
-fn tag_key(variant: &Variant, build: &NodeKey) -> Keyed {
+/// The images it tags (one per platform) and the references.
+fn tag_key(variant: &Variant, builds: &[Keyed]) -> Keyed {
     let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     references.sort();
     let mut key = ComponentKey::new("tag");
-    key.key(Component::Image, build).text(Component::References, &references.join("\n"));
+    for (platform, (build, _)) in variant.platform_slots().into_iter().zip(builds) {
+        match platform {
+            None => key.key(Component::Image, build),
+            Some(platform) => key.key(Component::PlatformImage(platform.to_owned()), build),
+        };
+    }
+    key.text(Component::References, &references.join("\n"));
     key.finish()
 }

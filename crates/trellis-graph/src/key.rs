@@ -105,6 +105,10 @@ pub enum Component {
     Target,
     /// Build: the builder (`classic`, `buildkit`): the same Dockerfile may build differently.
     Builder,
+    /// Build: the platform it builds for (`linux/arm64`), when the variant names platforms.
+    Platform,
+    /// Tag of a variant with platforms: the build key of its image for one platform.
+    PlatformImage(String),
     /// Build: a workspace image the Dockerfile builds on (its build key).
     Parent(String),
     /// Build and Dockerfile tests: an external image, by the ID the engine resolved.
@@ -136,6 +140,8 @@ impl Component {
             Component::Label(label) => format!("label {label} changed"),
             Component::Target => "build target changed".to_owned(),
             Component::Builder => "builder changed".to_owned(),
+            Component::Platform => "platform changed".to_owned(),
+            Component::PlatformImage(platform) => format!("its {platform} image was rebuilt"),
             Component::Parent(parent) => format!("parent {parent} changed"),
             Component::Base(base) => format!("base image {base} moved"),
             Component::Image => "its image was rebuilt".to_owned(),
@@ -162,6 +168,8 @@ impl std::fmt::Display for Component {
             Component::Label(label) => ("label", Some(label)),
             Component::Target => ("target", None),
             Component::Builder => ("builder", None),
+            Component::Platform => ("platform", None),
+            Component::PlatformImage(platform) => ("image", Some(platform)),
             Component::Parent(parent) => ("parent", Some(parent)),
             Component::Base(base) => ("base", Some(base)),
             Component::Image => ("image", None),
@@ -192,6 +200,7 @@ impl std::str::FromStr for Component {
             Component::Context,
             Component::Target,
             Component::Builder,
+            Component::Platform,
             Component::Image,
             Component::Network,
             Component::Run,
@@ -212,6 +221,7 @@ impl std::str::FromStr for Component {
             "parent" => Ok(Component::Parent(detail)),
             "base" => Ok(Component::Base(detail)),
             "uses" => Ok(Component::Uses(detail)),
+            "image" => Ok(Component::PlatformImage(detail)),
             _ => Err(()),
         }
     }
@@ -276,6 +286,8 @@ mod tests {
             Component::Label("org.example.x y".into()),
             Component::Target,
             Component::Builder,
+            Component::Platform,
+            Component::PlatformImage("linux/arm/v7".into()),
             Component::Parent("node/22/bookworm".into()),
             Component::Base("debian:bookworm".into()),
             Component::Image,

@@ -17,7 +17,10 @@ pub mod render;
 mod select;
 
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
-pub use graph::{BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, VariantNodes, check_contexts};
+pub use graph::{
+    BaseImageIds, Dependencies, Graph, GraphInputs, Node, NodeKind, PlatformNodes, VariantNodes, check_contexts,
+    host_platform, platform_slot,
+};
 pub use key::{Component, ComponentKey, Components, KEY_SCHEMA_VERSION, KeyHasher, NodeKey};
 pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};

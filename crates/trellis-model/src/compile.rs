@@ -52,15 +52,25 @@ pub(crate) fn compile(
         manifest: source.clone(),
         settings,
         axes: axes.into_iter().map(|a| a.axis).collect(),
-        images: manifest.images.iter().map(image).collect(),
-        variants: variants.into_iter().filter(|v| v.complete || v.context_known).map(|v| v.variant).collect(),
+        images: manifest.images.iter().map(|decl| image(decl, &manifest.settings)).collect(),
+        variants: (variants.into_iter().filter(|v| v.complete || v.context_known))
+            .map(|v| with_platforms(v.variant, &manifest))
+            .collect(),
         template_files: compiler.template_sources.iter().map(|(f, _)| PathBuf::from(f.name())).collect(),
     })
 }
 
+/// The platforms a variant is built for: its image's `platforms`, else the settings'.
+fn with_platforms(mut variant: Variant, manifest: &Manifest) -> Variant {
+    let decl = manifest.images[variant.image].platforms.as_ref().or(manifest.settings.platforms.as_ref());
+    variant.platforms = decl.map(|d| d.values.iter().map(|p| p.value.clone()).collect()).unwrap_or_default();
+    variant
+}
+
 /// The workspace's record of an image declaration.
-fn image(decl: &ImageDecl) -> Image {
+fn image(decl: &ImageDecl, settings: &Settings) -> Image {
     Image {
+        platforms_span: decl.platforms.as_ref().or(settings.platforms.as_ref()).map(|p| p.span),
         name: decl.name.value.clone(),
         matrix: decl.matrix.iter().map(|m| m.value.clone()).collect(),
         dockerfile_decl: decl.dockerfile.clone().unwrap_or_else(|| Spanned {
@@ -1138,6 +1148,7 @@ impl<'a> Compiler<'a> {
                 network: image.decl.network.as_ref().map(|n| n.value).unwrap_or_default(),
                 references: Vec::new(),
                 tests: rendered.tests.unwrap_or_default(),
+                platforms: Vec::new(),
             },
             produced: rendered.produced.0,
             render_decl,

@@ -14,7 +14,7 @@ use crate::manifest::*;
 
 const TOP_NODES: &[&str] = &["settings", "axis", "image"];
 const SETTINGS_NODES: &[&str] =
-    &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull", "builder"];
+    &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull", "builder", "platforms"];
 const IMAGE_NODES: &[&str] = &[
     "matrix",
     "exclude",
@@ -26,6 +26,7 @@ const IMAGE_NODES: &[&str] = &[
     "arg",
     "label",
     "network",
+    "platforms",
     "tag",
     "test",
 ];
@@ -445,6 +446,7 @@ impl Decoder<'_> {
                 }
             }
             "builder" => settings.builder = self.single_string(child).and_then(|s| self.keyword(s, &BUILDERS)),
+            "platforms" => settings.platforms = self.platforms(child),
             other => self.unknown_node(child, other, "settings", SETTINGS_NODES),
         }
     }
@@ -494,6 +496,36 @@ impl Decoder<'_> {
             format!("{} is one of {}", keywords.node, words.join(", ")),
         );
         None
+    }
+
+    /// `platforms "linux/amd64" "linux/arm64"`: at least one, each a platform trellis knows,
+    /// none twice.
+    fn platforms(&mut self, node: &KdlNode) -> Option<PlatformsDecl> {
+        self.no_children(node);
+        self.no_props(node);
+        let args = Self::args(node);
+        if args.is_empty() {
+            self.missing_argument(node, "at least one platform, such as \"linux/amd64\"");
+            return None;
+        }
+        let mut values: Vec<Spanned<String>> = Vec::new();
+        for arg in args {
+            let Some(platform) = self.string(arg, "a platform") else { continue };
+            if let Err(help) = crate::platform::check(&platform.value) {
+                self.error_help(
+                    "trellis::schema::bad_platform",
+                    format!("unknown platform `{}`", platform.value),
+                    platform.span,
+                    "not a platform",
+                    help,
+                );
+            } else if let Some(first) = values.iter().find(|v| v.value == platform.value) {
+                self.duplicate(&format!("platform `{}`", platform.value), platform.span, first.span);
+            } else {
+                values.push(platform);
+            }
+        }
+        Some(PlatformsDecl { span: node.span(), values })
     }
 
     fn jobs(&mut self, node: &KdlNode) -> Jobs {
@@ -661,6 +693,13 @@ impl Decoder<'_> {
             "network" => {
                 let v = self.single_string(child).and_then(|s| self.keyword(s, &NETWORK_MODES));
                 self.set_once(&mut image.network, child, v);
+            }
+            "platforms" => {
+                if let Some(first) = &image.platforms {
+                    self.duplicate("`platforms`", child.name().span(), first.span);
+                } else {
+                    image.platforms = self.platforms(child);
+                }
             }
             "arg" => self.image_pair(child, &mut image.args, &mut declared.args),
             "label" => self.image_pair(child, &mut image.labels, &mut declared.labels),
@@ -918,6 +957,7 @@ fn empty_image(name: Spanned<String>) -> ImageDecl {
         args: Vec::new(),
         labels: Vec::new(),
         network: None,
+        platforms: None,
         tags: Vec::new(),
         tests: Vec::new(),
     }

@@ -13,6 +13,7 @@ mod diagnostic;
 mod files;
 pub mod manifest;
 mod model;
+pub mod platform;
 pub mod reference;
 mod template;
 

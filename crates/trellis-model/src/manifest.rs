@@ -43,6 +43,8 @@ pub struct Settings {
     pub pull: PullPolicy,
     /// `None` when not set: the engine picks (see [`crate::WorkspaceSettings::builder`]).
     pub builder: Option<Spanned<BuilderChoice>>,
+    /// `platforms "linux/amd64" "linux/arm64"`: every image's, unless it says its own.
+    pub platforms: Option<PlatformsDecl>,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             backoff: Duration::from_secs(1),
             pull: PullPolicy::Missing,
             builder: None,
+            platforms: None,
         }
     }
 }
@@ -97,6 +100,15 @@ impl BuilderChoice {
             BuilderChoice::Classic => "classic",
         }
     }
+}
+
+/// `platforms "os/arch[/variant]" …`, in settings or in an image.
+#[derive(Clone, Debug)]
+pub struct PlatformsDecl {
+    /// The whole node.
+    pub span: SourceSpan,
+    /// Valid and distinct, in the order written.
+    pub values: Vec<Spanned<String>>,
 }
 
 /// `axis "name" [values…] [sort="version"] { value "v" attr=… }`.
@@ -156,6 +168,7 @@ pub struct ImageDecl {
     pub args: Vec<(Spanned<String>, Spanned<String>)>,
     pub labels: Vec<(Spanned<String>, Spanned<String>)>,
     pub network: Option<Spanned<NetworkMode>>,
+    pub platforms: Option<PlatformsDecl>,
     pub tags: Vec<TagDecl>,
     pub tests: Vec<TestDecl>,
 }

@@ -42,6 +42,17 @@ pub struct WorkspaceSettings {
     pub builder: Option<BuilderChoice>,
 }
 
+impl Variant {
+    /// The platforms its builds and tests run for: the named ones, or `[None]` (the engine's
+    /// own platform, not named in ids or keys).
+    pub fn platform_slots(&self) -> Vec<Option<&str>> {
+        match self.platforms.is_empty() {
+            true => vec![None],
+            false => self.platforms.iter().map(|p| Some(p.as_str())).collect(),
+        }
+    }
+}
+
 /// An axis with its values in axis order (highest version first with `sort="version"`).
 #[derive(Clone, Debug)]
 pub struct Axis {
@@ -65,6 +76,8 @@ pub struct Image {
     pub dockerfile_decl: Spanned<String>,
     /// The `context` declaration, or the image name when the context is the default.
     pub context_span: miette::SourceSpan,
+    /// The `platforms` its variants are built for (the image's own, or the settings').
+    pub platforms_span: Option<miette::SourceSpan>,
 }
 
 /// One combination of an image's axes: one build, one image ID, many references.
@@ -92,6 +105,9 @@ pub struct Variant {
     /// Every reference this variant is tagged with: its own tags and the floating tags it won.
     pub references: Vec<Reference>,
     pub tests: Vec<VariantTest>,
+    /// The platforms it is built for (`linux/arm64`), in the order written; empty: the
+    /// engine's own platform, with node ids and keys as before platforms existed.
+    pub platforms: Vec<String>,
 }
 
 /// `repository:tag`.

@@ -1,0 +1,131 @@
+//! Platforms as the OCI image index names them: `os/architecture[/variant]`, in the words
+//! Docker and BuildKit use (`linux/amd64`, `linux/arm64`, `linux/arm/v7`). What trellis knows
+//! of each: whether it is valid, its BuildKit build args, and the binfmt_misc handler that
+//! runs it on another architecture.
+
+/// Architectures of the OCI image spec's platform list, with the variants each may carry.
+const ARCHITECTURES: &[(&str, &[&str])] = &[
+    ("amd64", &["v2", "v3", "v4"]),
+    ("arm64", &["v8"]),
+    ("arm", &["v5", "v6", "v7"]),
+    ("386", &[]),
+    ("ppc64le", &[]),
+    ("s390x", &[]),
+    ("riscv64", &[]),
+    ("mips64le", &[]),
+    ("loong64", &[]),
+];
+
+/// What people write for an architecture in the kernel's words, with Docker's.
+const KERNEL_WORDS: &[(&str, &str)] =
+    &[("x86_64", "amd64"), ("aarch64", "arm64"), ("armhf", "arm/v7"), ("i386", "386"), ("i686", "386")];
+
+/// `Ok` for a platform trellis can build; otherwise the help saying what to write.
+pub fn check(platform: &str) -> Result<(), String> {
+    let parts: Vec<&str> = platform.split('/').collect();
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] => (*os, *arch, None),
+        [os, arch, variant] => (*os, *arch, Some(*variant)),
+        _ => return Err("a platform is `os/architecture[/variant]`, such as \"linux/amd64\" or \"linux/arm/v7\"".into()),
+    };
+    if os != "linux" {
+        return Err(format!("trellis builds Linux images: write \"linux/{arch}\""));
+    }
+    let Some((_, variants)) = ARCHITECTURES.iter().find(|(a, _)| *a == arch) else {
+        if let Some((_, docker)) = KERNEL_WORDS.iter().find(|(kernel, _)| *kernel == arch) {
+            return Err(format!("images name this architecture as Docker does: write \"linux/{docker}\""));
+        }
+        let known: Vec<&str> = ARCHITECTURES.iter().map(|(a, _)| *a).collect();
+        return Err(format!("the architecture is one of {}", known.join(", ")));
+    };
+    match variant {
+        Some(v) if !variants.contains(&v) && variants.is_empty() => {
+            Err(format!("linux/{arch} has no variant: write \"linux/{arch}\""))
+        }
+        Some(v) if !variants.contains(&v) => {
+            Err(format!("the variant of linux/{arch} is one of {}", variants.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A valid platform's parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform<'a> {
+    pub os: &'a str,
+    pub architecture: &'a str,
+    pub variant: Option<&'a str>,
+}
+
+impl<'a> Platform<'a> {
+    /// Splits `os/architecture[/variant]` (unchecked: see [`check`]).
+    pub fn parse(platform: &'a str) -> Self {
+        let mut parts = platform.splitn(3, '/');
+        let os = parts.next().unwrap_or_default();
+        let architecture = parts.next().unwrap_or_default();
+        Self { os, architecture, variant: parts.next() }
+    }
+
+    /// The binfmt_misc handler (`/proc/sys/fs/binfmt_misc/<name>`, as Debian's
+    /// qemu-user-static registers it) that runs this platform's binaries on another one.
+    pub fn qemu_handler(&self) -> Option<&'static str> {
+        Some(match self.architecture {
+            "arm64" => "qemu-aarch64",
+            "arm" => "qemu-arm",
+            "386" => "qemu-i386",
+            "ppc64le" => "qemu-ppc64le",
+            "s390x" => "qemu-s390x",
+            "riscv64" => "qemu-riscv64",
+            "mips64le" => "qemu-mips64el",
+            "loong64" => "qemu-loongarch64",
+            "amd64" => "qemu-x86_64",
+            _ => return None,
+        })
+    }
+}
+
+/// The build args BuildKit defines for a build of `target` on `build` (both platforms
+/// trellis checked): every builder gets them, so one Dockerfile can pick per-platform inputs
+/// with `ARG TARGETARCH`.
+pub fn build_args(target: &str, build: &str) -> Vec<(String, String)> {
+    let mut args = Vec::with_capacity(8);
+    for (prefix, platform) in [("TARGET", target), ("BUILD", build)] {
+        let parts = Platform::parse(platform);
+        args.push((format!("{prefix}PLATFORM"), platform.to_owned()));
+        args.push((format!("{prefix}OS"), parts.os.to_owned()));
+        args.push((format!("{prefix}ARCH"), parts.architecture.to_owned()));
+        args.push((format!("{prefix}VARIANT"), parts.variant.unwrap_or_default().to_owned()));
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_platforms_pass_and_mistakes_say_what_to_write() {
+        for ok in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm64/v8", "linux/s390x"] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check("linux/aarch64").unwrap_err(), "images name this architecture as Docker does: write \"linux/arm64\"");
+        assert_eq!(check("windows/amd64").unwrap_err(), "trellis builds Linux images: write \"linux/amd64\"");
+        assert_eq!(check("linux/arm/v9").unwrap_err(), "the variant of linux/arm is one of v5, v6, v7");
+        assert_eq!(check("linux/s390x/v1").unwrap_err(), "linux/s390x has no variant: write \"linux/s390x\"");
+        assert!(check("amd64").unwrap_err().starts_with("a platform is `os/architecture"));
+        assert!(check("linux/sparc").unwrap_err().starts_with("the architecture is one of amd64, arm64"));
+    }
+
+    #[test]
+    fn build_args_follow_buildkit() {
+        let args: std::collections::HashMap<_, _> = build_args("linux/arm/v7", "linux/amd64").into_iter().collect();
+        assert_eq!(args["TARGETPLATFORM"], "linux/arm/v7");
+        assert_eq!(args["TARGETOS"], "linux");
+        assert_eq!(args["TARGETARCH"], "arm");
+        assert_eq!(args["TARGETVARIANT"], "v7");
+        assert_eq!(args["BUILDPLATFORM"], "linux/amd64");
+        assert_eq!(args["BUILDARCH"], "amd64");
+        assert_eq!(args["BUILDVARIANT"], "");
+        assert_eq!(args.len(), 8);
+    }
+}
