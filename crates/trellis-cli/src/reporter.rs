@@ -164,8 +164,16 @@ pub fn junit(outcome: &RunOutcome) -> String {
             }
         };
         status.add_reruns(reruns);
-        let (classname, name) = entry.id.trim_start_matches("test:").rsplit_once('/').unwrap_or(("", &entry.id));
-        let mut case = TestCase::new(name.to_owned(), status);
+        // `test:<variant>/<test>[@<platform>]`: the variant is the class, the test (and its
+        // platform, when named) the case.
+        let id = entry.id.trim_start_matches("test:");
+        let id = id.split_once('@').map_or(id, |(id, _)| id);
+        let (classname, name) = id.rsplit_once('/').unwrap_or(("", id));
+        let name = match &entry.platform {
+            Some(platform) => format!("{name} [{platform}]"),
+            None => name.to_owned(),
+        };
+        let mut case = TestCase::new(name, status);
         case.set_classname(classname.to_owned());
         case.set_time(Duration::from_millis(entry.duration_ms as u64));
         if let Some(log) = &entry.log {

@@ -120,6 +120,7 @@ fn tags_json_has_the_documented_shape() {
     assert_eq!(app["image"], "app");
     assert_eq!(app["values"], serde_json::json!({"version": "2.0.0", "os": "trixie"}));
     assert_eq!(app["references"], serde_json::json!(["acme/app:2.0.0-trixie", "acme/app:2-trixie"]));
+    assert_eq!(app["platforms"], serde_json::json!([]), "built for the engine's own platform");
 }
 
 #[test]

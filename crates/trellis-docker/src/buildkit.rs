@@ -195,7 +195,7 @@ impl Builder for BuildKitBuilder {
 }
 
 /// A tag no other run or test uses at the same time.
-fn temporary_tag() -> String {
+pub(crate) fn temporary_tag() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))

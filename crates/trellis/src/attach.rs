@@ -64,8 +64,9 @@ impl Workspace {
         let client = connect().await?;
         let builder = choose_builder(&client, self.model().settings.builder)?;
         let selection = self.select(&how.filters)?;
+        let native = trellis_graph::host_platform();
         let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
-        let listing = self.key_while_listing(&client, ids, builder).await?;
+        let listing = self.key_while_listing(&client, ids, builder, native).await?;
         let by_key = images_by_key(&client, listing, self).await?;
         let served = match (&registry, how.push) {
             (Some(registry), true) => {
@@ -74,9 +75,14 @@ impl Workspace {
             _ => None,
         };
         let graph = self.graph()?;
-        let up_to_date: HashMap<usize, String> = (graph.variants.iter().enumerate())
-            .filter_map(|(v, nodes)| by_key.get(&graph.dag[nodes.build].key.to_hex()).map(|i| (v, i.id.clone())))
-            .collect();
+        let mut up_to_date: HashMap<(usize, usize), String> = HashMap::new();
+        for (v, nodes) in graph.variants.iter().enumerate() {
+            for (slot, platform) in nodes.platforms.iter().enumerate() {
+                if let Some(image) = by_key.get(&graph.dag[platform.build].key.to_hex()) {
+                    up_to_date.insert((v, slot), image.id.clone());
+                }
+            }
+        }
         let docker = DockerBackend {
             builder: client.builder(builder),
             client,
@@ -85,6 +91,7 @@ impl Workspace {
             run_labels: crate::backend::run_labels(&self.model().root),
             own_files: Arc::clone(&graph.own_files),
             parents: self.dependencies().parents.clone(),
+            native: graph.native_platform.clone(),
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
         };
@@ -100,10 +107,12 @@ impl Workspace {
         client: &DockerClient,
         ids: trellis_graph::BaseImageIds,
         builder: BuilderKind,
+        native: String,
     ) -> Result<Vec<ImageListing>, Error> {
         let mut inputs = self.graph_inputs().clone();
         inputs.base_images = ids;
         inputs.builder = Some(builder.to_string());
+        inputs.native_platform = Some(native);
         let (model, dependencies, keyed_inputs) = (self.shared_model(), self.dependencies().clone(), inputs.clone());
         let hashing = tokio::task::spawn_blocking(move || {
             trellis_graph::Graph::build(&model, &dependencies, &keyed_inputs).map_err(Error::Invalid)
@@ -222,8 +231,9 @@ pub(crate) async fn images_by_key(
         }
     }
     let mut chosen = HashMap::new();
-    for (v, nodes) in graph.variants.iter().enumerate() {
-        let build = &graph.dag[nodes.build];
+    let builds = graph.variants.iter().enumerate().flat_map(|(v, nodes)| nodes.builds().map(move |b| (v, b)));
+    for (v, build) in builds {
+        let build = &graph.dag[build];
         let key = build.key.to_hex();
         let Some(mut images) = candidates.remove(&key) else { continue };
         let recorded = (store.as_ref().and_then(|s| s.get(&build.id)))

@@ -26,7 +26,7 @@ impl Workspace {
     /// reference points at, or one of a variant whose key cannot be known yet (an external
     /// base missing from the engine). Pulls nothing.
     pub async fn clean(&mut self) -> Result<CleanReport, Error> {
-        // Not while a run uses the images (a test may stand on a temporary tag).
+        // Not while a run uses the images (a test or a build may stand on a temporary tag).
         let _lock = crate::state::StateLock::acquire(&self.state_dir())?;
         // Keyed as a build would key it (bases, builder), pulling nothing.
         let backend = self.attach(crate::Attach::default(), &mut crate::Quiet).await?;
@@ -34,8 +34,12 @@ impl Workspace {
         let workspace = &*self;
         let mut report = CleanReport::default();
         for image in client.workspace_images(&workspace.model().settings.name).await.map_err(unreachable)? {
-            let prefix = format!("{}:", trellis_docker::TEST_BASE_REPOSITORY);
-            for tag in image.repo_tags.iter().filter(|t| t.starts_with(&prefix)) {
+            let temporary = |tag: &&String| {
+                [trellis_docker::TEST_BASE_REPOSITORY, trellis_docker::STAND_IN_REPOSITORY]
+                    .iter()
+                    .any(|repository| tag.strip_prefix(repository).is_some_and(|rest| rest.starts_with(':')))
+            };
+            for tag in image.repo_tags.iter().filter(temporary) {
                 client.untag(tag).await;
                 report.untagged.push(tag.clone());
             }
@@ -52,8 +56,8 @@ impl Workspace {
         loop {
             let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
             let chosen = images_by_key(&client, images.clone(), workspace).await?;
-            let current: HashSet<&str> = (graph.variants.iter())
-                .filter_map(|v| chosen.get(&graph.dag[v.build].key.to_hex()))
+            let current: HashSet<&str> = (graph.variants.iter().flat_map(|v| v.builds()))
+                .filter_map(|build| chosen.get(&graph.dag[build].key.to_hex()))
                 .map(|image| image.id.as_str())
                 .collect();
             let (mut kept, mut removed) = (0, 0);

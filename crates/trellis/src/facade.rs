@@ -30,6 +30,8 @@ pub enum Error {
     Report(std::io::Error),
     #[error("no container engine: {0}")]
     NoEngine(String),
+    #[error("{0}; nothing was run")]
+    NoEmulation(String),
     #[error("external base images missing from the engine (pull \"{policy}\"): {}; nothing was built", bases.join(", "))]
     MissingBases { bases: Vec<String>, policy: String },
     #[error("cannot pull the external base {base}: {message}; nothing was built")]
@@ -67,6 +69,8 @@ pub struct TagEntry {
     pub image: String,
     pub values: indexmap::IndexMap<String, String>,
     pub references: Vec<String>,
+    /// The platforms it is built for; empty: the engine's own.
+    pub platforms: Vec<String>,
 }
 
 impl Workspace {
@@ -175,6 +179,7 @@ impl Workspace {
                 image: self.model.image_of(variant).name.clone(),
                 values: variant.values.clone(),
                 references: variant.references.iter().map(ToString::to_string).collect(),
+                platforms: variant.platforms.clone(),
             })
             .collect())
     }

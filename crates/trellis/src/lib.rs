@@ -45,6 +45,7 @@
 mod attach;
 mod backend;
 mod clean;
+mod emulation;
 mod events;
 mod facade;
 mod run;

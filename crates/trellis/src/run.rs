@@ -72,6 +72,12 @@ impl Workspace {
         let refresh = self.refreshed(config, &selection);
         let view = self.store_view(&store, &state_dir, Some(backend), refresh)?;
         let plan = trellis_graph::plan(model, view.graph, &selection, &view);
+        if let (Some(_), true) = (backend.client(), crate::emulation::engine_is_local()) {
+            // Before anything runs: a platform whose builds or tests run must run here.
+            let running = (plan.iter().filter(|n| n.action == Action::Run))
+                .filter_map(|n| view.graph.node(&n.id)?.platform.as_deref());
+            crate::emulation::check(running, &view.graph.native_platform)?;
+        }
         let against = Judged { store: &store, refresh: &view.refresh, facts: backend.facts() };
         let (jobs, infos) = self.job_graph(view.graph, config, &selection, &plan, &against);
         drop(view);

@@ -18,8 +18,11 @@ pub(crate) struct DockerBackend {
     /// The builder every build and test goes through.
     pub builder: Arc<dyn trellis_docker::Builder>,
     pub model: Arc<trellis_model::Model>,
-    /// Image ID per variant: up-to-date builds from the listing, then this run's builds.
-    pub images: Mutex<HashMap<usize, String>>,
+    /// Image ID per (variant, platform slot): up-to-date builds from the listing, then this
+    /// run's builds.
+    pub images: Mutex<HashMap<(usize, usize), String>>,
+    /// The engine's own platform (`linux/amd64`).
+    pub native: String,
     /// Push target (`--registry` or the settings'), and its credentials from the docker
     /// config, looked up once per run.
     pub registry: Option<String>,
@@ -79,6 +82,13 @@ fn invalid(message: impl Into<String>) -> JobError {
 
 type Ctx = JobContext<NodeOutput>;
 
+/// A build's stand-ins for its parents: the Dockerfile naming them, and the temporary tags
+/// to take off afterwards.
+struct ParentTags {
+    dockerfile: Option<String>,
+    tags: Vec<String>,
+}
+
 impl DockerBackend {
     pub async fn run(&self, job: &NodeJob, ctx: &Ctx) -> Result<NodeOutput, JobError> {
         let node = &job.node;
@@ -92,27 +102,49 @@ impl DockerBackend {
         }
     }
 
-    /// The image ID of a variant: built in this run, or up to date in the engine.
-    fn image_of(&self, variant: usize) -> Result<String, JobError> {
+    /// The image ID of a variant for one platform slot: built in this run, or up to date in
+    /// the engine.
+    fn image_of(&self, variant: usize, slot: usize) -> Result<String, JobError> {
         self.images
             .lock()
             .map_err(|_| JobError::failed("image table poisoned"))?
-            .get(&variant)
+            .get(&(variant, slot))
             .cloned()
             .ok_or_else(|| invalid("the variant's image is not in the engine"))
     }
 
+    /// The platform a build or test node runs for (the engine's own when unnamed), and its
+    /// slot among the variant's platforms.
+    fn platform_of<'a>(&'a self, node: &'a Node) -> (&'a str, usize) {
+        let platform = node.platform.as_deref().unwrap_or(&self.native);
+        let variant = &self.model.variants[node.variant];
+        (platform, trellis_graph::platform_slot(variant, platform, &self.native).unwrap_or(0))
+    }
+
+    /// The parent's image for `platform` (the compiler checked that it has one).
+    fn parent_image(&self, parent: usize, platform: &str) -> Result<String, JobError> {
+        let slot = trellis_graph::platform_slot(&self.model.variants[parent], platform, &self.native)
+            .ok_or_else(|| invalid(format!("{} is not built for {platform}", self.model.variants[parent].id)))?;
+        self.image_of(parent, slot)
+    }
+
     async fn build(&self, node: &Node, variant: &Variant, no_cache: bool, ctx: &Ctx) -> Result<NodeOutput, JobError> {
         let walk = self.walk_planned_context(node, variant).await?;
+        let (platform, slot) = self.platform_of(node);
+        let mut args = variant.args.clone();
+        if node.platform.is_some() {
+            args.extend(trellis_model::platform::build_args(platform, &self.native));
+        }
+        let parents = self.stand_on_parents(node, variant, platform).await?;
         let request = trellis_docker::BuildRequest {
-            dockerfile: &variant.dockerfile,
+            dockerfile: parents.dockerfile.as_deref().unwrap_or(&variant.dockerfile),
             context: Some(&walk),
-            args: &variant.args,
-            labels: self.build_labels(node, variant)?,
+            args: &args,
+            labels: self.build_labels(node, variant, platform)?,
             network: variant.network.as_str(),
             target: variant.target.as_deref(),
             no_cache,
-            platform: None,
+            platform: node.platform.as_deref(),
         };
         let mut trace = trellis_docker::BuildTrace::default();
         let mut log = |line: &str| ctx.line(line);
@@ -120,15 +152,43 @@ impl DockerBackend {
             result = self.builder.build(request, &mut trace, &mut log) => result.map_err(engine_error),
             () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
         };
+        for tag in &parents.tags {
+            self.client.untag(tag).await;
+        }
         // Dropping the stream does not stop a running step: remove what it left.
         if id.is_err() {
             self.builder.clean_up(&trace).await;
         }
         let id = id?;
         if let Ok(mut images) = self.images.lock() {
-            images.insert(node.variant, id.clone());
+            images.insert((node.variant, slot), id.clone());
         }
         Ok(NodeOutput::image(id))
+    }
+
+    /// The engine's tags of the parents name the images of its own platform. A build for
+    /// another platform stands on its parents' tested images for that platform instead: each
+    /// gets a temporary local tag, and the Dockerfile sent (not the one rendered) names it.
+    async fn stand_on_parents(&self, node: &Node, variant: &Variant, platform: &str) -> Result<ParentTags, JobError> {
+        let mut stand_in: HashMap<String, String> = HashMap::new();
+        let mut tags = Vec::new();
+        if platform != self.native {
+            for &parent in &self.parents[node.variant] {
+                let image = self.parent_image(parent, platform)?;
+                let tag = self.client.temporary_tag(&image).await.map_err(engine_error)?;
+                for reference in &self.model.variants[parent].references {
+                    let canonical = trellis_model::normalise_reference(&reference.to_string()).unwrap_or_default();
+                    stand_in.insert(canonical, tag.clone());
+                }
+                tags.push(tag);
+            }
+        }
+        let dockerfile = (!stand_in.is_empty()).then(|| {
+            trellis_graph::dockerfile::replace_images(&variant.dockerfile, &variant.args, |reference| {
+                stand_in.get(&trellis_model::normalise_reference(reference)?).cloned()
+            })
+        });
+        Ok(ParentTags { dockerfile, tags })
     }
 
     /// The build context, walked again for the tar: the same walk as the key, and refused
@@ -152,7 +212,12 @@ impl DockerBackend {
     }
 
     /// The run's OCI labels, the matrix's own, and trellis's (which the skip listing reads).
-    fn build_labels(&self, node: &Node, variant: &Variant) -> Result<HashMap<String, String>, JobError> {
+    fn build_labels(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        platform: &str,
+    ) -> Result<HashMap<String, String>, JobError> {
         let mut labels = self.run_labels.clone();
         // The version is the variant's first tag unless the matrix says otherwise (like the
         // run's labels it is not part of the key: renaming a tag rebuilds nothing).
@@ -163,18 +228,22 @@ impl DockerBackend {
         labels.insert(labels::WORKSPACE.to_owned(), self.model.settings.name.clone());
         labels.insert(labels::VARIANT.to_owned(), variant.id.clone());
         labels.insert(labels::KEY.to_owned(), node.key.to_hex());
+        if let Some(platform) = &node.platform {
+            labels.insert(labels::PLATFORM.to_owned(), platform.clone());
+        }
         // The tested images of the parents the FROM lines resolve to now: a parent rebuilt
         // later under the same key then makes this image stale.
         let mut parents = Vec::new();
         for &parent in &self.parents[node.variant] {
-            parents.push(format!("{}@{}", self.model.variants[parent].id, self.image_of(parent)?));
+            parents.push(format!("{}@{}", self.model.variants[parent].id, self.parent_image(parent, platform)?));
         }
         labels.insert(labels::PARENTS.to_owned(), parents.join(","));
         Ok(labels)
     }
 
     async fn test(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
-        let image = self.image_of(node.variant)?;
+        let (_, slot) = self.platform_of(node);
+        let image = self.image_of(node.variant, slot)?;
         let test = &variant.tests[node.test.unwrap_or_default()];
         // A Dockerfile test's context, walked before the request borrows it.
         let user_test = match &test.body {
@@ -194,7 +263,7 @@ impl DockerBackend {
             },
             dockerfile: user_test.as_ref().map(|(text, walk)| (*text, walk)),
             network: test.network.as_str(),
-            platform: None,
+            platform: node.platform.as_deref(),
         };
         let mut trace = trellis_docker::BuildTrace::default();
         let mut log = |line: &str| ctx.line(line);
@@ -208,8 +277,14 @@ impl DockerBackend {
         Ok(NodeOutput::image(image))
     }
 
+    /// Points every reference at the image of the engine's own platform; a variant built for
+    /// other platforms only has nothing to tag here (its references live in the registry).
     async fn tag(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
-        let image = self.image_of(node.variant)?;
+        let Some(slot) = trellis_graph::platform_slot(variant, &self.native, &self.native) else {
+            ctx.line(format!("not built for the engine's platform {}: no local references", self.native));
+            return Ok(NodeOutput::default());
+        };
+        let image = self.image_of(node.variant, slot)?;
         for reference in &variant.references {
             let reference = reference.to_string();
             self.client.tag(&image, &reference).await.map_err(engine_error)?;
@@ -223,7 +298,10 @@ impl DockerBackend {
             .registry
             .as_deref()
             .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
-        let image = self.image_of(node.variant)?;
+        if !variant.platforms.is_empty() {
+            return self.push_index(node, variant, registry, ctx).await;
+        }
+        let image = self.image_of(node.variant, 0)?;
         // Where the engine recorded this image as pushed: one inspect for all references.
         let mut recorded = self.client.repo_digests(&image).await.map_err(engine_error)?;
         let mut digest = String::new();
@@ -281,5 +359,19 @@ impl DockerBackend {
             }
             other => engine_error(other),
         }
+    }
+}
+
+impl DockerBackend {
+    /// A variant with platforms: each platform's tested image goes to the registry by digest,
+    /// then one image index is put under every reference.
+    async fn push_index(
+        &self,
+        _node: &Node,
+        _variant: &Variant,
+        _registry: &str,
+        _ctx: &Ctx,
+    ) -> Result<NodeOutput, JobError> {
+        Err(invalid("pushing an image index is not wired yet"))
     }
 }

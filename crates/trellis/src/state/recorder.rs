@@ -39,6 +39,9 @@ pub(crate) struct JobInfo {
 pub struct ReportNode {
     pub id: String,
     pub kind: NodeKind,
+    /// Build and test nodes of a variant with `platforms`: the platform they run for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// `run` or `skip`, as planned.
     pub action: &'static str,
     pub reason: String,
@@ -122,8 +125,14 @@ impl<'s> Recorder<'s> {
         }
     }
 
+    /// `<state>/logs/<run>/<id>.log`; a platform's `/` become `-` (`…@linux-arm64.log`), so
+    /// that each platform's log sits beside the others.
     fn log_path(&self, id: &str) -> PathBuf {
-        self.state_dir.join("logs").join(&self.run_id).join(format!("{id}.log"))
+        let file = match id.split_once('@') {
+            Some((node, platform)) => format!("{node}@{}.log", platform.replace('/', "-")),
+            None => format!("{id}.log"),
+        };
+        self.state_dir.join("logs").join(&self.run_id).join(file)
     }
 
     fn log_line(&mut self, index: usize, line: &str) {
@@ -258,6 +267,7 @@ impl<'s> Recorder<'s> {
         ReportNode {
             id: info.node.id.clone(),
             kind: info.node.kind,
+            platform: info.node.platform.clone(),
             action: info.action,
             reason: info.reason,
             status: status.name().to_owned(),

@@ -55,12 +55,17 @@ impl StateView for StoreView<'_> {
                     };
                 }
                 NodeKind::Tag => {
-                    let build_key = node.component(&Component::Image);
+                    // Local references name the image of the engine's own platform, when the
+                    // variant is built for it.
+                    let nodes = &self.graph.variants[node.variant];
+                    let native = nodes.native(&self.graph.native_platform);
                     let variant = &self.workspace.variants[node.variant];
-                    let on_image = build_key.and_then(|k| images.get(k)).is_some_and(|image| {
-                        variant.references.iter().all(|r| image.repo_tags.contains(&r.to_string()))
-                    });
-                    if !on_image {
+                    let on_image = |build: petgraph::graph::NodeIndex| {
+                        images.get(&self.graph.dag[build].key.to_hex()).is_some_and(|image| {
+                            variant.references.iter().all(|r| image.repo_tags.contains(&r.to_string()))
+                        })
+                    };
+                    if native.is_some_and(|native| !on_image(native.build)) {
                         return Err("not every reference points at the image".to_owned());
                     }
                 }
@@ -111,8 +116,13 @@ impl StoreView<'_> {
         let parents = (self.graph.dag.neighbors_directed(index, petgraph::Incoming))
             .map(|p| &self.graph.dag[p])
             .filter(|p| p.kind == NodeKind::Tag);
+        let platform = node.platform.as_deref().unwrap_or(&self.graph.native_platform);
         for parent in parents {
-            let parent_build = &self.graph.dag[self.graph.variants[parent.variant].build];
+            let parent_variant = &self.workspace.variants[parent.variant];
+            let Some(slot) = trellis_graph::platform_slot(parent_variant, platform, &self.graph.native_platform) else {
+                continue;
+            };
+            let parent_build = &self.graph.dag[self.graph.variants[parent.variant].platforms[slot].build];
             let Some(current) = images.get(&parent_build.key.to_hex()) else { continue };
             let id = self.workspace.variants[parent.variant].id.as_str();
             if built_on.get(id) != Some(&current.id.as_str()) {
