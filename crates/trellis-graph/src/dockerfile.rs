@@ -159,7 +159,8 @@ fn instructions(dockerfile: &str, escape: char) -> Vec<Instruction> {
             Some(body) => (true, body),
             None => (false, trimmed),
         };
-        let entry = current.get_or_insert_with(|| Instruction { first: index + 1, last: index + 1, text: String::new() });
+        let entry =
+            current.get_or_insert_with(|| Instruction { first: index + 1, last: index + 1, text: String::new() });
         entry.last = index + 1;
         entry.text.push_str(body);
         entry.text.push(' ');

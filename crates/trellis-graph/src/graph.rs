@@ -270,9 +270,7 @@ impl Graph {
                 for (t, test) in variant.tests.iter().enumerate() {
                     let wanted = platform.unwrap_or(&native);
                     let uses: Vec<(&str, NodeKey)> = (test_parents[v][t].iter())
-                        .map(|&p| {
-                            (workspace.variants[p].id.as_str(), used_key(&builds, workspace, p, wanted, &native))
-                        })
+                        .map(|&p| (workspace.variants[p].id.as_str(), used_key(&builds, workspace, p, wanted, &native)))
                         .collect();
                     let keyed = test_key(test, &build_key, &uses, &test_bases[v][t], &inputs.base_images, &digest_of);
                     let mut n = node(NodeKind::Test, format!("test:{}/{}{at}", variant.id, test.name), keyed);
@@ -325,14 +323,7 @@ impl Graph {
             .into_iter()
             .map(|(dir, manifest)| (dir.strip_prefix(&workspace.root).map(Path::to_path_buf).unwrap_or(dir), manifest))
             .collect();
-        Ok(Self {
-            dag,
-            variants,
-            context_manifests,
-            own_files: Arc::new(own_files),
-            native_platform: native,
-            by_id,
-        })
+        Ok(Self { dag, variants, context_manifests, own_files: Arc::new(own_files), native_platform: native, by_id })
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
@@ -413,15 +404,18 @@ fn parent_lacks(
     let (child_image, parent_image) = (workspace.image_of(child), workspace.image_of(parent));
     let message = match platform {
         Some(_) => format!("{} is built for {wanted}, and its parent {} is not", child.id, parent.id),
-        None => format!(
-            "{} is built for the engine's platform {wanted}, and its parent {} is not",
-            child.id, parent.id
-        ),
+        None => {
+            format!("{} is built for the engine's platform {wanted}, and its parent {} is not", child.id, parent.id)
+        }
     };
     let mut d = Diagnostic::new("trellis::platform::parent_lacks", message);
     d = match child_image.platforms_span {
         Some(span) => d.at(&workspace.manifest, span, format!("{} is built for these platforms", child.id)),
-        None => d.at(&workspace.manifest, child_image.dockerfile_decl.span, format!("{} builds FROM {}", child.id, parent.id)),
+        None => d.at(
+            &workspace.manifest,
+            child_image.dockerfile_decl.span,
+            format!("{} builds FROM {}", child.id, parent.id),
+        ),
     };
     if let Some(span) = parent_image.platforms_span.filter(|s| Some(*s) != child_image.platforms_span) {
         d = d.at(&workspace.manifest, span, format!("{} is built for these", parent.id));

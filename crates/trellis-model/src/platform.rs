@@ -26,7 +26,9 @@ pub fn check(platform: &str) -> Result<(), String> {
     let (os, arch, variant) = match parts.as_slice() {
         [os, arch] => (*os, *arch, None),
         [os, arch, variant] => (*os, *arch, Some(*variant)),
-        _ => return Err("a platform is `os/architecture[/variant]`, such as \"linux/amd64\" or \"linux/arm/v7\"".into()),
+        _ => {
+            return Err("a platform is `os/architecture[/variant]`, such as \"linux/amd64\" or \"linux/arm/v7\"".into());
+        }
     };
     if os != "linux" {
         return Err(format!("trellis builds Linux images: write \"linux/{arch}\""));
@@ -108,7 +110,10 @@ mod tests {
         for ok in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm64/v8", "linux/s390x"] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
-        assert_eq!(check("linux/aarch64").unwrap_err(), "images name this architecture as Docker does: write \"linux/arm64\"");
+        assert_eq!(
+            check("linux/aarch64").unwrap_err(),
+            "images name this architecture as Docker does: write \"linux/arm64\""
+        );
         assert_eq!(check("windows/amd64").unwrap_err(), "trellis builds Linux images: write \"linux/amd64\"");
         assert_eq!(check("linux/arm/v9").unwrap_err(), "the variant of linux/arm is one of v5, v6, v7");
         assert_eq!(check("linux/s390x/v1").unwrap_err(), "linux/s390x has no variant: write \"linux/s390x\"");
