@@ -64,7 +64,7 @@ impl Workspace {
         let client = connect().await?;
         let builder = choose_builder(&client, self.model().settings.builder)?;
         let selection = self.select(&how.filters)?;
-        let native = trellis_graph::host_platform();
+        let native = client.platform().to_owned();
         let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
         let listing = self.key_while_listing(&client, ids, builder, native).await?;
         let by_key = images_by_key(&client, listing, self).await?;

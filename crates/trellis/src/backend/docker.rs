@@ -363,15 +363,66 @@ impl DockerBackend {
 }
 
 impl DockerBackend {
-    /// A variant with platforms: each platform's tested image goes to the registry by digest,
-    /// then one image index is put under every reference.
-    async fn push_index(
-        &self,
-        _node: &Node,
-        _variant: &Variant,
-        _registry: &str,
-        _ctx: &Ctx,
-    ) -> Result<NodeOutput, JobError> {
-        Err(invalid("pushing an image index is not wired yet"))
+    /// A variant with platforms: each platform's tested image goes to every repository of its
+    /// references by digest (no tag), then one image index naming them is put under every
+    /// reference. No reference moves before every platform's image is in the registry; an
+    /// alias already serving the index costs one request.
+    async fn push_index(&self, node: &Node, variant: &Variant, registry: &str, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+        let client = trellis_docker::registry::Registry::new(registry, self.credentials.clone());
+        let mut repositories: Vec<&str> = Vec::new();
+        for reference in &variant.references {
+            if !repositories.contains(&reference.repository.as_str()) {
+                repositories.push(&reference.repository);
+            }
+        }
+        // Layers shared with a parent are mounted from the parent's repository.
+        let parents = self.parents[node.variant].iter().map(|&p| self.model.variants[p].repository.clone());
+        let mut mount_from: Vec<String> = parents.collect();
+        let mut index = None;
+        for repository in repositories.iter().copied() {
+            let mut images = Vec::new();
+            for (slot, platform) in variant.platforms.iter().enumerate() {
+                let image = self.image_of(node.variant, slot)?;
+                let mut log = |line: &str| ctx.line(line);
+                let pushed = tokio::select! {
+                    result = client.push_image(&self.client, &image, repository, &mount_from, &mut log) => {
+                        result.map_err(|e| self.registry_error(registry, e))?
+                    }
+                    () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+                };
+                if !same_platform(&pushed.platform, platform) {
+                    return Err(invalid(format!(
+                        "the {platform} image {image} is a {} image: the build did not honour its platform",
+                        pushed.platform
+                    )));
+                }
+                images.push(pushed);
+            }
+            index = Some(trellis_docker::registry::ImageIndex::of(&images));
+            mount_from.push(repository.to_owned());
+        }
+        let Some(index) = index else { return Err(invalid("the variant has no references to push")) };
+        for reference in &variant.references {
+            let put = tokio::select! {
+                result = client.put_index(&reference.repository, &reference.tag, &index) => {
+                    result.map_err(|e| self.registry_error(registry, e))?
+                }
+                () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
+            };
+            let verb = if put { "put" } else { "already serves" };
+            ctx.line(format!("{registry}/{reference} {verb} index {}", index.digest));
+        }
+        let native = trellis_graph::platform_slot(variant, &self.native, &self.native);
+        let image = native.map(|slot| self.image_of(node.variant, slot)).transpose()?;
+        Ok(NodeOutput { image, digest: Some(index.digest) })
     }
+}
+
+/// Whether an image's recorded platform is the one asked for (a variant only when asked:
+/// BuildKit records `v8` on some arm64 images).
+fn same_platform(recorded: &trellis_docker::registry::Platform, asked: &str) -> bool {
+    let asked = trellis_model::platform::Platform::parse(asked);
+    recorded.os == asked.os
+        && recorded.architecture == asked.architecture
+        && asked.variant.is_none_or(|variant| recorded.variant.as_deref() == Some(variant))
 }

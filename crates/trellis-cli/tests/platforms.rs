@@ -1,0 +1,241 @@
+//! Two-platform families end to end on the real engine and registry: linux/amd64 natively and
+//! linux/arm64 under qemu (`cargo xtask engine` registers it; `cargo xtask test` fetches
+//! Debian's arm64 busybox). What was pushed is read back with skopeo, never with trellis's
+//! own code. The images are tiny: emulation is slow, and each test pays for it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::engine::*;
+use serde_json::Value;
+
+const PLATFORMS: &str = r#"
+settings {
+    name "NAME"
+    retries 0
+    pull "never"
+    platforms "linux/amd64" "linux/arm64"
+}
+axis "v" "1" "2"
+image "base" {
+    repository "PREFIX/base"
+    dockerfile "base.j2"
+    context "busybox"
+    tag "latest"
+}
+image "app" {
+    matrix "v"
+    repository "PREFIX/app"
+    dockerfile "app.j2"
+    context "busybox"
+    tag "{{ v }}"
+    tag "{{ v }}.0"
+    tag "latest" float=#true
+    test "arch" {
+        run "test \"$(uname -m)\" = \"$(cat /arch)\""
+    }
+}
+"#;
+
+/// The busybox of the platform being built, picked by the platform build args.
+const BASE: &str = "FROM scratch\nARG TARGETARCH\nLABEL e2e=NAME\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+const APP: &str = "FROM PREFIX/base:latest\nRUN uname -m > /arch && echo {{ v }} > /v\n";
+
+/// Debian's static busybox for both platforms in the fixture's `busybox/` context.
+fn two_platform_workspace(label: &str, matrix: &str, app: &str) -> EngineWorkspace {
+    let ws = EngineWorkspace::new(label, matrix, &[("base.j2", BASE), ("app.j2", app)]);
+    let dir = ws.fixture.path("busybox");
+    std::fs::rename(dir.join("busybox"), dir.join("busybox-amd64")).unwrap();
+    let arm64 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/busybox/busybox-arm64");
+    std::fs::copy(arm64, dir.join("busybox-arm64"))
+        .expect("Debian's arm64 busybox-static (`cargo xtask test` fetches it into .cache/busybox)");
+    ws
+}
+
+fn build_and_push(ws: &EngineWorkspace, config: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let output = ws
+        .trellis(&[&["build", "--push", "--registry", "127.0.0.1:5000"], extra].concat())
+        .env("DOCKER_CONFIG", config)
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// `skopeo inspect --raw` of a reference in the test registry: the manifest it serves.
+fn raw_manifest(reference: &str) -> Option<Value> {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
+        .arg(format!("docker://127.0.0.1:5000/{reference}"))
+        .output()
+        .expect("skopeo (`cargo xtask engine` installs it)");
+    output.status.success().then(|| serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// The tags the registry holds for a repository.
+fn registry_tags(repository: &str) -> Vec<String> {
+    let output = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
+        .arg(format!("docker://127.0.0.1:5000/{repository}"))
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let mut tags: Vec<String> =
+        listed["Tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    tags
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The digest of what a reference serves, computed from the bytes skopeo read.
+fn served(reference: &str) -> Option<String> {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
+        .arg(format!("docker://127.0.0.1:5000/{reference}"))
+        .output()
+        .unwrap();
+    output.status.success().then(|| sha256(&output.stdout))
+}
+
+/// The image ID each platform's entry of an index names (its config digest).
+fn index_images(repository: &str, index: &Value) -> Vec<(String, String)> {
+    let mut images = Vec::new();
+    for entry in index["manifests"].as_array().unwrap() {
+        let platform = format!(
+            "{}/{}",
+            entry["platform"]["os"].as_str().unwrap(),
+            entry["platform"]["architecture"].as_str().unwrap()
+        );
+        let manifest = raw_manifest(&format!("{repository}@{}", entry["digest"].as_str().unwrap())).unwrap();
+        images.push((platform, manifest["config"]["digest"].as_str().unwrap().to_owned()));
+    }
+    images
+}
+
+fn node<'r>(report: &'r Value, id: &str) -> &'r Value {
+    report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("no node {id}"))
+}
+
+#[test]
+fn two_platforms_are_built_tested_and_pushed_as_one_index_under_every_reference() {
+    let ws = two_platform_workspace("platforms", PLATFORMS, APP);
+    let config = docker_config(true);
+    let junit = ws.fixture.path("junit.xml");
+    let (code, stderr) = build_and_push(&ws, config.path(), &["--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+
+    // One build and one test per platform, each recorded with its platform.
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let build = node(&report, &format!("build:app/1@{platform}"));
+        assert_eq!(build["status"], "passed");
+        assert_eq!(build["platform"], platform);
+        let image = build["image"].as_str().unwrap();
+        let inspected = docker(&["image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", image]);
+        assert_eq!(inspected, platform, "the {platform} build made a {platform} image");
+        assert_eq!(node(&report, &format!("test:app/1/arch@{platform}"))["status"], "passed");
+    }
+    let junit = std::fs::read_to_string(junit).unwrap();
+    assert!(junit.contains("name=\"arch [linux/arm64]\""), "the platform is in the test case name:\n{junit}");
+
+    // Every reference serves one index of the two tested images; nothing else is tagged.
+    let app = format!("{}/app", ws.prefix);
+    let index = raw_manifest(&format!("{app}:1")).expect("app:1 is served");
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let expected: Vec<(String, String)> = ["linux/amd64", "linux/arm64"]
+        .iter()
+        .map(|p| (p.to_string(), node(&report, &format!("build:app/1@{p}"))["image"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(index_images(&app, &index), expected, "the index names the tested images");
+    let digest = served(&format!("{app}:1")).unwrap();
+    assert_eq!(node(&report, "push:app/1")["digest"], digest.as_str());
+    assert_eq!(served(&format!("{app}:1.0")), Some(digest.clone()), "every alias serves the same index");
+    assert_eq!(registry_tags(&app), ["1", "1.0", "2", "2.0", "latest"], "no temporary tags in the registry");
+    // The axis is unsorted: `latest` floats to the first value written.
+    assert_eq!(served(&format!("{app}:latest")), Some(digest.clone()));
+
+    // Locally the references name the engine's own platform's image; the other stays, labelled.
+    let local = docker(&["image", "inspect", "-f", "{{.Id}}", &ws.reference("app", "1")]);
+    assert_eq!(local, expected[0].1);
+    let label = docker(&["image", "inspect", "-f", "{{index .Config.Labels \"dev.trellis.platform\"}}", &expected[1].1]);
+    assert_eq!(label, "linux/arm64");
+
+    // A second run does nothing: every build, test, tag and push is up to date.
+    let (code, stderr) = build_and_push(&ws, config.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
+        .filter(|n| n["action"] == "run" && n["kind"] != "render")
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert!(ran.is_empty(), "the second run ran {ran:?}\n{stderr}");
+
+    // The arm64 image, pulled by platform from the registry, runs under emulation. Last: the
+    // pulled tag is then the arm64 image's only one, and the workspace's cleanup removes both.
+    let pulled = format!("127.0.0.1:5000/{app}:1");
+    let pull = Command::new("docker")
+        .args(["pull", "--platform", "linux/arm64", &pulled])
+        .env("DOCKER_CONFIG", config.path())
+        .output()
+        .unwrap();
+    assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
+    assert_eq!(docker(&["image", "inspect", "-f", "{{.Id}}", &pulled]), expected[1].1, "the tested arm64 image");
+    assert_eq!(docker(&["run", "--rm", "--platform", "linux/arm64", &pulled, "cat", "/arch"]), "aarch64");
+}
+
+#[test]
+fn a_test_failing_on_one_platform_keeps_its_variant_from_being_tagged_or_pushed() {
+    let matrix = PLATFORMS.replace(
+        "run \"test \\\"$(uname -m)\\\" = \\\"$(cat /arch)\\\"\"",
+        "run \"test \\\"$(uname -m)\\\" != aarch64 || test {{ v }} != 2\"",
+    );
+    assert_ne!(matrix, PLATFORMS);
+    let ws = two_platform_workspace("platform-fails", &matrix, APP);
+    let config = docker_config(true);
+    let (code, stderr) = build_and_push(&ws, config.path(), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let report = ws.report();
+    assert_eq!(node(&report, "test:app/2/arch@linux/arm64")["status"], "failed");
+    assert_eq!(node(&report, "test:app/2/arch@linux/amd64")["status"], "passed");
+    for blocked in ["tag:app/2", "push:app/2"] {
+        assert_eq!(node(&report, blocked)["status"], "blocked", "{blocked}");
+    }
+    assert_eq!(node(&report, "push:app/1")["status"], "passed");
+    let app = format!("{}/app", ws.prefix);
+    assert_eq!(registry_tags(&app), ["1", "1.0", "latest"], "app/2 is not pushed");
+    assert_eq!(image_id(&ws.reference("app", "2")), None, "nor tagged locally");
+    assert!(image_id(&ws.reference("app", "1")).is_some());
+}
+
+#[test]
+fn a_platform_the_engine_cannot_run_exits_3_before_anything_runs() {
+    let ws = two_platform_workspace("no-emulator", PLATFORMS, APP);
+    let no_handlers = tempfile::tempdir().unwrap();
+    let output = ws.trellis(&["build"]).env("TRELLIS_BINFMT_MISC", no_handlers.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("cannot run linux/arm64"), "names the platform: {stderr}");
+    assert!(stderr.contains("qemu-user-static"), "says how to install it: {stderr}");
+    assert_eq!(ws.images(), "", "nothing was built");
+}
+
+/// The classic builder gets BuildKit's platform args too: one Dockerfile serves both builders.
+#[test]
+fn the_classic_builder_gets_the_platform_build_args() {
+    let matrix = PLATFORMS
+        .replace("platforms \"linux/amd64\" \"linux/arm64\"", "platforms \"linux/amd64\"\n    builder \"classic\"");
+    let base = "FROM scratch\nLABEL e2e=NAME\nCOPY busybox-amd64 /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+    let app = "FROM PREFIX/base:latest\nARG TARGETPLATFORM\nARG TARGETARCH\nRUN echo \"$TARGETPLATFORM $TARGETARCH\" > /platform && uname -m > /arch\n";
+    let ws = two_platform_workspace("classic-platform", &matrix, app);
+    std::fs::write(ws.fixture.path("base.j2"), base.replace("NAME", &ws.name)).unwrap();
+    let (code, stderr) = ws.build(&["app/1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let image = ws.reference("app", "1");
+    assert_eq!(docker(&["run", "--rm", &image, "cat", "/platform"]), "linux/amd64 amd64");
+}
