@@ -163,7 +163,8 @@ fn two_platforms_are_built_tested_and_pushed_as_one_index_under_every_reference(
     // Locally the references name the engine's own platform's image; the other stays, labelled.
     let local = docker(&["image", "inspect", "-f", "{{.Id}}", &ws.reference("app", "1")]);
     assert_eq!(local, expected[0].1);
-    let label = docker(&["image", "inspect", "-f", "{{index .Config.Labels \"dev.trellis.platform\"}}", &expected[1].1]);
+    let label =
+        docker(&["image", "inspect", "-f", "{{index .Config.Labels \"dev.trellis.platform\"}}", &expected[1].1]);
     assert_eq!(label, "linux/arm64");
 
     // A second run does nothing: every build, test, tag and push is up to date.
@@ -238,4 +239,114 @@ fn the_classic_builder_gets_the_platform_build_args() {
     assert_eq!(code, Some(0), "{stderr}");
     let image = ws.reference("app", "1");
     assert_eq!(docker(&["run", "--rm", &image, "cat", "/platform"]), "linux/amd64 amd64");
+}
+
+/// A loopback proxy in front of the test registry that goes down — drops the connection and
+/// every later one — at its first request putting a manifest under a tag, until `up` is set
+/// again: the registry failing after the per-platform pushes, before any index. It goes down
+/// once.
+struct FlakyRegistry {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyRegistry {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let state = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !state.load(Ordering::SeqCst) {
+                    continue; // down: the connection is dropped at once
+                }
+                let (state, armed) = (state.clone(), armed.clone());
+                std::thread::spawn(move || forward(client, state, armed));
+            }
+        });
+        Self { port, up }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Copies one connection both ways; a request line putting a manifest by tag takes the
+/// registry down instead of reaching it.
+fn forward(
+    client: std::net::TcpStream,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let Ok(server) = std::net::TcpStream::connect("127.0.0.1:5000") else { return };
+    let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut from_server, mut to_client) = (server, client);
+    std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(n) = from_client.read(&mut buffer) {
+        let chunk = &buffer[..n];
+        let text = String::from_utf8_lossy(chunk);
+        let tag_put =
+            text.lines().any(|l| l.starts_with("PUT /v2/") && l.contains("/manifests/") && !l.contains("sha256:"));
+        if tag_put && armed.swap(false, Ordering::SeqCst) {
+            up.store(false, Ordering::SeqCst);
+        }
+        if n == 0 || !up.load(Ordering::SeqCst) {
+            let _ = to_server.shutdown(std::net::Shutdown::Both);
+            let _ = from_client.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if to_server.write_all(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// The registry failing between the per-platform pushes and the indexes leaves no reference
+/// moved: nothing half-visible. The next run pushes the indexes and converges.
+#[test]
+fn a_registry_down_before_the_index_moves_no_reference_and_the_next_run_converges() {
+    use base64::Engine as _;
+    let ws = two_platform_workspace("platform-fault", PLATFORMS, APP);
+    let registry = FlakyRegistry::start();
+    let config = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("trellis:{}", registry_password()));
+    let auths = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.host());
+    std::fs::write(config.path().join("config.json"), auths).unwrap();
+    let push = |args: &[&str]| {
+        let output = ws
+            .trellis(&[&["build", "--push", "--registry", &registry.host(), "--retries", "0"], args].concat())
+            .env("DOCKER_CONFIG", config.path())
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // Only base: its two platform images reach the registry, then it goes down.
+    let (code, stderr) = push(&["base"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(node(&report, "push:base")["status"], "failed", "{stderr}");
+    let base = format!("{}/base", ws.prefix);
+    assert_eq!(registry_tags(&base), Vec::<String>::new(), "no reference moved");
+    let pushed_by_digest =
+        ["linux/amd64", "linux/arm64"].map(|p| node(&report, &format!("build:base@{p}"))["image"].clone());
+    assert!(pushed_by_digest.iter().all(Value::is_string));
+
+    // Back up: the next run pushes only what is missing, and every reference serves the index.
+    registry.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (code, stderr) = push(&["base"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    assert_eq!(action(&report, "build:base@linux/arm64"), "skip", "the images were kept");
+    assert_eq!(registry_tags(&base), ["latest"]);
+    let index = raw_manifest(&format!("{base}:latest")).unwrap();
+    let images: Vec<String> = index_images(&base, &index).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(images, pushed_by_digest.map(|v| v.as_str().unwrap().to_owned()));
 }

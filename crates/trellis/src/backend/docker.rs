@@ -353,6 +353,10 @@ impl DockerBackend {
     /// A push or registry error; a refusal names the registry and the user.
     fn registry_error(&self, registry: &str, error: trellis_docker::EngineError) -> JobError {
         match error {
+            // Spoken to directly (an index push), not through the engine.
+            trellis_docker::EngineError::Unreachable(detail) if detail.starts_with("registry ") => {
+                JobError::new(ErrorClass::EngineUnreachable, format!("cannot reach the {detail}"))
+            }
             trellis_docker::EngineError::Unauthorized(detail) => {
                 let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
                 JobError::new(ErrorClass::AccessDenied, crate::facade::refused(registry, user, &detail))
@@ -367,7 +371,13 @@ impl DockerBackend {
     /// references by digest (no tag), then one image index naming them is put under every
     /// reference. No reference moves before every platform's image is in the registry; an
     /// alias already serving the index costs one request.
-    async fn push_index(&self, node: &Node, variant: &Variant, registry: &str, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+    async fn push_index(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        registry: &str,
+        ctx: &Ctx,
+    ) -> Result<NodeOutput, JobError> {
         let client = trellis_docker::registry::Registry::new(registry, self.credentials.clone());
         let mut repositories: Vec<&str> = Vec::new();
         for reference in &variant.references {
