@@ -10,6 +10,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::endpoint::Endpoint;
+use crate::registry::{ImageLayout, Platform};
 
 /// What went wrong, classified for the executor's retry decisions.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,8 @@ pub struct DockerClient {
     endpoint: Option<Endpoint>,
     /// Whether the engine offers BuildKit, judged at connect from the engine's version.
     buildkit: bool,
+    /// The engine's own platform, `os/arch`, from its version answer at connect.
+    platform: String,
 }
 
 impl std::fmt::Debug for DockerClient {
@@ -133,7 +136,8 @@ impl DockerClient {
         let version = docker.version().await.map_err(classify)?;
         let endpoint = Endpoint::parse(&host);
         let buildkit = endpoint.is_some() && offers_buildkit(&version);
-        Ok(Self { docker, endpoint, buildkit })
+        let platform = format!("{}/{}", version.os.unwrap_or_default(), version.arch.unwrap_or_default());
+        Ok(Self { docker, endpoint, buildkit, platform })
     }
 
     /// Whether builds can go through the engine's BuildKit (`/build?version=2`): a Linux
@@ -274,6 +278,17 @@ impl DockerClient {
         untag(&self.docker, reference).await;
     }
 
+    /// Tags `image` under a new [`crate::STAND_IN_REPOSITORY`] tag no other build uses, and
+    /// returns the reference: a build for another platform names its parent's image by it
+    /// (the engine's own tags name one platform's image only). Take it off with
+    /// [`DockerClient::untag`]; `trellis clean` takes off what a killed run left.
+    pub async fn temporary_tag(&self, image: &str) -> Result<String, EngineError> {
+        let tag = crate::buildkit::temporary_tag();
+        let options = TagImageOptions { repo: Some(crate::STAND_IN_REPOSITORY.to_owned()), tag: Some(tag.clone()) };
+        self.docker.tag_image(image, Some(options)).await.map_err(classify)?;
+        Ok(format!("{}:{tag}", crate::STAND_IN_REPOSITORY))
+    }
+
     /// Removes an image by ID (for `trellis clean` and tests).
     pub async fn remove_image(&self, id: &str, force: bool) -> Result<(), EngineError> {
         let options = RemoveImageOptions { force, noprune: false, ..Default::default() };
@@ -391,6 +406,40 @@ fn split_reference(reference: &str) -> (&str, &str) {
     match reference.rsplit_once(':') {
         Some((repository, tag)) if !tag.contains('/') => (repository, tag),
         _ => (reference, "latest"),
+    }
+}
+
+/// What the registry client (`registry.rs`) needs from the engine.
+impl DockerClient {
+    /// The engine's own platform, `os/arch` (`linux/amd64`), as its version answer names it
+    /// (without a variant: the answer has none). Judged at connect: no request.
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    /// The platform `image_id` was built for and its layers' diff IDs, base first.
+    pub(crate) async fn image_layout(&self, image_id: &str) -> Result<ImageLayout, EngineError> {
+        let inspect = self.docker.inspect_image(image_id).await.map_err(classify)?;
+        let known = |value: Option<String>| value.filter(|v| !v.is_empty());
+        let (Some(os), Some(architecture)) = (known(inspect.os), known(inspect.architecture)) else {
+            return Err(EngineError::Failed(format!("the engine records no platform for {image_id}")));
+        };
+        let platform = Platform { os, architecture, variant: known(inspect.variant) };
+        let diff_ids = inspect.root_fs.and_then(|root_fs| root_fs.layers).unwrap_or_default();
+        Ok(ImageLayout { platform, diff_ids })
+    }
+
+    /// Writes the engine's export of `image_id` into `file`: `docker save`'s tar, whose
+    /// `manifest.json` names the config (the exact bytes the image ID hashes) and each layer's
+    /// uncompressed tar (whose digest is its diff ID).
+    pub(crate) async fn export_image(&self, image_id: &str, file: &mut tokio::fs::File) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut export = std::pin::pin!(self.docker.export_image(image_id));
+        while let Some(chunk) = export.next().await {
+            let chunk = chunk.map_err(classify)?;
+            file.write_all(&chunk).await.map_err(|e| EngineError::Failed(format!("cannot write the export: {e}")))?;
+        }
+        file.flush().await.map_err(|e| EngineError::Failed(format!("cannot write the export: {e}")))
     }
 }
 

@@ -18,6 +18,7 @@ mod classic;
 mod client;
 mod context_tar;
 mod endpoint;
+pub mod registry;
 
 /// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
 /// the plan read back. Defined once, here.
@@ -34,6 +35,9 @@ pub mod labels {
     pub const PARENTS: &str = "dev.trellis.parents";
     /// On test images (removed after each test; `clean` removes what a crash left).
     pub const TEST: &str = "dev.trellis.test";
+    /// On images built for a named platform (`linux/arm64`): the engine's tags name one
+    /// platform's image, and this says which platform the others are.
+    pub const PLATFORM: &str = "dev.trellis.platform";
 }
 
 /// The repository of the temporary local tags BuildKit tests stand on (BuildKit looks `FROM
@@ -41,6 +45,10 @@ pub mod labels {
 /// (RFC 2606): should the tag vanish mid-test, nothing is pulled from anywhere. A tag left
 /// by a killed run is `trellis clean`'s to remove.
 pub const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
+
+/// The repository of the temporary local tags a build for another platform names its
+/// parents' images by (see [`DockerClient::temporary_tag`]).
+pub const STAND_IN_REPOSITORY: &str = "trellis.invalid/parent";
 
 pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
 pub use client::{
