@@ -4,8 +4,9 @@
 //! when 127.0.0.1:5000 does not answer, starts Debian's `docker-registry` there with htpasswd
 //! auth (user `trellis`, a password with `+ / ? > ~` in it, so that credential encoding is
 //! exercised). Installs docker.io, docker-registry, apache2-utils, busybox-static and docker-compose
-//! when missing and root, and qemu-user-static + binfmt-support so that linux/arm64 images
-//! build and run here (checking that the arm64 handler is enabled).
+//! when missing and root; qemu-user-static + binfmt-support so that linux/arm64 images build
+//! and run here (checking that the arm64 handler is enabled); and skopeo + jq, with which the
+//! main job's verification reads the registry independently of trellis.
 //! Idempotent; state, logs and pids under `.cache/engine/`.
 
 use std::fs;
@@ -65,8 +66,9 @@ fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf)
 pub fn start() -> Result {
     fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
     // The end-to-end tests make their small images FROM scratch with Debian's static busybox;
-    // the decoupled-runtime example runs its code and runtime images with docker-compose.
-    for package in ["busybox-static", "docker-compose"] {
+    // the decoupled-runtime example runs its code and runtime images with docker-compose;
+    // verify.rs reads image indexes from the registry with skopeo and jq.
+    for package in ["busybox-static", "docker-compose", "skopeo", "jq"] {
         if !installed(package) {
             apt_install(package)?;
         }
@@ -89,8 +91,9 @@ pub fn start() -> Result {
 /// Foreign platforms (linux/arm64 on this amd64 machine) run under the kernel's binfmt_misc
 /// with Debian's qemu-user-static, whose handlers carry the `F` flag (they then work inside
 /// containers too). Installs the packages when missing, mounts binfmt_misc when it is not,
-/// and checks that the arm64 handler is enabled.
-fn emulation() -> Result {
+/// and checks that the arm64 handler is enabled. The arm64 rootfs needs it too (debootstrap's
+/// second stage runs arm64 binaries).
+pub(crate) fn emulation() -> Result {
     for package in ["qemu-user-static", "binfmt-support"] {
         if !installed(package) {
             apt_install(package)?;

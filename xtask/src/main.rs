@@ -29,8 +29,9 @@ tasks:
                 (nextest when installed), the fuzz harness (TRELLIS_FUZZ_SECONDS,
                 default 30) and `trellis render --check`
   build         the main job: start the engine, prepare the inputs (busybox, Debian
-                rootfs, Node.js wheels), render and check the Dockerfiles, then build,
-                test and tag this repository's Node.js image family; prints the tags
+                rootfs, Node.js wheels; amd64 and arm64), render and check the
+                Dockerfiles, then build, test, tag and push this repository's Node.js
+                image family; prints the tags and verifies what the registry serves
   inputs        prepare the family's inputs only (what `build` does first): after
                 bumping a pinned Node.js version, `trellis plan` can then say what
                 will rebuild
@@ -38,8 +39,8 @@ tasks:
                 start (or stop) dockerd and a registry on 127.0.0.1:5000 with
                 htpasswd auth when they are not running; installs them as root
   rootfs [--refresh] [RELEASE…]
-                make the Debian minbase rootfs tarballs (again, with --refresh: the
-                weekly security refresh)
+                make the Debian minbase rootfs tarballs, amd64 and arm64 (again, with
+                --refresh: the weekly security refresh)
   bench plan    time parse, expand, keys and plan on synthetic workspaces of
                 100, 1k and 10k variants; print a table with peak RSS
   bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
@@ -146,16 +147,17 @@ fn trellis(args: &[&str]) -> Result {
     run(command)
 }
 
-/// What matrix.kdl builds from, made or fetched here: busybox, the Debian rootfs tarballs and
-/// the pinned Node.js wheels (each only when missing).
+/// What matrix.kdl builds from, made or fetched here for every architecture of the family's
+/// platforms: busybox, the Debian rootfs tarballs and the pinned Node.js wheels (each only when
+/// missing).
 fn prepare_inputs() -> Result {
     let pins = inputs::Pins::load()?;
     inputs::busybox()?;
     for release in &pins.releases {
         inputs::rootfs(release, false)?;
     }
-    for (version, sha256) in &pins.wheels {
-        inputs::wheel(version, sha256)?;
+    for pin in &pins.wheels {
+        inputs::wheels(pin)?;
     }
     Ok(())
 }
@@ -174,7 +176,7 @@ fn build(extra: &[&str]) -> Result {
         .env("DOCKER_CONFIG", &config);
     run(command)?;
     trellis(&["tags"])?;
-    verify::aliases()
+    verify::family()
 }
 
 fn rootfs(args: &[&str]) -> Result {
