@@ -10,6 +10,7 @@
 //!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
 //!   cargo xtask bench noop    200 up-to-date images: trellis vs a warm loop vs the floor
 //!   cargo xtask bench build   20 cold images, jobs=2: trellis vs xargs -P2, both builders
+//!   cargo xtask bench platforms  the family cold for one platform vs two; the index push
 
 mod engine;
 mod inputs;
@@ -48,7 +49,11 @@ tasks:
   bench noop    200 up-to-date images, per builder: trellis build vs a loop of
                 warm builds vs the floor (one image listing + hashing); both ratios
   bench build   20 tiny images built cold, jobs=2, per builder: trellis build vs
-                xargs -P2 of one build per rendered Dockerfile (goal <= 1.05x)";
+                xargs -P2 of one build per rendered Dockerfile (goal <= 1.05x)
+  bench platforms
+                the family built cold for linux/amd64 alone, then for amd64 + arm64
+                (time per node kind and platform), and the index push: bytes uploaded
+                against the unique blob bytes the indexes name (goal: equal)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -64,7 +69,8 @@ fn main() -> ExitCode {
         ["bench", "exec"] => bench_exec(),
         ["bench", "noop"] => bench_with_trellis("bench_noop"),
         ["bench", "build"] => bench_with_trellis("bench_build"),
-        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build".to_owned()),
+        ["bench", "platforms"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_platforms")),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build|platforms".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
