@@ -170,7 +170,7 @@ fn a_moved_external_base_rebuilds_its_dependents_only() {
     let fixture = family();
     let before = keys(&fixture.load());
     let mut ids = trellis::BaseImageIds::default();
-    ids.0.insert("busybox:1.36".to_owned(), "sha256:1111".to_owned());
+    ids.ids.insert("busybox:1.36".to_owned(), "sha256:1111".to_owned());
     let inputs = trellis::GraphInputs { base_images: ids, ..Default::default() };
     let after = keys(&Workspace::load_with(fixture.path("matrix.kdl"), inputs).unwrap());
     let changed: Vec<&String> =

@@ -350,3 +350,64 @@ fn a_registry_down_before_the_index_moves_no_reference_and_the_next_run_converge
     let images: Vec<String> = index_images(&base, &index).into_iter().map(|(_, id)| id).collect();
     assert_eq!(images, pushed_by_digest.map(|v| v.as_str().unwrap().to_owned()));
 }
+
+/// An external base served as an index of both platforms: each platform's build stands on
+/// that platform's image of it, pulled by digest (the engine's tag names one platform's), and
+/// a second run finds them again without pulling or rebuilding.
+#[test]
+fn an_external_base_is_resolved_per_platform() {
+    // The base, published by another workspace (setup: any tool that pushes an index would do).
+    let publisher = PLATFORMS.replace("tag \"latest\"\n}", "tag \"1\"\n}");
+    let ext_base = format!("{BASE}RUN echo $TARGETARCH > /marker\n");
+    let ext = two_platform_workspace("platform-ext", &publisher.replace("PREFIX/base", "PREFIX-ext/base"), APP);
+    std::fs::write(ext.fixture.path("base.j2"), ext_base.replace("NAME", &ext.name)).unwrap();
+    let config = docker_config(true);
+    let (code, stderr) = build_and_push(&ext, config.path(), &["base"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let matrix = r#"
+settings {
+    name "NAME"
+    retries 0
+    pull "missing"
+    platforms "linux/amd64" "linux/arm64"
+}
+image "app" {
+    repository "PREFIX/app"
+    dockerfile "app.j2"
+    context "busybox"
+    tag "latest"
+    test "on-its-platform" {
+        run "test \"$(cat /from-base)\" = \"$(uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')\""
+    }
+}
+"#;
+    let app = format!("FROM 127.0.0.1:5000/{}-ext/base:1\nRUN cp /marker /from-base\n", ext.prefix);
+    let ws = two_platform_workspace("platform-ext-user", matrix, &app);
+    let build = |ws: &EngineWorkspace| {
+        let output = ws.trellis(&["build"]).env("DOCKER_CONFIG", config.path()).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, stderr) = build(&ws);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    for (platform, arch) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64")] {
+        assert_eq!(node(&report, &format!("test:app/on-its-platform@{platform}"))["status"], "passed");
+        let image = node(&report, &format!("build:app@{platform}"))["image"].as_str().unwrap().to_owned();
+        let from_base = docker(&["run", "--rm", "--platform", platform, &image, "cat", "/from-base"]);
+        assert_eq!(from_base, arch, "the {platform} build stood on the base's {platform} image");
+    }
+    let local = format!("127.0.0.1:5000/{}-ext/base:1", ext.prefix);
+    let tagged = docker(&["image", "inspect", "-f", "{{.Architecture}}", &local]);
+    assert_eq!(tagged, "amd64", "the engine's tag still names its own platform's image");
+
+    let (code, stderr) = build(&ws);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
+        .filter(|n| n["action"] == "run" && n["kind"] != "render")
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert!(ran.is_empty(), "the second run ran {ran:?}\n{stderr}");
+    docker(&["rmi", &local]);
+}

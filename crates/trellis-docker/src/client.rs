@@ -234,6 +234,44 @@ impl DockerClient {
             .ok_or_else(|| EngineError::Failed(format!("the engine has no {reference} after pulling it")))
     }
 
+    /// Pulls `reference` for `platform` (`os/arch[/variant]`). Name it by digest
+    /// (`repository@sha256:…`, an index's): pulling by tag would move the engine's tag, which
+    /// names one platform's image only, to this platform's.
+    pub async fn pull_platform(
+        &self,
+        reference: &str,
+        platform: &str,
+        credentials: Option<DockerCredentials>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
+        let options = CreateImageOptions {
+            from_image: Some(reference.to_owned()),
+            platform: platform.to_owned(),
+            ..Default::default()
+        };
+        let stream = self.docker.create_image(Some(options), None, credentials);
+        follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
+        self.image_id(reference)
+            .await?
+            .ok_or_else(|| EngineError::Failed(format!("the engine has no {reference} after pulling it")))
+    }
+
+    /// The image a reference names and its platform (`os/arch[/variant]`), or `None`.
+    pub async fn image_platform(&self, reference: &str) -> Result<Option<(String, String)>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(inspect) => {
+                let mut platform =
+                    format!("{}/{}", inspect.os.unwrap_or_default(), inspect.architecture.unwrap_or_default());
+                if let Some(variant) = inspect.variant.filter(|v| !v.is_empty()) {
+                    platform = format!("{platform}/{variant}");
+                }
+                Ok(inspect.id.map(|id| (id, platform)))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(other) => Err(classify(other)),
+        }
+    }
+
     /// The image ID a reference (or ID) names, or `None` when the engine has no such image.
     pub async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
         match self.docker.inspect_image(reference).await {

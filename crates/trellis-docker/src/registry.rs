@@ -315,6 +315,43 @@ impl Registry {
         Ok(true)
     }
 
+    /// The digest of `platform`'s image in what `repository:tag` serves: the entry of an index
+    /// (or manifest list) for it, or the manifest itself when it serves one image. `None`
+    /// when it serves nothing, or an index without that platform. Pulling that digest gets
+    /// one platform's image without moving any of the engine's tags.
+    pub async fn platform_manifest(
+        &self,
+        repository: &str,
+        tag: &str,
+        platform: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let reference = Reference::with_tag(self.host.clone(), repository.to_owned(), tag.to_owned());
+        let auth = match &self.credentials {
+            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        let accepted = MANIFEST_ACCEPT.split(", ").map(str::trim).collect::<Vec<_>>();
+        self.count(1);
+        let (bytes, digest) = match self.oci.pull_manifest_raw(&reference, &auth, &accepted).await {
+            Ok(found) => found,
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(None),
+            Err(error) => return Err(self.oci_error(error)),
+        };
+        let served: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| EngineError::Failed(format!("registry {}: {repository}:{tag} is not JSON: {e}", self.host)))?;
+        let Some(entries) = served["manifests"].as_array() else { return Ok(Some(digest)) };
+        let of_platform = |entry: &&serde_json::Value| {
+            let p = &entry["platform"];
+            let mut recorded =
+                format!("{}/{}", p["os"].as_str().unwrap_or(""), p["architecture"].as_str().unwrap_or(""));
+            if let Some(variant) = p["variant"].as_str() {
+                recorded = format!("{recorded}/{variant}");
+            }
+            trellis_model::platform::matches(&recorded, platform)
+        };
+        Ok(entries.iter().find(of_platform).and_then(|entry| entry["digest"].as_str()).map(str::to_owned))
+    }
+
     /// Requests sent and blob bytes uploaded so far.
     pub fn stats(&self) -> RegistryStats {
         RegistryStats {

@@ -115,7 +115,23 @@ pub fn host_platform() -> String {
 /// Image IDs of external base images, by reference as written in the Dockerfile. The engine
 /// half fills this in before planning; offline, bases are keyed as unresolved.
 #[derive(Debug, Clone, Default)]
-pub struct BaseImageIds(pub HashMap<String, String>);
+pub struct BaseImageIds {
+    /// The image the engine's tag names (builds for the engine's own platform, and tests).
+    pub ids: HashMap<String, String>,
+    /// By (reference, platform), for the builds of variants with `platforms`: the engine's
+    /// tag names one platform's image only.
+    pub per_platform: HashMap<(String, String), String>,
+}
+
+impl BaseImageIds {
+    /// The image a build for `platform` (`None`: the engine's own) stands on.
+    pub fn get(&self, base: &str, platform: Option<&str>) -> Option<&String> {
+        match platform {
+            None => self.ids.get(base),
+            Some(platform) => self.per_platform.get(&(base.to_owned(), platform.to_owned())),
+        }
+    }
+}
 
 /// Inputs of the graph that are not in the workspace.
 #[derive(Debug, Clone, Default)]
@@ -766,7 +782,7 @@ fn build_key(
     for (id, parent) in parents {
         key.key(Component::Parent((*id).to_owned()), parent);
     }
-    key_bases(&mut key, bases, &inputs.base_images);
+    key_bases(&mut key, bases, &inputs.base_images, platform);
     key.finish()
 }
 
@@ -791,14 +807,14 @@ fn test_key(
     for (id, used) in uses {
         key.key(Component::Uses((*id).to_owned()), used);
     }
-    key_bases(&mut key, bases, ids);
+    key_bases(&mut key, bases, ids, None);
     key.finish()
 }
 
 /// External images by the ID they had in the engine: a base that moved changes the key.
-fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds) {
+fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds, platform: Option<&str>) {
     for base in bases {
-        key.text(Component::Base(base.clone()), ids.0.get(base).map_or("unresolved", String::as_str));
+        key.text(Component::Base(base.clone()), ids.get(base, platform).map_or("unresolved", String::as_str));
     }
 }
 

@@ -86,6 +86,16 @@ impl<'a> Platform<'a> {
     }
 }
 
+/// Whether an image recorded as `recorded` is one of platform `asked`: the same OS and
+/// architecture, and the variant when `asked` names one (BuildKit records `v8` on some arm64
+/// images, others none).
+pub fn matches(recorded: &str, asked: &str) -> bool {
+    let (recorded, asked) = (Platform::parse(recorded), Platform::parse(asked));
+    recorded.os == asked.os
+        && recorded.architecture == asked.architecture
+        && asked.variant.is_none_or(|variant| recorded.variant == Some(variant))
+}
+
 /// The build args BuildKit defines for a build of `target` on `build` (both platforms
 /// trellis checked): every builder gets them, so one Dockerfile can pick per-platform inputs
 /// with `ARG TARGETARCH`.
@@ -119,6 +129,15 @@ mod tests {
         assert_eq!(check("linux/s390x/v1").unwrap_err(), "linux/s390x has no variant: write \"linux/s390x\"");
         assert!(check("amd64").unwrap_err().starts_with("a platform is `os/architecture"));
         assert!(check("linux/sparc").unwrap_err().starts_with("the architecture is one of amd64, arm64"));
+    }
+
+    #[test]
+    fn a_variant_matters_only_when_asked_for() {
+        assert!(matches("linux/arm64/v8", "linux/arm64"));
+        assert!(matches("linux/arm64", "linux/arm64"));
+        assert!(!matches("linux/arm64", "linux/arm64/v8"));
+        assert!(!matches("linux/amd64", "linux/arm64"));
+        assert!(!matches("linux/arm/v6", "linux/arm/v7"));
     }
 
     #[test]

@@ -91,6 +91,8 @@ impl Workspace {
             run_labels: crate::backend::run_labels(&self.model().root),
             own_files: Arc::clone(&graph.own_files),
             parents: self.dependencies().parents.clone(),
+            external_bases: self.dependencies().external_bases.clone(),
+            base_images: self.graph_inputs().base_images.clone(),
             native: graph.native_platform.clone(),
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
@@ -281,16 +283,100 @@ pub(crate) async fn resolve_bases(
         };
         match id {
             Some(id) => {
-                ids.0.insert(base.clone(), id);
+                ids.ids.insert(base.clone(), id);
             }
             None if policy == PullPolicy::Never && pull => missing.push(base.clone()),
             None => {}
         }
     }
+    resolve_platform_bases(client, workspace, selection, pull, sink, &mut ids, &mut missing).await?;
     if !missing.is_empty() {
         return Err(Error::MissingBases { bases: missing, policy: "never".to_owned() });
     }
     Ok(ids)
+}
+
+/// The external bases of variants with `platforms`, per platform: the engine's tag names one
+/// platform's image, which serves that platform only. Another platform's image is pulled by
+/// the digest the registry serves for the tag (so that no tag moves) when the `pull` policy
+/// allows, and found again by that digest on later runs; under `"never"` a missing one is an
+/// error before anything builds. A plan (`pull` false) pulls nothing and leaves it
+/// unresolved.
+async fn resolve_platform_bases(
+    client: &DockerClient,
+    workspace: &Workspace,
+    selection: &trellis_graph::Selection,
+    pull: bool,
+    sink: &mut dyn EventSink,
+    ids: &mut trellis_graph::BaseImageIds,
+    missing: &mut Vec<String>,
+) -> Result<(), Error> {
+    let policy = workspace.model().settings.pull;
+    let mut wanted = std::collections::BTreeSet::new();
+    for (v, variant) in workspace.variants().iter().enumerate().filter(|(v, _)| selection.contains(*v)) {
+        for base in &workspace.dependencies().external_bases[v] {
+            wanted.extend(variant.platforms.iter().map(|platform| (base.clone(), platform.clone())));
+        }
+    }
+    for (base, platform) in wanted {
+        let local = client.image_platform(&base).await.map_err(unreachable)?;
+        let id = match local {
+            Some((id, recorded)) if trellis_model::platform::matches(&recorded, &platform) => Some(id),
+            _ => base_for_platform(client, &base, &platform, pull && policy != PullPolicy::Never, sink).await?,
+        };
+        match id {
+            Some(id) => {
+                ids.per_platform.insert((base, platform), id);
+            }
+            None if pull && policy == PullPolicy::Never => missing.push(format!("{base} for {platform}")),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// `base`'s image for `platform`, by the digest of that platform's manifest in what its
+/// registry serves for the tag: the one the engine holds already, or pulled when `pull`.
+async fn base_for_platform(
+    client: &DockerClient,
+    base: &str,
+    platform: &str,
+    pull: bool,
+    sink: &mut dyn EventSink,
+) -> Result<Option<String>, Error> {
+    let shown = format!("{base} ({platform})");
+    let failed = |message: String| Error::Pull { base: shown.clone(), message };
+    let canonical =
+        trellis_model::normalise_reference(base).ok_or_else(|| failed("not a tagged reference".to_owned()))?;
+    let (host, named) = canonical.split_once('/').unwrap_or(("docker.io", canonical.as_str()));
+    let (repository, tag) = named.rsplit_once(':').unwrap_or((named, "latest"));
+    let credentials = trellis_docker::credentials_for(host);
+    let registry = trellis_docker::registry::Registry::new(host, credentials.clone());
+    let digest = match registry.platform_manifest(repository, tag, platform).await {
+        Ok(Some(digest)) => digest,
+        // A plan shows it unresolved; a build that may not pull fails on it.
+        _ if !pull => return Ok(None),
+        Ok(None) => return Err(failed(format!("its registry serves no {platform} image of it"))),
+        Err(error) => return Err(failed(error.to_string())),
+    };
+    let by_digest = format!("{}@{digest}", base_repository(base));
+    if let Some((id, _)) = client.image_platform(&by_digest).await.map_err(unreachable)? {
+        return Ok(Some(id));
+    }
+    if !pull {
+        return Ok(None);
+    }
+    sink.event(&Event::Pulling { base: &shown, attempt: 1 });
+    let id = (client.pull_platform(&by_digest, platform, credentials, &mut |_: &str| {}).await)
+        .map_err(|e| failed(e.to_string()))?;
+    sink.event(&Event::Pulled { base: &shown, image: &id });
+    Ok(Some(id))
+}
+
+/// `repository` of `repository:tag` or `repository@digest`.
+fn base_repository(reference: &str) -> &str {
+    let reference = reference.split_once('@').map_or(reference, |(repository, _)| repository);
+    repository_of(reference)
 }
 
 /// Pulls one base with the run's retry policy; the last error says why it could not be had.

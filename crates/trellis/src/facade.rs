@@ -228,25 +228,32 @@ impl Workspace {
     }
 
     /// External bases (of the builds and Dockerfile tests FILTERs select) without an image ID:
-    /// all of them offline; after [`Workspace::attach`] without pulling, those the engine lacks.
+    /// all of them offline; after [`Workspace::attach`] without pulling, those the engine lacks
+    /// (for a variant with `platforms`, for one of its platforms).
     pub fn unresolved_bases(&self, filters: &[String]) -> Result<std::collections::BTreeSet<&str>, Error> {
-        let known = &self.inputs.base_images.0;
         let selection = self.select(filters)?;
-        Ok(self
-            .dependencies
-            .external_bases_of(|v| selection.contains(v))
-            .into_iter()
-            .filter(|b| !known.contains_key(*b))
-            .map(String::as_str)
-            .collect())
+        let known = &self.inputs.base_images;
+        let mut unresolved = std::collections::BTreeSet::new();
+        for v in (0..self.model.variants.len()).filter(|v| selection.contains(*v)) {
+            unresolved.extend(self.unresolved_builds_bases(v));
+            let tests = self.dependencies.test_bases[v].iter().flatten();
+            unresolved.extend(tests.filter(|b| known.get(b, None).is_none()).map(String::as_str));
+        }
+        Ok(unresolved)
     }
 
     /// Per variant, the first external base of its build without an image ID.
     pub(crate) fn first_unresolved_base(&self) -> std::collections::HashMap<usize, &str> {
-        let known = &self.inputs.base_images.0;
-        (self.dependencies.external_bases.iter().enumerate())
-            .filter_map(|(v, bases)| bases.iter().find(|b| !known.contains_key(*b)).map(|b| (v, b.as_str())))
-            .collect()
+        (0..self.model.variants.len()).filter_map(|v| Some((v, self.unresolved_builds_bases(v).next()?))).collect()
+    }
+
+    /// The external bases of a variant's build lacking an image ID for one of its platforms.
+    fn unresolved_builds_bases(&self, v: usize) -> impl Iterator<Item = &str> {
+        let slots = self.model.variants[v].platform_slots();
+        let known = &self.inputs.base_images;
+        (self.dependencies.external_bases[v].iter())
+            .filter(move |base| slots.iter().any(|platform| known.get(base, *platform).is_none()))
+            .map(String::as_str)
     }
 
     /// Writes the rendered Dockerfiles that changed; removes orphaned ones.

@@ -34,6 +34,10 @@ pub(crate) struct DockerBackend {
     pub own_files: Arc<trellis_graph::OwnFiles>,
     /// Per variant, the variants its Dockerfile builds on.
     pub parents: Vec<Vec<usize>>,
+    /// Per variant, the external images its Dockerfile builds on, and their images (per
+    /// platform for variants with `platforms`).
+    pub external_bases: Vec<Vec<String>>,
+    pub base_images: trellis_graph::BaseImageIds,
 }
 
 /// The OCI labels describing this run: when, and from which commit of which repository.
@@ -166,9 +170,10 @@ impl DockerBackend {
         Ok(NodeOutput::image(id))
     }
 
-    /// The engine's tags of the parents name the images of its own platform. A build for
-    /// another platform stands on its parents' tested images for that platform instead: each
-    /// gets a temporary local tag, and the Dockerfile sent (not the one rendered) names it.
+    /// The engine's tags name the images of one platform. A build for another platform
+    /// stands on its parents' tested images for that platform instead, and a build for a
+    /// named platform on its external bases' images for it: each gets a temporary local tag,
+    /// and the Dockerfile sent (not the one rendered) names it.
     async fn stand_on_parents(&self, node: &Node, variant: &Variant, platform: &str) -> Result<ParentTags, JobError> {
         let mut stand_in: HashMap<String, String> = HashMap::new();
         let mut tags = Vec::new();
@@ -180,6 +185,15 @@ impl DockerBackend {
                     let canonical = trellis_model::normalise_reference(&reference.to_string()).unwrap_or_default();
                     stand_in.insert(canonical, tag.clone());
                 }
+                tags.push(tag);
+            }
+        }
+        if let Some(named) = node.platform.as_deref() {
+            for base in &self.external_bases[node.variant] {
+                let image = (self.base_images.get(base, Some(named)))
+                    .ok_or_else(|| invalid(format!("no {named} image of the base {base} was resolved")))?;
+                let tag = self.client.temporary_tag(image).await.map_err(engine_error)?;
+                stand_in.insert(trellis_model::normalise_reference(base).unwrap_or_default(), tag.clone());
                 tags.push(tag);
             }
         }
@@ -400,7 +414,7 @@ impl DockerBackend {
                     }
                     () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
                 };
-                if !same_platform(&pushed.platform, platform) {
+                if !trellis_model::platform::matches(&pushed.platform.to_string(), platform) {
                     return Err(invalid(format!(
                         "the {platform} image {image} is a {} image: the build did not honour its platform",
                         pushed.platform
@@ -426,13 +440,4 @@ impl DockerBackend {
         let image = native.map(|slot| self.image_of(node.variant, slot)).transpose()?;
         Ok(NodeOutput { image, digest: Some(index.digest) })
     }
-}
-
-/// Whether an image's recorded platform is the one asked for (a variant only when asked:
-/// BuildKit records `v8` on some arm64 images).
-fn same_platform(recorded: &trellis_docker::registry::Platform, asked: &str) -> bool {
-    let asked = trellis_model::platform::Platform::parse(asked);
-    recorded.os == asked.os
-        && recorded.architecture == asked.architecture
-        && asked.variant.is_none_or(|variant| recorded.variant.as_deref() == Some(variant))
 }
