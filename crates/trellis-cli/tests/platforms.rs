@@ -177,6 +177,21 @@ fn two_platforms_are_built_tested_and_pushed_as_one_index_under_every_reference(
         .collect();
     assert!(ran.is_empty(), "the second run ran {ran:?}\n{stderr}");
 
+    // The platforms written in the other order: the same images, the same indexes.
+    let matrix = std::fs::read_to_string(ws.fixture.path("matrix.kdl")).unwrap();
+    let swapped = matrix.replace("\"linux/amd64\" \"linux/arm64\"", "\"linux/arm64\" \"linux/amd64\"");
+    assert_ne!(swapped, matrix);
+    std::fs::write(ws.fixture.path("matrix.kdl"), swapped).unwrap();
+    let (code, stderr) = build_and_push(&ws, config.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = ws.report();
+    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
+        .filter(|n| n["action"] == "run" && n["kind"] != "render")
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert!(ran.is_empty(), "reordering the platforms ran {ran:?}\n{stderr}");
+    assert_eq!(served(&format!("{app}:1")), Some(digest.clone()));
+
     // The arm64 image, pulled by platform from the registry, runs under emulation. Last: the
     // pulled tag is then the arm64 image's only one, and the workspace's cleanup removes both.
     let pulled = format!("127.0.0.1:5000/{app}:1");

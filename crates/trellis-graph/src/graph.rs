@@ -394,13 +394,15 @@ fn used_key(builds: &[Vec<Keyed>], workspace: &Model, p: usize, platform: &str, 
 /// anything runs. A variant without `platforms` is built for the engine's own (`native`).
 fn platform_mismatches(workspace: &Model, parents: &[Vec<usize>], native: &str) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
+    // One diagnostic per image pair and platform, not per variant of the child.
+    let mut seen = HashSet::new();
     for (child, parents) in parents.iter().enumerate() {
         let variant = &workspace.variants[child];
         for &p in parents {
             let parent = &workspace.variants[p];
             for platform in variant.platform_slots() {
                 let wanted = platform.unwrap_or(native);
-                if platform_slot(parent, wanted, native).is_some() {
+                if platform_slot(parent, wanted, native).is_some() || !seen.insert((variant.image, p, wanted)) {
                     continue;
                 }
                 diags.push(parent_lacks(workspace, variant, parent, platform, wanted));
@@ -437,7 +439,7 @@ fn parent_lacks(
         d = d.at(&workspace.manifest, span, format!("{} is built for these", parent.id));
     }
     d.help(format!(
-        "a child stands on its parent's image for the same platform: add \"{wanted}\" to the platforms of image `{}`, or declare `platforms` once in settings",
+        "a child stands on its parent's image for the same platform: add \"{wanted}\" to the platforms image `{}` is built for (its own `platforms`, or the settings')",
         parent_image.name
     ))
 }
@@ -818,12 +820,15 @@ fn key_bases(key: &mut ComponentKey, bases: &[String], ids: &BaseImageIds, platf
     }
 }
 
-/// The images it tags (one per platform) and the references.
+/// The images it tags (one per platform, in platform order: writing the platforms in another
+/// order changes nothing) and the references.
 fn tag_key(variant: &Variant, builds: &[Keyed]) -> Keyed {
     let mut references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     references.sort();
     let mut key = ComponentKey::new("tag");
-    for (platform, (build, _)) in variant.platform_slots().into_iter().zip(builds) {
+    let mut images: Vec<_> = variant.platform_slots().into_iter().zip(builds).collect();
+    images.sort_by_key(|(platform, _)| *platform);
+    for (platform, (build, _)) in images {
         match platform {
             None => key.key(Component::Image, build),
             Some(platform) => key.key(Component::PlatformImage(platform.to_owned()), build),

@@ -23,6 +23,9 @@ pub enum Action {
 pub struct PlannedNode {
     pub id: String,
     pub kind: NodeKind,
+    /// Build and test nodes of a variant with `platforms`: the platform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub action: Action,
     pub reason: String,
     pub key: NodeKey,
@@ -83,7 +86,8 @@ pub fn plan(workspace: &Model, graph: &Graph, selection: &Selection, state: &dyn
             (NodeKind::Render, _) => None,
             _ => upstream,
         };
-        out.push(PlannedNode { id: node.id.clone(), kind: node.kind, action, reason, key: node.key });
+        let platform = node.platform.clone();
+        out.push(PlannedNode { id: node.id.clone(), kind: node.kind, platform, action, reason, key: node.key });
     }
     out
 }

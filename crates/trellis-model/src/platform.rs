@@ -4,9 +4,12 @@
 //! runs it on another architecture.
 
 /// Architectures of the OCI image spec's platform list, with the variants each may carry.
+/// Docker normalises `linux/arm64/v8` to `linux/arm64` and `linux/arm` to `linux/arm/v7`: one
+/// platform has one spelling here, Docker's normal form, so two spellings of one platform
+/// cannot make two builds, and what a build records is what was asked.
 const ARCHITECTURES: &[(&str, &[&str])] = &[
     ("amd64", &["v2", "v3", "v4"]),
-    ("arm64", &["v8"]),
+    ("arm64", &[]),
     ("arm", &["v5", "v6", "v7"]),
     ("386", &[]),
     ("ppc64le", &[]),
@@ -20,12 +23,20 @@ const ARCHITECTURES: &[(&str, &[&str])] = &[
 const KERNEL_WORDS: &[(&str, &str)] =
     &[("x86_64", "amd64"), ("aarch64", "arm64"), ("armhf", "arm/v7"), ("i386", "386"), ("i686", "386")];
 
-/// `Ok` for a platform trellis can build; otherwise the help saying what to write.
+/// `Ok` for a platform trellis can build, in Docker's normal form; otherwise the help
+/// saying what to write.
 pub fn check(platform: &str) -> Result<(), String> {
+    if platform.contains([',', ' ']) {
+        return Err("one string per platform: `platforms \"linux/amd64\" \"linux/arm64\"`".into());
+    }
+    if platform != platform.to_ascii_lowercase() {
+        return Err(format!("platforms are lower case: write \"{}\"", platform.to_ascii_lowercase()));
+    }
     let parts: Vec<&str> = platform.split('/').collect();
     let (os, arch, variant) = match parts.as_slice() {
         [os, arch] => (*os, *arch, None),
         [os, arch, variant] => (*os, *arch, Some(*variant)),
+        [arch] if known(arch) => return Err(format!("a platform names its OS too: write \"linux/{arch}\"")),
         _ => {
             return Err("a platform is `os/architecture[/variant]`, such as \"linux/amd64\" or \"linux/arm/v7\"".into());
         }
@@ -40,15 +51,21 @@ pub fn check(platform: &str) -> Result<(), String> {
         let known: Vec<&str> = ARCHITECTURES.iter().map(|(a, _)| *a).collect();
         return Err(format!("the architecture is one of {}", known.join(", ")));
     };
-    match variant {
-        Some(v) if !variants.contains(&v) && variants.is_empty() => {
-            Err(format!("linux/{arch} has no variant: write \"linux/{arch}\""))
+    match (arch, variant) {
+        ("arm64", Some("v8")) => Err("Docker writes linux/arm64/v8 as \"linux/arm64\": write that".into()),
+        ("arm", None) => Err("Docker writes linux/arm as \"linux/arm/v7\": write that (or v6, v5)".into()),
+        (_, Some(v)) if variants.is_empty() => {
+            Err(format!("linux/{arch} has no variant other than this: write \"linux/{arch}\" (not /{v})"))
         }
-        Some(v) if !variants.contains(&v) => {
+        (_, Some(v)) if !variants.contains(&v) => {
             Err(format!("the variant of linux/{arch} is one of {}", variants.join(", ")))
         }
         _ => Ok(()),
     }
+}
+
+fn known(arch: &str) -> bool {
+    ARCHITECTURES.iter().any(|(a, _)| *a == arch)
 }
 
 /// A valid platform's parts.
@@ -117,18 +134,25 @@ mod tests {
 
     #[test]
     fn known_platforms_pass_and_mistakes_say_what_to_write() {
-        for ok in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm64/v8", "linux/s390x"] {
+        for ok in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/amd64/v2", "linux/s390x"] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
+        let help = |platform: &str| check(platform).unwrap_err();
+        assert_eq!(help("linux/aarch64"), "images name this architecture as Docker does: write \"linux/arm64\"");
+        assert_eq!(help("windows/amd64"), "trellis builds Linux images: write \"linux/amd64\"");
+        assert_eq!(help("linux/arm/v9"), "the variant of linux/arm is one of v5, v6, v7");
         assert_eq!(
-            check("linux/aarch64").unwrap_err(),
-            "images name this architecture as Docker does: write \"linux/arm64\""
+            help("linux/s390x/v1"),
+            "linux/s390x has no variant other than this: write \"linux/s390x\" (not /v1)"
         );
-        assert_eq!(check("windows/amd64").unwrap_err(), "trellis builds Linux images: write \"linux/amd64\"");
-        assert_eq!(check("linux/arm/v9").unwrap_err(), "the variant of linux/arm is one of v5, v6, v7");
-        assert_eq!(check("linux/s390x/v1").unwrap_err(), "linux/s390x has no variant: write \"linux/s390x\"");
-        assert!(check("amd64").unwrap_err().starts_with("a platform is `os/architecture"));
-        assert!(check("linux/sparc").unwrap_err().starts_with("the architecture is one of amd64, arm64"));
+        assert_eq!(help("linux/arm64/v8"), "Docker writes linux/arm64/v8 as \"linux/arm64\": write that");
+        assert_eq!(help("linux/arm"), "Docker writes linux/arm as \"linux/arm/v7\": write that (or v6, v5)");
+        assert_eq!(help("Linux/ARM64"), "platforms are lower case: write \"linux/arm64\"");
+        assert_eq!(help("arm64"), "a platform names its OS too: write \"linux/arm64\"");
+        assert!(help("linux/amd64,linux/arm64").starts_with("one string per platform"));
+        assert!(help("linux/amd64 linux/arm64").starts_with("one string per platform"));
+        assert!(help("amd").starts_with("a platform is `os/architecture"));
+        assert!(help("linux/sparc").starts_with("the architecture is one of amd64, arm64"));
     }
 
     #[test]

@@ -292,9 +292,20 @@ impl DockerBackend {
     }
 
     /// Points every reference at the image of the engine's own platform; a variant built for
-    /// other platforms only has nothing to tag here (its references live in the registry).
+    /// other platforms only has no local references (they live in the registry), and those an
+    /// earlier build left are taken off.
     async fn tag(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
         let Some(slot) = trellis_graph::platform_slot(variant, &self.native, &self.native) else {
+            // References left from when it was built for this platform would name a stale image.
+            for reference in variant.references.iter().map(ToString::to_string) {
+                if self.client.image_id(&reference).await.map_err(engine_error)?.is_some() {
+                    self.client.untag(&reference).await;
+                    ctx.line(format!(
+                        "took {reference} off its image: the variant is no longer built for {}",
+                        self.native
+                    ));
+                }
+            }
             ctx.line(format!("not built for the engine's platform {}: no local references", self.native));
             return Ok(NodeOutput::default());
         };
@@ -422,6 +433,9 @@ impl DockerBackend {
                 }
                 images.push(pushed);
             }
+            // In platform order: the same images give the same index whatever order the
+            // platforms are written in.
+            images.sort_by_key(|image| image.platform.to_string());
             index = Some(trellis_docker::registry::ImageIndex::of(&images));
             mount_from.push(repository.to_owned());
         }
