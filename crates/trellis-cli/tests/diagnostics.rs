@@ -473,3 +473,23 @@ image "app" {
     let files = [("base.j2", "FROM scratch\n"), ("app.j2", "FROM acme/base:latest\n")];
     check_with("parent_lacks_a_platform", matrix, &files);
 }
+
+/// The classic builder cannot build a FROM scratch stage with an ARG before a COPY for a
+/// foreign platform (moby#46294): said before anything runs.
+#[test]
+fn classic_builder_cross_building_scratch_with_arg() {
+    let matrix = r#"settings {
+    name "t"
+    builder "classic"
+    platforms "linux/amd64" "linux/arm64"
+}
+image "base" {
+    repository "acme/base"
+    dockerfile "base.j2"
+    context "."
+    tag "latest"
+}
+"#;
+    let dockerfile = "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\n";
+    check_with("classic_builder_cross_building_scratch_with_arg", matrix, &[("base.j2", dockerfile)]);
+}

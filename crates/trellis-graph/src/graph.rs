@@ -101,15 +101,7 @@ impl VariantNodes {
 /// The platform of the machine trellis runs on, in Docker's words: the engine's own platform
 /// when it runs here too. Attaching to an engine replaces it with the engine's answer.
 pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    };
-    format!("linux/{arch}")
+    trellis_model::platform::host()
 }
 
 /// Image IDs of external base images, by reference as written in the Dockerfile. The engine

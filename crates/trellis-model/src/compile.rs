@@ -1452,7 +1452,33 @@ fn check_classic_builder(drafts: &[Draft], manifest: &Manifest, source: &SourceF
         return;
     };
     let mut reported = std::collections::HashSet::new();
+    let host = crate::platform::host();
+    let host_arch = crate::platform::Platform::parse(&host).architecture;
     for draft in drafts {
+        let image = &manifest.images[draft.variant.image];
+        let platforms = image.platforms.as_ref().or(manifest.settings.platforms.as_ref());
+        let foreign = platforms
+            .into_iter()
+            .flat_map(|p| &p.values)
+            .map(|p| p.value.as_str())
+            .find(|p| crate::platform::Platform::parse(p).architecture != host_arch);
+        if let Some(foreign) = foreign
+            && crate::platform::classic_cannot_cross_build(&draft.variant.dockerfile)
+            && reported.insert(draft.variant.image)
+        {
+            diags.push(
+                Diagnostic::new(
+                    "trellis::builder::needs_buildkit",
+                    format!(
+                        "the classic builder cannot build the Dockerfile of image `{}` for {foreign}: a FROM scratch stage with an ARG before a COPY or ADD ({} first)",
+                        image.name.value, draft.variant.id
+                    ),
+                )
+                .at(source, builder.span, "the classic builder is chosen here")
+                .help("remove `builder \"classic\"` (BuildKit builds it), or give that stage no ARG (moby#46294)"),
+            );
+            continue;
+        }
         let mounts = draft.variant.dockerfile.lines().any(|line| {
             let mut words = line.split_whitespace();
             words.next().is_some_and(|w| w.eq_ignore_ascii_case("RUN")) && words.any(|w| w.starts_with("--mount="))

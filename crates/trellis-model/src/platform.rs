@@ -68,6 +68,40 @@ fn known(arch: &str) -> bool {
     ARCHITECTURES.iter().any(|(a, _)| *a == arch)
 }
 
+/// The platform of the machine trellis runs on, in Docker's words.
+pub fn host() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// Whether a Dockerfile has a `FROM scratch` stage that declares an `ARG` before a `COPY` or
+/// `ADD`: the classic builder cannot build that for another platform than its engine's
+/// ("does not match the specified platform", moby#46294); BuildKit can.
+pub fn classic_cannot_cross_build(dockerfile: &str) -> bool {
+    let (mut scratch, mut arg) = (false, false);
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        match words.next().map(str::to_ascii_uppercase).as_deref() {
+            Some("FROM") => {
+                scratch =
+                    words.find(|w| !w.starts_with("--")).is_some_and(|image| image.eq_ignore_ascii_case("scratch"));
+                arg = false;
+            }
+            Some("ARG") => arg = true,
+            Some("COPY" | "ADD") if scratch && arg => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A valid platform's parts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform<'a> {
