@@ -135,10 +135,17 @@ fn start_docker() -> Result {
     if !installed("docker.io") {
         apt_install("docker.io")?;
     }
+    // BuildKit keeps every context it received and every layer it built in its cache; the
+    // family sends hundreds of MB per build (both rootfs tarballs), and the test suites build
+    // hundreds of images: without a cap the cache fills the disk within one `cargo xtask test`.
+    let config = dir().join("daemon.json");
+    let settings = r#"{ "builder": { "gc": { "enabled": true, "defaultKeepStorage": "6GB" } } }"#;
+    fs::write(&config, settings).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let config = format!("--config-file={}", config.display());
     for driver in ["overlay2", "vfs"] {
         let log = dir().join(format!("dockerd-{driver}.log"));
         let pid = dir().join("dockerd.pid");
-        spawn_daemon("dockerd", &[&format!("--storage-driver={driver}")], &log, &pid)?;
+        spawn_daemon("dockerd", &[&format!("--storage-driver={driver}"), &config], &log, &pid)?;
         if wait_until("dockerd", Duration::from_secs(30), docker_answers).is_ok() {
             eprintln!("xtask: started dockerd with the {driver} storage driver (log: {})", log.display());
             return Ok(());

@@ -127,6 +127,10 @@ fn test(extra: &[&str]) -> Result {
     }
     command.args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
     run(command)?;
+    // What BuildKit cached for the first pass is no use to the second: give its space back.
+    let mut prune = Command::new("docker");
+    prune.args(["builder", "prune", "--all", "--force"]);
+    run(prune)?;
     // The engine's end-to-end suites again under the classic builder (the run above used the
     // default, BuildKit): every promise must hold with either builder.
     let mut classic = cargo();
