@@ -63,14 +63,19 @@ fn build_and_push(ws: &EngineWorkspace, config: &Path, extra: &[&str]) -> (Optio
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// `skopeo inspect --raw` of a reference in the test registry: the manifest it serves.
-fn raw_manifest(reference: &str) -> Option<Value> {
+/// The bytes `skopeo inspect --raw` reads for a reference in the test registry.
+fn raw_bytes(reference: &str) -> Option<Vec<u8>> {
     let output = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
         .arg(format!("docker://127.0.0.1:5000/{reference}"))
         .output()
         .expect("skopeo (`cargo xtask engine` installs it)");
-    output.status.success().then(|| serde_json::from_slice(&output.stdout).unwrap())
+    output.status.success().then_some(output.stdout)
+}
+
+/// The manifest a reference serves.
+fn raw_manifest(reference: &str) -> Option<Value> {
+    raw_bytes(reference).map(|bytes| serde_json::from_slice(&bytes).unwrap())
 }
 
 /// The tags the registry holds for a repository.
@@ -95,12 +100,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// The digest of what a reference serves, computed from the bytes skopeo read.
 fn served(reference: &str) -> Option<String> {
-    let output = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
-        .arg(format!("docker://127.0.0.1:5000/{reference}"))
-        .output()
-        .unwrap();
-    output.status.success().then(|| sha256(&output.stdout))
+    raw_bytes(reference).map(|bytes| sha256(&bytes))
 }
 
 /// The image ID each platform's entry of an index names (its config digest).
@@ -116,6 +116,14 @@ fn index_images(repository: &str, index: &Value) -> Vec<(String, String)> {
         images.push((platform, manifest["config"]["digest"].as_str().unwrap().to_owned()));
     }
     images
+}
+
+/// The nodes a run ran, renders aside (a copied workspace renders again).
+fn nodes_run(report: &Value) -> Vec<String> {
+    (report["nodes"].as_array().unwrap().iter())
+        .filter(|n| n["action"] == "run" && n["kind"] != "render")
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn node<'r>(report: &'r Value, id: &str) -> &'r Value {
@@ -171,10 +179,7 @@ fn two_platforms_are_built_tested_and_pushed_as_one_index_under_every_reference(
     let (code, stderr) = build_and_push(&ws, config.path(), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let report = ws.report();
-    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
-        .filter(|n| n["action"] == "run" && n["kind"] != "render")
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let ran = nodes_run(&report);
     assert!(ran.is_empty(), "the second run ran {ran:?}\n{stderr}");
 
     // The platforms written in the other order: the same images, the same indexes.
@@ -185,10 +190,7 @@ fn two_platforms_are_built_tested_and_pushed_as_one_index_under_every_reference(
     let (code, stderr) = build_and_push(&ws, config.path(), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let report = ws.report();
-    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
-        .filter(|n| n["action"] == "run" && n["kind"] != "render")
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let ran = nodes_run(&report);
     assert!(ran.is_empty(), "reordering the platforms ran {ran:?}\n{stderr}");
     assert_eq!(served(&format!("{app}:1")), Some(digest.clone()));
 
@@ -419,10 +421,7 @@ image "app" {
     let (code, stderr) = build(&ws);
     assert_eq!(code, Some(0), "{stderr}");
     let report = ws.report();
-    let ran: Vec<&str> = (report["nodes"].as_array().unwrap().iter())
-        .filter(|n| n["action"] == "run" && n["kind"] != "render")
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let ran = nodes_run(&report);
     assert!(ran.is_empty(), "the second run ran {ran:?}\n{stderr}");
     docker(&["rmi", &local]);
 }

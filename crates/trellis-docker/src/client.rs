@@ -227,6 +227,17 @@ impl DockerClient {
             }
         };
         let options = CreateImageOptions { from_image: Some(from_image.to_owned()), tag, ..Default::default() };
+        self.create_image(reference, options, credentials, line).await
+    }
+
+    /// Runs one pull and answers the image ID `reference` then names.
+    async fn create_image(
+        &self,
+        reference: &str,
+        options: CreateImageOptions,
+        credentials: Option<DockerCredentials>,
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, EngineError> {
         let stream = self.docker.create_image(Some(options), None, credentials);
         follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
         self.image_id(reference)
@@ -249,11 +260,7 @@ impl DockerClient {
             platform: platform.to_owned(),
             ..Default::default()
         };
-        let stream = self.docker.create_image(Some(options), None, credentials);
-        follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
-        self.image_id(reference)
-            .await?
-            .ok_or_else(|| EngineError::Failed(format!("the engine has no {reference} after pulling it")))
+        self.create_image(reference, options, credentials, line).await
     }
 
     /// The image a reference names and its platform (`os/arch[/variant]`), or `None`.
