@@ -452,6 +452,14 @@ impl DockerBackend {
         }
         let native = trellis_graph::platform_slot(variant, &self.native, &self.native);
         let image = native.map(|slot| self.image_of(node.variant, slot)).transpose()?;
+        // As `docker push` leaves it, and as a single-platform push does: the pushed
+        // references name the engine's platform's image locally too (a workspace building FROM
+        // them then finds them without pulling).
+        if let Some(image) = &image {
+            for reference in &variant.references {
+                self.client.tag(image, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
+            }
+        }
         Ok(NodeOutput { image, digest: Some(index.digest) })
     }
 }
