@@ -86,9 +86,9 @@ fn invalid(message: impl Into<String>) -> JobError {
 
 type Ctx = JobContext<NodeOutput>;
 
-/// A build's stand-ins for its parents: the Dockerfile naming them, and the temporary tags
-/// to take off afterwards.
-struct ParentTags {
+/// A build's stand-ins for its parents and bases: the Dockerfile naming them, and the
+/// temporary tags to take off afterwards.
+struct StandIns {
     dockerfile: Option<String>,
     tags: Vec<String>,
 }
@@ -139,9 +139,9 @@ impl DockerBackend {
         if node.platform.is_some() {
             args.extend(trellis_model::platform::build_args(platform, &self.native));
         }
-        let parents = self.stand_on_parents(node, variant, platform).await?;
+        let stand_ins = self.stand_ins(node, variant, platform).await?;
         let request = trellis_docker::BuildRequest {
-            dockerfile: parents.dockerfile.as_deref().unwrap_or(&variant.dockerfile),
+            dockerfile: stand_ins.dockerfile.as_deref().unwrap_or(&variant.dockerfile),
             context: Some(&walk),
             args: &args,
             labels: self.build_labels(node, variant, platform)?,
@@ -156,7 +156,7 @@ impl DockerBackend {
             result = self.builder.build(request, &mut trace, &mut log) => result.map_err(engine_error),
             () = ctx.cancel.cancelled() => Err(JobError::cancelled()),
         };
-        for tag in &parents.tags {
+        for tag in &stand_ins.tags {
             self.client.untag(tag).await;
         }
         // Dropping the stream does not stop a running step: remove what it left.
@@ -173,28 +173,39 @@ impl DockerBackend {
     /// The engine's tags name the images of one platform. A build for another platform
     /// stands on its parents' tested images for that platform instead, and a build for a
     /// named platform on its external bases' images for it: each gets a temporary local tag,
-    /// and the Dockerfile sent (not the one rendered) names it.
-    async fn stand_on_parents(&self, node: &Node, variant: &Variant, platform: &str) -> Result<ParentTags, JobError> {
-        let mut stand_in: HashMap<String, String> = HashMap::new();
-        let mut tags = Vec::new();
+    /// and the Dockerfile sent (not the one rendered) names it. A tag that cannot be made
+    /// takes the ones made before it off again.
+    async fn stand_ins(&self, node: &Node, variant: &Variant, platform: &str) -> Result<StandIns, JobError> {
+        let canonical = |reference: &str| trellis_model::normalise_reference(reference).unwrap_or_default();
+        // The references FROM lines name, and the image to stand for them on this platform.
+        let mut wanted: Vec<(Vec<String>, String)> = Vec::new();
         if platform != self.native {
             for &parent in &self.parents[node.variant] {
-                let image = self.parent_image(parent, platform)?;
-                let tag = self.client.temporary_tag(&image).await.map_err(engine_error)?;
-                for reference in &self.model.variants[parent].references {
-                    let canonical = trellis_model::normalise_reference(&reference.to_string()).unwrap_or_default();
-                    stand_in.insert(canonical, tag.clone());
-                }
-                tags.push(tag);
+                let references = self.model.variants[parent].references.iter().map(|r| canonical(&r.to_string()));
+                wanted.push((references.collect(), self.parent_image(parent, platform)?));
             }
         }
         if let Some(named) = node.platform.as_deref() {
             for base in &self.external_bases[node.variant] {
                 let image = (self.base_images.get(base, Some(named)))
                     .ok_or_else(|| invalid(format!("no {named} image of the base {base} was resolved")))?;
-                let tag = self.client.temporary_tag(image).await.map_err(engine_error)?;
-                stand_in.insert(trellis_model::normalise_reference(base).unwrap_or_default(), tag.clone());
-                tags.push(tag);
+                wanted.push((vec![canonical(base)], image.clone()));
+            }
+        }
+        let mut stand_in: HashMap<String, String> = HashMap::new();
+        let mut tags = Vec::new();
+        for (references, image) in wanted {
+            match self.client.temporary_tag(&image).await {
+                Ok(tag) => {
+                    stand_in.extend(references.into_iter().map(|reference| (reference, tag.clone())));
+                    tags.push(tag);
+                }
+                Err(error) => {
+                    for tag in &tags {
+                        self.client.untag(tag).await;
+                    }
+                    return Err(engine_error(error));
+                }
             }
         }
         let dockerfile = (!stand_in.is_empty()).then(|| {
@@ -202,7 +213,7 @@ impl DockerBackend {
                 stand_in.get(&trellis_model::normalise_reference(reference)?).cloned()
             })
         });
-        Ok(ParentTags { dockerfile, tags })
+        Ok(StandIns { dockerfile, tags })
     }
 
     /// The build context, walked again for the tar: the same walk as the key, and refused
