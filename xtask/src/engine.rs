@@ -6,7 +6,8 @@
 //! exercised). Installs docker.io, docker-registry, apache2-utils, busybox-static and docker-compose
 //! when missing and root; qemu-user-static + binfmt-support so that linux/arm64 images build
 //! and run here (checking that the arm64 handler is enabled); and skopeo + jq, with which the
-//! main job's verification reads the registry independently of trellis.
+//! main job's verification reads the registry independently of trellis; openssh-server, whose
+//! `sshd` the `ssh://` engine test runs on a loopback port of its own.
 //! Idempotent; state, logs and pids under `.cache/engine/`.
 
 use std::fs;
@@ -67,8 +68,9 @@ pub fn start() -> Result {
     fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
     // The end-to-end tests make their small images FROM scratch with Debian's static busybox;
     // the decoupled-runtime example runs its code and runtime images with docker-compose;
-    // verify.rs reads image indexes from the registry with skopeo and jq.
-    for package in ["busybox-static", "docker-compose", "skopeo", "jq"] {
+    // verify.rs reads image indexes from the registry with skopeo and jq; the ssh:// engine
+    // test (crates/trellis-cli/tests/engines.rs) runs a throwaway sshd of its own.
+    for package in ["busybox-static", "docker-compose", "skopeo", "jq", "openssh-server"] {
         if !installed(package) {
             apt_install(package)?;
         }

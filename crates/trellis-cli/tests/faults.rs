@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::engine::*;
+use common::private_engine::PrivateEngine;
 
 /// A loopback HTTP service whose first request is held until `release` is sent (or dropped)
 /// and then answered "fail"; every later request is answered "ok". `started` fires when the
@@ -70,98 +70,6 @@ image "gated" {
     let (code, stderr) = ws.build(&[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("0 passed, 0 flaky, 0 failed, 0 blocked, 4 up to date"), "{stderr}");
-}
-
-/// A dockerd of the test's own, so that restarting it cannot disturb the tests sharing the
-/// machine's engine: its data, exec root and socket in a temp dir, and its own network
-/// namespace (its docker0 and iptables rules are its own; host networking in its builds means
-/// that namespace's loopback).
-struct PrivateEngine {
-    dir: tempfile::TempDir,
-    netns: String,
-    daemon: Option<Child>,
-}
-
-impl PrivateEngine {
-    fn start() -> Self {
-        let netns = format!("trellis-e2e-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let status = Command::new("ip").args(args).status().expect("iproute2's ip");
-            assert!(status.success(), "ip {args:?}");
-        };
-        ip(&["netns", "add", &netns]);
-        ip(&["-n", &netns, "link", "set", "lo", "up"]);
-        let mut engine = Self { dir: tempfile::tempdir().unwrap(), netns, daemon: None };
-        engine.up();
-        engine
-    }
-
-    fn netns_path(&self) -> std::path::PathBuf {
-        Path::new("/var/run/netns").join(&self.netns)
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
-    /// Starts dockerd on the same data root (overlay2, else vfs) and returns once it listens.
-    fn up(&mut self) {
-        for driver in ["overlay2", "vfs"] {
-            let dir = self.dir.path();
-            // nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroups.
-            let mut daemon = Command::new("nsenter")
-                .arg(format!("--net={}", self.netns_path().display()))
-                .args(["dockerd", "--storage-driver", driver])
-                .arg("--data-root")
-                .arg(dir.join("data"))
-                .arg("--exec-root")
-                .arg(dir.join("exec"))
-                .arg("--pidfile")
-                .arg(dir.join("dockerd.pid"))
-                .args(["-H", &self.host()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("dockerd (cargo xtask engine installs docker.io)");
-            let (tx, listening) = mpsc::channel();
-            let log = daemon.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(log).lines().map_while(Result::ok) {
-                    if line.contains("API listen on") {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-            // The channel closes without a message when dockerd exits (a driver it cannot use).
-            if listening.recv_timeout(Duration::from_secs(120)).is_ok() {
-                self.daemon = Some(daemon);
-                return;
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-        panic!("no private dockerd would start");
-    }
-
-    /// SIGTERM, as `systemctl restart docker` sends: dockerd stops its containers and exits.
-    fn down(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
-            daemon.wait().unwrap();
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> String {
-        let output = Command::new("docker").args(["-H", &self.host()]).args(args).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for PrivateEngine {
-    fn drop(&mut self) {
-        self.down();
-        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
-    }
 }
 
 #[test]

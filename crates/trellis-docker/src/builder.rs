@@ -111,7 +111,7 @@ impl DockerClient {
     pub fn builder(&self, kind: BuilderKind) -> Arc<dyn Builder> {
         match kind {
             BuilderKind::Classic => Arc::new(ClassicBuilder::new(self.docker().clone())),
-            BuilderKind::BuildKit => Arc::new(BuildKitBuilder::new(self.docker().clone(), self.endpoint().cloned())),
+            BuilderKind::BuildKit => Arc::new(BuildKitBuilder::new(self.docker().clone(), self.endpoint().clone())),
         }
     }
 }

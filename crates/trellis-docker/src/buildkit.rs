@@ -28,18 +28,18 @@ use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
 use crate::client::{EngineError, classify, untag};
 use crate::context_tar::{RESERVED_DOCKERFILE, buildkit_context_tar};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, with_sources};
 
 use crate::TEST_BASE_REPOSITORY;
 
 #[derive(Debug, Clone)]
 pub(crate) struct BuildKitBuilder {
     docker: Docker,
-    endpoint: Option<Endpoint>,
+    endpoint: Endpoint,
 }
 
 impl BuildKitBuilder {
-    pub(crate) fn new(docker: Docker, endpoint: Option<Endpoint>) -> Self {
+    pub(crate) fn new(docker: Docker, endpoint: Endpoint) -> Self {
         Self { docker, endpoint }
     }
 
@@ -116,16 +116,14 @@ impl BuildKitBuilder {
         mut trace: Option<&mut BuildTrace>,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<String>, EngineError> {
-        let endpoint = self.endpoint.as_ref().ok_or_else(|| {
-            EngineError::Refused("BuildKit builds need DOCKER_HOST to be a unix:// or tcp:// address".to_owned())
-        })?;
+        let endpoint = &self.endpoint;
         let query = serde_urlencoded::to_string(&options).map_err(|e| EngineError::Failed(e.to_string()))?;
         let request = http::Request::post(format!("/v{}/build?{query}", self.docker.client_version()))
             .header(http::header::HOST, endpoint.host_header())
             .header(http::header::CONTENT_TYPE, "application/x-tar")
             .body(Full::new(Bytes::from(tar)))
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        let unreachable = |e: hyper::Error| EngineError::Unreachable(e.to_string());
+        let unreachable = |e: hyper::Error| EngineError::Unreachable(with_sources(&e));
         let mut connection = endpoint.connect().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;
         let response = connection.sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status();

@@ -10,6 +10,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::endpoint::Endpoint;
+use crate::engine_host::EngineHost;
 use crate::registry::{ImageLayout, Platform};
 
 /// What went wrong, classified for the executor's retry decisions.
@@ -50,9 +51,9 @@ pub(crate) fn classify(error: bollard::errors::Error) -> EngineError {
             EngineError::Failed(format!("{message} ({status_code})"))
         }
         E::IOError { err } => EngineError::Unreachable(err.to_string()),
-        E::HyperResponseError { err } => EngineError::Unreachable(err.to_string()),
+        E::HyperResponseError { err } => EngineError::Unreachable(crate::endpoint::with_sources(&err)),
         E::RequestTimeoutError => EngineError::Unreachable("the request timed out".to_owned()),
-        other => EngineError::Unreachable(other.to_string()),
+        other => EngineError::Unreachable(crate::endpoint::with_sources(&other)),
     }
 }
 
@@ -110,8 +111,8 @@ pub struct ImageListing {
 #[derive(Clone)]
 pub struct DockerClient {
     docker: Docker,
-    /// Where BuildKit builds open their own connections (`None`: an address they cannot use).
-    endpoint: Option<Endpoint>,
+    /// Where BuildKit builds open their own connections: where bollard connects.
+    endpoint: Endpoint,
     /// Whether the engine offers BuildKit, judged at connect from the engine's version.
     buildkit: bool,
     /// The engine's own platform, `os/arch`, from its version answer at connect.
@@ -125,25 +126,37 @@ impl std::fmt::Debug for DockerClient {
 }
 
 impl DockerClient {
-    /// Connects through `DOCKER_HOST` or the default socket and negotiates the API version
-    /// (bollard's defaults send unversioned paths).
+    /// Connects to the engine the docker CLI would use ([`EngineHost::from_environment`]:
+    /// `DOCKER_HOST`, else `DOCKER_CONTEXT`, else the docker config's current context, else
+    /// the local socket) and negotiates the API version (bollard's defaults send unversioned
+    /// paths). Every error names the address and what chose it.
     pub async fn connect() -> Result<Self, EngineError> {
-        // bollard's default, read here once so that BuildKit builds connect where bollard does.
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-        let docker = Docker::connect_with_host(&host).map_err(classify)?;
-        let docker = docker.negotiate_version().await.map_err(classify)?.with_request_modifier(url_safe_registry_auth);
+        let host = EngineHost::from_environment().map_err(EngineError::Unreachable)?;
+        let at = |error: EngineError| match error {
+            EngineError::Unreachable(why) => {
+                EngineError::Unreachable(format!("{} ({}): {why}", host.address, host.chosen_by))
+            }
+            other => other,
+        };
+        let endpoint = Endpoint::parse(&host.address)
+            .map_err(|why| EngineError::Unreachable(format!("{why} (from {})", host.chosen_by)))?;
+        let docker = endpoint.bollard(&host.address).map_err(classify).map_err(at)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(classify)
+            .map_err(at)?
+            .with_request_modifier(url_safe_registry_auth);
         // Asked instead of a ping: it answers the same way, and says what the engine offers.
-        let version = docker.version().await.map_err(classify)?;
-        let endpoint = Endpoint::parse(&host);
-        let buildkit = endpoint.is_some() && offers_buildkit(&version);
+        let version = docker.version().await.map_err(classify).map_err(at)?;
+        let buildkit = offers_buildkit(&version);
         let platform = format!("{}/{}", version.os.unwrap_or_default(), version.arch.unwrap_or_default());
         Ok(Self { docker, endpoint, buildkit, platform })
     }
 
     /// Whether builds can go through the engine's BuildKit (`/build?version=2`): a Linux
     /// engine with API 1.39 or newer (BuildKit's API version; dockerd 20.10 answers 1.41, and
-    /// its `/_ping` has no `Builder-Version` header yet), reached over an address BuildKit
-    /// builds can connect to. Judged at connect: no request.
+    /// its `/_ping` has no `Builder-Version` header yet). Judged at connect: no request.
     pub fn offers_buildkit(&self) -> bool {
         self.buildkit
     }
@@ -152,8 +165,8 @@ impl DockerClient {
         &self.docker
     }
 
-    pub(crate) fn endpoint(&self) -> Option<&Endpoint> {
-        self.endpoint.as_ref()
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Pushes `target` (`registry/repository:tag`, tagged to `image_id` first) and returns the

@@ -8,7 +8,9 @@
 //! handled here (see ENGINE-NOTES): the version is negotiated, every build gets a body, a
 //! failed build is an error inside a 200 stream, the image ID comes from the stream's `aux`,
 //! and the daemon does not apply `.dockerignore`, so the tar is filtered here. BuildKit builds
-//! read their stream over a connection of their own (`endpoint.rs` says why).
+//! read their stream over a connection of their own (`endpoint.rs` says why). The engine is the
+//! one the docker CLI would use (`DOCKER_HOST`, else the current context: [`EngineHost`]),
+//! reached over a unix socket, TCP or ssh (`docker system dial-stdio`).
 
 mod builder;
 mod buildkit;
@@ -18,6 +20,7 @@ mod classic;
 mod client;
 mod context_tar;
 mod endpoint;
+mod engine_host;
 pub mod registry;
 
 /// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
@@ -55,3 +58,4 @@ pub use client::{
     DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image, digest_in,
 };
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};
+pub use engine_host::{ChosenBy, EngineHost, LOCAL_SOCKET};

@@ -65,6 +65,15 @@ use crate::client::{DockerClient, DockerCredentials, EngineError};
 const MANIFEST_MEDIA_TYPE: &str = manifest::OCI_IMAGE_MEDIA_TYPE;
 const INDEX_MEDIA_TYPE: &str = manifest::OCI_IMAGE_INDEX_MEDIA_TYPE;
 
+/// The artifact type of trellis's records in a registry (see `Registry::put_record`).
+pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.dev.trellis.record.v1+json";
+/// The annotation holding a record's JSON.
+pub const RECORD_ANNOTATION: &str = "dev.trellis.record";
+/// The OCI empty descriptor's content (`{}`), type and digest.
+const EMPTY_JSON: &str = "{}";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
 /// What a manifest HEAD accepts: a registry rewrites an index into one platform's manifest
 /// for a client that does not accept indexes.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -350,6 +359,57 @@ impl Registry {
             trellis_model::platform::matches(&recorded, platform)
         };
         Ok(entries.iter().find(of_platform).and_then(|entry| entry["digest"].as_str()).map(str::to_owned))
+    }
+
+    /// The record `tag` of `repository` holds (see [`Registry::put_record`]): one GET; `None`
+    /// when the tag serves nothing, or something that is not a trellis record.
+    pub async fn record(&self, repository: &str, tag: &str) -> Result<Option<String>, EngineError> {
+        let reference = Reference::with_tag(self.host.clone(), repository.to_owned(), tag.to_owned());
+        let auth = match &self.credentials {
+            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        self.count(1);
+        let bytes = match self.oci.pull_manifest_raw(&reference, &auth, &[MANIFEST_MEDIA_TYPE]).await {
+            Ok((bytes, _)) => bytes,
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(None),
+            Err(error) => return Err(self.oci_error(error)),
+        };
+        let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&bytes) else { return Ok(None) };
+        if manifest.artifact_type.as_deref() != Some(RECORD_ARTIFACT_TYPE) {
+            return Ok(None);
+        }
+        Ok(manifest.annotations.and_then(|mut a| a.remove(RECORD_ANNOTATION)))
+    }
+
+    /// Puts `record` (JSON) under `repository:tag` as an OCI artifact: a manifest of type
+    /// [`RECORD_ARTIFACT_TYPE`] whose config and only layer are the empty descriptor, the
+    /// record in its annotation [`RECORD_ANNOTATION`]. The manifest GET that reads it back is
+    /// one request; nothing in it is an image layer a client could pull by mistake.
+    pub async fn put_record(&self, repository: &str, tag: &str, record: &str) -> Result<(), EngineError> {
+        if !matches!(self.find(repository, EMPTY_DIGEST, &[]).await?, Found::Held(_)) {
+            self.access(repository, false).await?;
+            self.count(2);
+            (self.oci.push_blob(&self.blobs(repository), EMPTY_JSON.as_bytes().to_vec(), EMPTY_DIGEST).await)
+                .map_err(|error| self.oci_error(error))?;
+        }
+        let empty = OciDescriptor {
+            media_type: EMPTY_MEDIA_TYPE.to_owned(),
+            digest: EMPTY_DIGEST.to_owned(),
+            size: EMPTY_JSON.len() as i64,
+            ..Default::default()
+        };
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(MANIFEST_MEDIA_TYPE.to_owned()),
+            config: empty.clone(),
+            layers: vec![empty],
+            subject: None,
+            artifact_type: Some(RECORD_ARTIFACT_TYPE.to_owned()),
+            annotations: Some(std::collections::BTreeMap::from([(RECORD_ANNOTATION.to_owned(), record.to_owned())])),
+        };
+        let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
+        self.put_manifest(repository, tag, bytes, MANIFEST_MEDIA_TYPE).await
     }
 
     /// Requests sent and blob bytes uploaded so far.

@@ -21,10 +21,11 @@ fn runs_natively(platform: &Platform<'_>, native: &Platform<'_>) -> bool {
         || matches!((platform.architecture, native.architecture), ("386", "amd64") | ("arm", "arm64"))
 }
 
-/// Whether the engine shares this machine's kernel (a unix socket): only then can its
-/// handlers be read here. A remote engine (tcp, ssh) is trusted to have them.
+/// Whether the engine shares this machine's kernel (a unix socket, chosen as the docker CLI
+/// chooses it: `DOCKER_HOST`, else the current context): only then can its handlers be read
+/// here. A remote engine (tcp, ssh) is trusted to have them.
 pub(crate) fn engine_is_local() -> bool {
-    std::env::var("DOCKER_HOST").map_or(true, |host| host.is_empty() || host.starts_with("unix://"))
+    trellis_docker::EngineHost::from_environment().is_ok_and(|host| host.is_local())
 }
 
 /// Checks that every one of `platforms` runs on an engine of platform `native` that shares

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod private_engine;
 
 use std::fs;
 use std::path::{Path, PathBuf};
