@@ -65,6 +65,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// One CI job's part of the selected variants (DESIGN §9).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct SliceArgs {
+    /// Only the variants at depth K of the parent graph (bases are 0); their parents must be
+    /// in the engine or served by the registry
+    #[arg(long, value_name = "K")]
+    pub stage: Option<usize>,
+    /// Only the I-th of N shards of the selected variants, balanced by their last durations,
+    /// the same on every machine reading the same registry
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<trellis::Shard>,
+}
+
+impl From<SliceArgs> for trellis::Slice {
+    fn from(args: SliceArgs) -> Self {
+        trellis::Slice { stage: args.stage, shard: args.shard }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Color {
     Auto,
@@ -89,6 +108,8 @@ pub enum Command {
         /// The registry a pushing build would push to [default: the settings' registry]
         #[arg(long, value_name = "HOST[:PORT]", requires = "push")]
         registry: Option<String>,
+        #[command(flatten)]
+        slice: SliceArgs,
     },
     /// Run the graph: render, build, test and tag the selected variants (push with --push)
     Build {
@@ -122,6 +143,8 @@ pub enum Command {
         /// Write a JUnit XML report of the test nodes
         #[arg(long, value_name = "PATH")]
         junit: Option<PathBuf>,
+        #[command(flatten)]
+        slice: SliceArgs,
     },
     /// Remove this workspace's images that no current variant produces any more
     Clean,
@@ -143,6 +166,11 @@ pub enum Command {
     Graph {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
+    },
+    /// Print a CI workflow that builds the family stage by stage, sharded over runners
+    Ci {
+        #[command(subcommand)]
+        target: crate::ci::CiCommand,
     },
 }
 
@@ -184,9 +212,22 @@ fn run(cli: Cli) -> Result<u8, Error> {
     };
     let engine = EngineChoice::from_env()?;
     let text = match cli.command {
-        Command::Build { filters, push, no_test, refresh, registry, jobs, retries, fail_fast, summary_md, junit } => {
+        Command::Build {
+            filters,
+            push,
+            no_test,
+            refresh,
+            registry,
+            jobs,
+            retries,
+            fail_fast,
+            summary_md,
+            junit,
+            slice,
+        } => {
             let config = RunConfig {
                 filters,
+                slice: slice.into(),
                 push,
                 no_test,
                 refresh,
@@ -200,9 +241,9 @@ fn run(cli: Cli) -> Result<u8, Error> {
             return build(&manifest, registry, config, engine, Reports { summary_md, junit });
         }
         Command::Clean => return clean(&manifest),
-        Command::Plan { filters, json, push, registry } => {
+        Command::Plan { filters, json, push, registry, slice } => {
             let inputs = trellis::GraphInputs { registry, ..Default::default() };
-            let plan = plan(Workspace::load_with(&manifest, inputs)?, &filters, push, engine)?;
+            let plan = plan(Workspace::load_with(&manifest, inputs)?, &filters, slice.into(), push, engine)?;
             if json { to_json(&plan) } else { output::plan_table(&plan) }
         }
         Command::Check => check(&manifest)?,
@@ -211,6 +252,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             if json { to_json(&tags) } else { output::tag_table(&tags) }
         }
         Command::Graph { format } => output::graph(Workspace::load(&manifest)?.graph()?, format),
+        Command::Ci { target } => crate::ci::run(&manifest, target)?,
         Command::Render { check: false } => render(&manifest)?,
         Command::Render { check: true } => return render_check(&manifest),
     };
@@ -306,13 +348,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 fn plan(
     mut workspace: Workspace,
     filters: &[String],
+    slice: trellis::Slice,
     push: bool,
     engine: EngineChoice,
 ) -> Result<Vec<PlannedNode>, Error> {
     let mut plan = match engine {
-        EngineChoice::Simulate(_) => workspace.plan(filters)?,
+        EngineChoice::Simulate(_) => workspace.plan_slice(filters, slice, None)?,
         EngineChoice::Docker => {
-            let how = Attach { pull: false, push, filters: filters.to_vec() };
+            let how = Attach { pull: false, push, filters: filters.to_vec(), slice };
             match runtime()?.block_on(workspace.attach(how, &mut Progress::Lines)) {
                 Ok(backend) => {
                     let what = match workspace.model().settings.pull {
@@ -322,12 +365,12 @@ fn plan(
                     for base in workspace.unresolved_bases(filters)? {
                         eprintln!("note: external base {base} is not in the engine; {what}");
                     }
-                    workspace.plan_on(filters, Some(&backend))?
+                    workspace.plan_slice(filters, slice, Some(&backend))?
                 }
                 Err(Error::NoEngine(why)) => {
                     let why = why.lines().next().unwrap_or_default().to_owned();
                     eprintln!("note: no engine ({why}); builds are judged by the state store alone");
-                    workspace.plan(filters)?
+                    workspace.plan_slice(filters, slice, None)?
                 }
                 Err(other) => return Err(other),
             }
@@ -366,7 +409,8 @@ fn build(
         let backend = match engine {
             EngineChoice::Simulate(simulation) => Backend::simulate(simulation),
             EngineChoice::Docker => {
-                let how = Attach { pull: true, push: config.push, filters: config.filters.clone() };
+                let how =
+                    Attach { pull: true, push: config.push, filters: config.filters.clone(), slice: config.slice };
                 workspace.attach(how, &mut progress).await?
             }
         };

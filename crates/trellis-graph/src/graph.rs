@@ -302,6 +302,13 @@ impl Graph {
             }
             let mut push_key = ComponentKey::new("push");
             push_key.key(Component::Tag, &tag_key).text(Component::Registry, inputs.registry.as_deref().unwrap_or(""));
+            for platform in &platforms {
+                let at = platform.platform.as_deref().map(|p| format!("@{p}")).unwrap_or_default();
+                for (t, &test) in platform.tests.iter().enumerate() {
+                    let name = format!("{}{at}", variant.tests[t].name);
+                    push_key.key(Component::Tested(name), &dag[test].key);
+                }
+            }
             let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key.finish()));
             dag.add_edge(tag, push, ());
             variants.push(VariantNodes { render, platforms, tag, push });

@@ -127,6 +127,9 @@ pub enum Component {
     /// Push: the tag key.
     Tag,
     Registry,
+    /// Push: a test's key (`smoke`, `smoke@linux/arm64`): the push records in the registry
+    /// which tests passed on the image, and a changed test changes that record.
+    Tested(String),
 }
 
 impl Component {
@@ -154,6 +157,7 @@ impl Component {
             // A push's key covers its tag node's: the image and the references it pushes.
             Component::Tag => "the image or references it pushes changed".to_owned(),
             Component::Registry => "registry changed".to_owned(),
+            Component::Tested(test) => format!("test {test} changed: the registry's record of it is updated"),
         }
     }
 }
@@ -181,6 +185,7 @@ impl std::fmt::Display for Component {
             Component::References => ("references", None),
             Component::Tag => ("tag", None),
             Component::Registry => ("registry", None),
+            Component::Tested(test) => ("tested", Some(test)),
         };
         match detail {
             Some(detail) => write!(f, "{name} {detail}"),
@@ -222,6 +227,7 @@ impl std::str::FromStr for Component {
             "base" => Ok(Component::Base(detail)),
             "uses" => Ok(Component::Uses(detail)),
             "image" => Ok(Component::PlatformImage(detail)),
+            "tested" => Ok(Component::Tested(detail)),
             _ => Err(()),
         }
     }

@@ -15,6 +15,7 @@ mod own_files;
 mod plan;
 pub mod render;
 mod select;
+pub mod stages;
 
 pub use context::{ContextDigest, ContextEntry, ContextError, ContextManifest, ContextWalk, EntryKind};
 pub use graph::{
@@ -25,3 +26,4 @@ pub use key::{Component, ComponentKey, Components, KEY_SCHEMA_VERSION, KeyHasher
 pub use own_files::{ContextExclusions, OwnFiles, TEMP_PREFIX};
 pub use plan::{Action, NoState, PlannedNode, StateView, never, plan};
 pub use select::{Selection, UnmatchedFilter};
+pub use stages::{Shard, ShardError, depths, shards, stages};

@@ -25,6 +25,9 @@ pub struct Attach {
     /// The FILTERs of the run: only the external bases of the variants they select (with
     /// their parents) are resolved, pulled and required. Empty: every variant.
     pub filters: Vec<String>,
+    /// The stage and shard of the run: with a shard, the registry's record of every selected
+    /// variant is read (not only of those the engine lacks), to balance the shards.
+    pub slice: crate::facade::Slice,
 }
 
 /// What the engine and the registry held when the workspace was attached: what judges builds,
@@ -38,6 +41,8 @@ pub struct EngineFacts {
     pub served: Option<(String, HashMap<String, Option<String>>)>,
     /// The builder every build goes through.
     pub builder: BuilderKind,
+    /// What the registry recorded for the variants the engine lacks (DESIGN §9).
+    pub remote: crate::remote::RemoteFacts,
 }
 
 impl EngineFacts {
@@ -74,6 +79,10 @@ impl Workspace {
             }
             _ => None,
         };
+        let remote = match &registry {
+            Some(registry) => read_remote(self, &selection, &by_key, registry, &how).await?,
+            None => crate::remote::RemoteFacts::default(),
+        };
         let graph = self.graph()?;
         let mut up_to_date: HashMap<(usize, usize), String> = HashMap::new();
         for (v, nodes) in graph.variants.iter().enumerate() {
@@ -83,6 +92,8 @@ impl Workspace {
                 }
             }
         }
+        let recorded = recorded_images(self, &remote)?;
+        let facts = Arc::new(EngineFacts { by_key, served, builder, remote });
         let docker = DockerBackend {
             builder: client.builder(builder),
             client,
@@ -96,9 +107,13 @@ impl Workspace {
             native: graph.native_platform.clone(),
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
+            facts: Arc::clone(&facts),
+            recorded,
+            pulls: tokio::sync::Mutex::default(),
+            pulled: Mutex::default(),
+            durations: Mutex::new(known_durations(self, &facts)),
         };
-        let facts = EngineFacts { by_key, served, builder };
-        Ok(Backend { worker: Worker::Docker(Arc::new(docker)), facts: Some(Arc::new(facts)) })
+        Ok(Backend { worker: Worker::Docker(Arc::new(docker)), facts: Some(facts) })
     }
 
     /// Keys the workspace with the bases' IDs and the builder, hashing the build contexts on
@@ -125,6 +140,84 @@ impl Workspace {
         self.set_keyed(inputs, graph);
         Ok(listing)
     }
+}
+
+/// The registry's records of the selected variants the engine lacks an image of (of all
+/// selected variants with `how.all_records`). A registry that cannot be asked leaves the run
+/// to judge by what this machine knows; one refusing a pushing run's credentials stops it.
+async fn read_remote(
+    workspace: &Workspace,
+    selection: &trellis_graph::Selection,
+    by_key: &HashMap<String, ImageListing>,
+    registry: &str,
+    how: &Attach,
+) -> Result<crate::remote::RemoteFacts, Error> {
+    let graph = workspace.graph()?;
+    let model = workspace.model();
+    let lacking = |v: usize| graph.variants[v].builds().any(|b| !by_key.contains_key(&graph.dag[b].key.to_hex()));
+    let wanted: Vec<_> = (0..model.variants.len())
+        .filter(|&v| selection.contains(v) && (how.slice.shard.is_some() || lacking(v)))
+        .filter_map(|v| {
+            let variant = &model.variants[v];
+            let first = variant.references.first()?;
+            let names = (model.settings.name.clone(), variant.id.clone());
+            Some((v, names.0, names.1, first.repository.clone(), first.tag.clone()))
+        })
+        .collect();
+    let mut remote = crate::remote::RemoteFacts { registry: registry.to_owned(), records: HashMap::new() };
+    if wanted.is_empty() {
+        return Ok(remote);
+    }
+    let credentials = trellis_docker::credentials_for(registry);
+    let user = credentials.as_ref().and_then(|c| c.username.clone());
+    let client = trellis_docker::registry::Registry::new(registry, credentials);
+    match crate::remote::read_records(&client, wanted).await {
+        Ok(records) => remote.records = records,
+        Err(EngineError::Unauthorized(detail)) if how.push => {
+            return Err(Error::Unauthorized { registry: registry.to_owned(), user, detail });
+        }
+        Err(_) => {}
+    }
+    Ok(remote)
+}
+
+/// Per (variant, platform slot), the image the registry's record names for the slot's current
+/// build key, and where to pull it by digest.
+fn recorded_images(
+    workspace: &Workspace,
+    remote: &crate::remote::RemoteFacts,
+) -> Result<HashMap<(usize, usize), crate::backend::Recorded>, Error> {
+    let graph = workspace.graph()?;
+    let mut recorded = HashMap::new();
+    for (&v, record) in &remote.records {
+        let Some(first) = workspace.variants()[v].references.first() else { continue };
+        for (slot, nodes) in graph.variants[v].platforms.iter().enumerate() {
+            let key = graph.dag[nodes.build].key.to_hex();
+            let Some(image) = record.image(nodes.platform.as_deref()).filter(|i| i.build_key == key) else { continue };
+            recorded.insert(
+                (v, slot),
+                crate::backend::Recorded {
+                    reference: format!("{}/{}@{}", remote.registry, first.repository, image.manifest),
+                    image: image.image.clone(),
+                    platform: nodes.platform.clone(),
+                },
+            );
+        }
+    }
+    Ok(recorded)
+}
+
+/// The last known duration of every node: the state store's, else the registry's records'.
+fn known_durations(workspace: &Workspace, facts: &EngineFacts) -> HashMap<String, u64> {
+    let mut durations: HashMap<String, u64> = HashMap::new();
+    for record in facts.remote.records.values() {
+        durations.extend(record.durations_ms.iter().map(|(id, ms)| (id.clone(), *ms)));
+    }
+    let model = workspace.model();
+    if let Ok(store) = crate::state::StateStore::read(&model.root.join(&model.settings.state)) {
+        durations.extend(store.durations());
+    }
+    durations
 }
 
 /// The builder: the settings' choice, else BuildKit where the engine offers it.

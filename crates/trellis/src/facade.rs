@@ -40,6 +40,26 @@ pub enum Error {
     Unsupported(String),
     #[error("{}; nothing was run", refused(registry, user.as_deref(), detail))]
     Unauthorized { registry: String, user: Option<String>, detail: String },
+    #[error(
+        "{child} builds on {parent}, which this engine does not hold and {} at its current key: run its stage (--stage {stage}) first; nothing was run",
+        registry.as_deref().map_or_else(|| "no registry serves".to_owned(), |r| format!("{r} does not serve"))
+    )]
+    ParentNotServed { child: String, parent: String, stage: usize, registry: Option<String> },
+}
+
+/// The part of the selected variants one CI job runs (DESIGN §9): `--stage K` keeps the
+/// variants at depth K of the parent graph (bases are depth 0), `--shard I/N` the I-th of N
+/// balanced shards of those. Parents outside the slice are not run: they must be served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slice {
+    pub stage: Option<usize>,
+    pub shard: Option<trellis_graph::Shard>,
+}
+
+impl Slice {
+    pub fn is_whole(&self) -> bool {
+        self.stage.is_none() && self.shard.is_none()
+    }
 }
 
 /// What a registry refusing credentials (or their absence) is told as, before a run and
@@ -195,12 +215,63 @@ impl Workspace {
     /// tags judged by what the engine holds, pushes by what the registry serves, tests by the
     /// state store.
     pub fn plan_on(&self, filters: &[String], backend: Option<&Backend>) -> Result<Vec<PlannedNode>, Error> {
-        let selection = self.select(filters)?;
+        self.plan_slice(filters, Slice::default(), backend)
+    }
+
+    /// The plan of one CI job's `slice` of the selected variants (see [`Slice`]); a parent
+    /// outside the slice that is neither in the engine nor served is an error.
+    pub fn plan_slice(
+        &self,
+        filters: &[String],
+        slice: Slice,
+        backend: Option<&Backend>,
+    ) -> Result<Vec<PlannedNode>, Error> {
         let state_dir = self.state_dir();
         // A missing store reads as empty.
         let store = StateStore::read(&state_dir)?;
+        let selection = self.select_slice(filters, slice, &store, backend.and_then(Backend::facts))?;
         let view = self.store_view(&store, &state_dir, backend, Default::default())?;
+        view.check_parents(&selection)?;
         Ok(trellis_graph::plan(&self.model, view.graph, &selection, &view))
+    }
+
+    /// The variants FILTERs select, cut to `slice`: the stage's variants, split into shards by
+    /// weight — the registry's records when there is a registry (the same on every runner),
+    /// else this machine's last durations.
+    pub(crate) fn select_slice(
+        &self,
+        filters: &[String],
+        slice: Slice,
+        store: &StateStore,
+        facts: Option<&crate::EngineFacts>,
+    ) -> Result<Selection, Error> {
+        let selection = self.select(filters)?;
+        if slice.is_whole() {
+            return Ok(selection);
+        }
+        let depths = trellis_graph::depths(&self.dependencies);
+        let count = self.model.variants.len();
+        let in_stage: Vec<usize> = (0..count)
+            .filter(|&v| selection.contains(v) && slice.stage.is_none_or(|stage| depths[v] == stage))
+            .collect();
+        let chosen = match slice.shard {
+            None => in_stage,
+            Some(shard) => {
+                let graph = self.graph()?;
+                let remote = facts.map(|f| &f.remote).filter(|remote| !remote.registry.is_empty());
+                let weight = |v: usize| match remote {
+                    Some(remote) => crate::remote::variant_weight(graph, remote, v),
+                    None => local_weight(graph, store, v),
+                };
+                let mut shards = trellis_graph::shards(&in_stage, weight, shard.count);
+                std::mem::take(&mut shards[shard.index - 1])
+            }
+        };
+        let mut selected = vec![false; count];
+        for v in chosen {
+            selected[v] = true;
+        }
+        Ok(Selection { matched: selected.clone(), selected })
     }
 
     /// The plan's judge: `store`, and what `backend` found in the engine and registry.
@@ -216,6 +287,7 @@ impl Workspace {
             state_dir,
             workspace: &self.model,
             graph: self.graph()?,
+            dependencies: &self.dependencies,
             refresh,
             facts: backend.and_then(Backend::facts),
             unresolved: self.first_unresolved_base(),
@@ -265,6 +337,20 @@ impl Workspace {
     pub fn check_rendered(&self) -> Result<render::RenderCheck, Error> {
         render::check(&self.model).map_err(Error::Render)
     }
+}
+
+/// A variant's weight from this machine's last durations of its nodes (defaults for those
+/// never run).
+fn local_weight(graph: &Graph, store: &StateStore, v: usize) -> u64 {
+    use crate::remote::{DEFAULT_BUILD_MS, DEFAULT_PUSH_MS, DEFAULT_TEST_MS};
+    let last = |id: &str, default: u64| store.get(id).and_then(|r| r.duration_ms).unwrap_or(default);
+    let nodes = &graph.variants[v];
+    let mut weight = last(&graph.dag[nodes.push].id, DEFAULT_PUSH_MS);
+    for platform in &nodes.platforms {
+        weight += last(&graph.dag[platform.build].id, DEFAULT_BUILD_MS);
+        weight += platform.tests.iter().map(|&t| last(&graph.dag[t].id, DEFAULT_TEST_MS)).sum::<u64>();
+    }
+    weight
 }
 
 /// `path` relative to the workspace `root`, when it lies inside it (it need not exist yet).

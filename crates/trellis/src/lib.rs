@@ -20,7 +20,7 @@
 //! # async fn xtask() -> Result<(), trellis::Error> {
 //! let mut workspace = trellis::Workspace::load("matrix.kdl")?;
 //! let filters = vec!["node=22.*".to_owned()];
-//! let how = trellis::Attach { pull: true, push: true, filters: filters.clone() };
+//! let how = trellis::Attach { pull: true, push: true, filters: filters.clone(), ..Default::default() };
 //! let backend = workspace.attach(how, &mut trellis::Quiet).await?;
 //! for node in workspace.plan_on(&filters, Some(&backend))? {
 //!     println!("{:?} {} — {}", node.action, node.id, node.reason);
@@ -48,6 +48,7 @@ mod clean;
 mod emulation;
 mod events;
 mod facade;
+mod remote;
 mod run;
 mod state;
 
@@ -55,10 +56,11 @@ pub use attach::{Attach, EngineFacts};
 pub use backend::{Backend, NodeOutput, SimStep, Simulation};
 pub use clean::CleanReport;
 pub use events::{Event, EventSink, Quiet};
-pub use facade::{Error, TagEntry, Workspace, find_manifest, inside};
+pub use facade::{Error, Slice, TagEntry, Workspace, find_manifest, inside};
+pub use remote::{RecordedImage, RemoteFacts, RemoteRecord};
 pub use run::{RunConfig, RunOutcome};
 pub use state::{EarlierKey, FailedAttempt, NodeRecord, Outcome, ReportNode, StateError, StateStore};
 pub use trellis_docker::BuilderKind;
 pub use trellis_exec::{CancelReason, JobError, RunSummary, Shutdown};
-pub use trellis_graph::{Action, BaseImageIds, Component, Graph, GraphInputs, NodeKind, PlannedNode, Selection};
+pub use trellis_graph::{Action, BaseImageIds, Component, Graph, GraphInputs, NodeKind, PlannedNode, Selection, Shard};
 pub use trellis_model::{AttributeValue, Diagnostic, Diagnostics, Variant};

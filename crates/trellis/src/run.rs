@@ -20,6 +20,8 @@ use crate::state::{JobInfo, Recorder, ReportNode, StateLock, StateStore};
 #[derive(Debug, Clone, Default)]
 pub struct RunConfig {
     pub filters: Vec<String>,
+    /// The stage and shard of the selected variants this run does (CI).
+    pub slice: crate::facade::Slice,
     pub push: bool,
     pub no_test: bool,
     pub refresh: bool,
@@ -68,9 +70,10 @@ impl Workspace {
         let state_dir = self.state_dir();
         let _lock = StateLock::acquire(&state_dir)?;
         let store = StateStore::open(&state_dir)?;
-        let selection = self.select(&config.filters)?;
+        let selection = self.select_slice(&config.filters, config.slice, &store, backend.facts())?;
         let refresh = self.refreshed(config, &selection);
         let view = self.store_view(&store, &state_dir, Some(backend), refresh)?;
+        view.check_parents(&selection)?;
         let plan = trellis_graph::plan(model, view.graph, &selection, &view);
         if let (Some(_), true) = (backend.client(), crate::emulation::engine_is_local()) {
             // Before anything runs: a platform whose builds or tests run must run here.
@@ -78,7 +81,7 @@ impl Workspace {
                 .filter_map(|n| view.graph.node(&n.id)?.platform.as_deref());
             crate::emulation::check(running, &view.graph.native_platform)?;
         }
-        let against = Judged { store: &store, refresh: &view.refresh, facts: backend.facts() };
+        let against = Judged { store: &store, refresh: &view.refresh, facts: backend.facts(), no_test: config.no_test };
         let (jobs, infos) = self.job_graph(view.graph, config, &selection, &plan, &against);
         drop(view);
 
@@ -206,14 +209,22 @@ impl Workspace {
         };
         // Critical-path priority needs costs: the node's duration in its last run, or a
         // rough default per kind.
-        let cost = against.store.get(&node.id).and_then(|r| r.duration_ms).unwrap_or(match node.kind {
-            NodeKind::Render | NodeKind::Tag => 10,
-            NodeKind::Build => 30_000,
-            NodeKind::Test => 5_000,
-            NodeKind::Push => 2_000,
-        });
+        let recorded = against.facts.and_then(|f| f.remote.records.get(&node.variant)?.durations_ms.get(&node.id));
+        let cost = (against.store.get(&node.id).and_then(|r| r.duration_ms)).or(recorded.copied()).unwrap_or(
+            match node.kind {
+                NodeKind::Render | NodeKind::Tag => 10,
+                NodeKind::Build => crate::remote::DEFAULT_BUILD_MS,
+                NodeKind::Test => crate::remote::DEFAULT_TEST_MS,
+                NodeKind::Push => crate::remote::DEFAULT_PUSH_MS,
+            },
+        );
         let no_cache = node.kind == NodeKind::Build && against.refresh.contains(&node.variant);
-        let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render, no_cache });
+        let record = (node.kind == NodeKind::Push).then(|| {
+            let remote = against.facts.map(|f| &f.remote);
+            let weight = remote.map_or(0, |remote| crate::remote::variant_weight(graph, remote, node.variant));
+            Arc::new(crate::remote::RecordPlan::of(graph, node.variant, weight, !against.no_test))
+        });
+        let mut job = Job::new(node.id.clone(), node.kind.as_str(), deps, NodeJob { node, render, no_cache, record });
         job.initial = match planned.action {
             Action::Run => Initial::Run,
             Action::Skip => Initial::Done(planned.reason.clone()),
@@ -229,6 +240,8 @@ struct Judged<'a> {
     /// Variants rebuilt without the layer cache (`--refresh`).
     refresh: &'a HashSet<usize>,
     facts: Option<&'a crate::EngineFacts>,
+    /// Tests are left out (`--no-test`): a push records none.
+    no_test: bool,
 }
 
 /// The job indices a node waits for: its selected dependencies that are jobs, and through

@@ -71,6 +71,8 @@ impl EngineWorkspace {
     /// replaced in every text file; `to` may use `NAME` and `PREFIX`.
     pub fn copy_of(label: &str, dir: &std::path::Path, replace: &[(&str, &str)]) -> Self {
         let ws = Self::new(label, "", &[]);
+        // Exactly the copied files: the busybox `new` places would be build context.
+        std::fs::remove_dir_all(ws.fixture.path("busybox")).unwrap();
         let replace: Vec<(String, String)> = replace
             .iter()
             .map(|(from, to)| ((*from).to_owned(), to.replace("NAME", &ws.name).replace("PREFIX", &ws.prefix)))
@@ -120,7 +122,7 @@ impl Drop for EngineWorkspace {
     fn drop(&mut self) {
         // What a test pushed: delete its manifests from the shared registry.
         for repository in ["/base", "/app", "/tool", "-ext/busybox"] {
-            for tag in ["latest", "1", "1.0", "2", "2.0"] {
+            for tag in ["latest", "1", "1.0", "2", "2.0", "3", "3.0", "4", "4.0"] {
                 let name = format!("{}{repository}", self.prefix);
                 if let Some(digest) =
                     registry_request("HEAD", &name, tag).and_then(|r| header(&r, "Docker-Content-Digest"))
@@ -129,6 +131,14 @@ impl Drop for EngineWorkspace {
                 }
             }
         }
+        self.remove_images();
+    }
+}
+
+impl EngineWorkspace {
+    /// Removes every image of this workspace from the engine (its builds, and whatever its
+    /// references or the registry's name).
+    pub fn remove_images(&self) {
         // A parent cannot be removed while a child exists, and `rmi` takes its arguments in
         // order: repeat until nothing of this test is left.
         for _ in 0..4 {
@@ -204,7 +214,8 @@ pub fn registry_request(method: &str, repository: &str, reference: &str) -> Opti
     write!(
         stream,
         "{method} /v2/{repository}/manifests/{reference} HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nAuthorization: Basic {auth}\r\n\
-         Accept: application/vnd.docker.distribution.manifest.v2+json\r\n\r\n"
+         Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, \
+         application/vnd.oci.image.manifest.v1+json\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();

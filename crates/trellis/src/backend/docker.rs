@@ -1,8 +1,9 @@
 //! The Docker Engine worker: builds through the chosen builder, tests as layers on the exact
 //! image, tags, pushes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use trellis_docker::labels;
 use trellis_exec::{ErrorClass, JobContext, JobError};
@@ -38,6 +39,26 @@ pub(crate) struct DockerBackend {
     /// platform for variants with `platforms`).
     pub external_bases: Vec<Vec<String>>,
     pub base_images: trellis_graph::BaseImageIds,
+    /// What the engine and the registry held when attached.
+    pub facts: Arc<crate::attach::EngineFacts>,
+    /// Per (variant, platform slot): the image the registry's record names for the current
+    /// key, pulled by digest when a node that runs needs it.
+    pub recorded: HashMap<(usize, usize), Recorded>,
+    /// One such pull at a time; and the images pulled (no local reference names them).
+    pub pulls: tokio::sync::Mutex<()>,
+    pub pulled: Mutex<HashSet<(usize, usize)>>,
+    /// The last known duration of each node (ms): the store's or the registry's, then this
+    /// run's. A push records its variant's.
+    pub durations: Mutex<HashMap<String, u64>>,
+}
+
+/// An image built elsewhere: where to pull it from (`registry/repository@sha256:…`), the
+/// image ID it must be, and its platform when the variant names platforms.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub reference: String,
+    pub image: String,
+    pub platform: Option<String>,
 }
 
 /// The OCI labels describing this run: when, and from which commit of which repository.
@@ -97,24 +118,68 @@ impl DockerBackend {
     pub async fn run(&self, job: &NodeJob, ctx: &Ctx) -> Result<NodeOutput, JobError> {
         let node = &job.node;
         let variant = &self.model.variants[node.variant];
-        match node.kind {
+        let started = Instant::now();
+        let output = match node.kind {
             NodeKind::Build => self.build(node, variant, job.no_cache, ctx).await,
             NodeKind::Test => self.test(node, variant, ctx).await,
             NodeKind::Tag => self.tag(node, variant, ctx).await,
-            NodeKind::Push => self.push(node, variant, ctx).await,
+            NodeKind::Push => self.push(node, variant, job.record.as_deref(), ctx).await,
             NodeKind::Render => Err(invalid("render nodes are written by the runner, not the engine")),
+        }?;
+        if let Ok(mut durations) = self.durations.lock() {
+            durations.insert(node.id.clone(), started.elapsed().as_millis() as u64);
         }
+        Ok(output)
     }
 
-    /// The image ID of a variant for one platform slot: built in this run, or up to date in
-    /// the engine.
-    fn image_of(&self, variant: usize, slot: usize) -> Result<String, JobError> {
-        self.images
-            .lock()
-            .map_err(|_| JobError::failed("image table poisoned"))?
-            .get(&(variant, slot))
-            .cloned()
-            .ok_or_else(|| invalid("the variant's image is not in the engine"))
+    /// The image ID of a variant for one platform slot: built in this run, up to date in the
+    /// engine, or pulled by the digest the registry's record names (once).
+    async fn image_of(&self, variant: usize, slot: usize, ctx: &Ctx) -> Result<String, JobError> {
+        if let Some(id) = self.known_here(variant, slot)? {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.pulls.lock().await;
+        if let Some(id) = self.known_here(variant, slot)? {
+            return Ok(id);
+        }
+        let Some(recorded) = self.recorded.get(&(variant, slot)) else {
+            return Err(invalid(format!("the image of {} is not in the engine", self.model.variants[variant].id)));
+        };
+        ctx.line(format!("pulling {} (built elsewhere, by the digest its record names)", recorded.reference));
+        let credentials = trellis_docker::credentials_for(&self.facts.remote.registry);
+        let mut log = |line: &str| ctx.line(line);
+        let pulled = match &recorded.platform {
+            Some(platform) => self.client.pull_platform(&recorded.reference, platform, credentials, &mut log).await,
+            None => self.client.pull(&recorded.reference, credentials, &mut log).await,
+        };
+        let id = pulled.map_err(engine_error)?;
+        if id != recorded.image {
+            return Err(JobError::failed(format!(
+                "{} is image {id}, not the image {} its record names",
+                recorded.reference, recorded.image
+            )));
+        }
+        self.images.lock().map_err(|_| JobError::failed("image table poisoned"))?.insert((variant, slot), id.clone());
+        self.pulled.lock().map_err(|_| JobError::failed("pull table poisoned"))?.insert((variant, slot));
+        Ok(id)
+    }
+
+    /// The image of a variant's slot in this engine (built in this run or up to date).
+    fn known_here(&self, variant: usize, slot: usize) -> Result<Option<String>, JobError> {
+        let images = self.images.lock().map_err(|_| JobError::failed("image table poisoned"))?;
+        Ok(images.get(&(variant, slot)).cloned())
+    }
+
+    /// The image ID of a variant's slot without pulling anything: here, or as recorded.
+    fn known_image(&self, variant: usize, slot: usize) -> Option<String> {
+        let here = self.known_here(variant, slot).ok().flatten();
+        here.or_else(|| Some(self.recorded.get(&(variant, slot))?.image.clone()))
+    }
+
+    /// Whether the variant's local references may not name this image: it was pulled by
+    /// digest, or it is another platform's.
+    fn needs_stand_in(&self, variant: usize, slot: usize, platform: &str) -> bool {
+        platform != self.native || self.pulled.lock().is_ok_and(|pulled| pulled.contains(&(variant, slot)))
     }
 
     /// The platform a build or test node runs for (the engine's own when unnamed), and its
@@ -125,11 +190,10 @@ impl DockerBackend {
         (platform, trellis_graph::platform_slot(variant, platform, &self.native).unwrap_or(0))
     }
 
-    /// The parent's image for `platform` (the compiler checked that it has one).
-    fn parent_image(&self, parent: usize, platform: &str) -> Result<String, JobError> {
-        let slot = trellis_graph::platform_slot(&self.model.variants[parent], platform, &self.native)
-            .ok_or_else(|| invalid(format!("{} is not built for {platform}", self.model.variants[parent].id)))?;
-        self.image_of(parent, slot)
+    /// The parent's slot for `platform` (the compiler checked that it has one).
+    fn parent_slot(&self, parent: usize, platform: &str) -> Result<usize, JobError> {
+        trellis_graph::platform_slot(&self.model.variants[parent], platform, &self.native)
+            .ok_or_else(|| invalid(format!("{} is not built for {platform}", self.model.variants[parent].id)))
     }
 
     async fn build(&self, node: &Node, variant: &Variant, no_cache: bool, ctx: &Ctx) -> Result<NodeOutput, JobError> {
@@ -139,12 +203,18 @@ impl DockerBackend {
         if node.platform.is_some() {
             args.extend(trellis_model::platform::build_args(platform, &self.native));
         }
-        let stand_ins = self.stand_ins(node, variant, platform).await?;
+        // The parents' tested images for this platform (pulled when built elsewhere).
+        let mut parents = Vec::new();
+        for &parent in &self.parents[node.variant] {
+            let slot = self.parent_slot(parent, platform)?;
+            parents.push((parent, slot, self.image_of(parent, slot, ctx).await?));
+        }
+        let stand_ins = self.stand_ins(node, variant, platform, &parents).await?;
         let request = trellis_docker::BuildRequest {
             dockerfile: stand_ins.dockerfile.as_deref().unwrap_or(&variant.dockerfile),
             context: Some(&walk),
             args: &args,
-            labels: self.build_labels(node, variant, platform)?,
+            labels: self.build_labels(node, variant, &parents),
             network: variant.network.as_str(),
             target: variant.target.as_deref(),
             no_cache,
@@ -175,14 +245,20 @@ impl DockerBackend {
     /// named platform on its external bases' images for it: each gets a temporary local tag,
     /// and the Dockerfile sent (not the one rendered) names it. A tag that cannot be made
     /// takes the ones made before it off again.
-    async fn stand_ins(&self, node: &Node, variant: &Variant, platform: &str) -> Result<StandIns, JobError> {
+    async fn stand_ins(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        platform: &str,
+        parents: &[(usize, usize, String)],
+    ) -> Result<StandIns, JobError> {
         let canonical = |reference: &str| trellis_model::normalise_reference(reference).unwrap_or_default();
         // The references FROM lines name, and the image to stand for them on this platform.
         let mut wanted: Vec<(Vec<String>, String)> = Vec::new();
-        if platform != self.native {
-            for &parent in &self.parents[node.variant] {
-                let references = self.model.variants[parent].references.iter().map(|r| canonical(&r.to_string()));
-                wanted.push((references.collect(), self.parent_image(parent, platform)?));
+        for (parent, slot, image) in parents {
+            if self.needs_stand_in(*parent, *slot, platform) {
+                let references = self.model.variants[*parent].references.iter().map(|r| canonical(&r.to_string()));
+                wanted.push((references.collect(), image.clone()));
             }
         }
         if let Some(named) = node.platform.as_deref() {
@@ -241,8 +317,8 @@ impl DockerBackend {
         &self,
         node: &Node,
         variant: &Variant,
-        platform: &str,
-    ) -> Result<HashMap<String, String>, JobError> {
+        parents: &[(usize, usize, String)],
+    ) -> HashMap<String, String> {
         let mut labels = self.run_labels.clone();
         // The version is the variant's first tag unless the matrix says otherwise (like the
         // run's labels it is not part of the key: renaming a tag rebuilds nothing).
@@ -258,17 +334,15 @@ impl DockerBackend {
         }
         // The tested images of the parents the FROM lines resolve to now: a parent rebuilt
         // later under the same key then makes this image stale.
-        let mut parents = Vec::new();
-        for &parent in &self.parents[node.variant] {
-            parents.push(format!("{}@{}", self.model.variants[parent].id, self.parent_image(parent, platform)?));
-        }
+        let parents: Vec<String> =
+            parents.iter().map(|(parent, _, image)| format!("{}@{image}", self.model.variants[*parent].id)).collect();
         labels.insert(labels::PARENTS.to_owned(), parents.join(","));
-        Ok(labels)
+        labels
     }
 
     async fn test(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
         let (_, slot) = self.platform_of(node);
-        let image = self.image_of(node.variant, slot)?;
+        let image = self.image_of(node.variant, slot, ctx).await?;
         let test = &variant.tests[node.test.unwrap_or_default()];
         // A Dockerfile test's context, walked before the request borrows it.
         let user_test = match &test.body {
@@ -320,7 +394,7 @@ impl DockerBackend {
             ctx.line(format!("not built for the engine's platform {}: no local references", self.native));
             return Ok(NodeOutput::default());
         };
-        let image = self.image_of(node.variant, slot)?;
+        let image = self.image_of(node.variant, slot, ctx).await?;
         for reference in &variant.references {
             let reference = reference.to_string();
             self.client.tag(&image, &reference).await.map_err(engine_error)?;
@@ -329,15 +403,117 @@ impl DockerBackend {
         Ok(NodeOutput::image(image))
     }
 
-    async fn push(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
+    /// Pushes the variant's tested images under every reference, then records in the
+    /// registry what was pushed (see [`crate::remote`]). When the registry already serves the
+    /// recorded images under every reference (a push re-run because a test changed), only the
+    /// record is written, and nothing is pulled.
+    async fn push(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        plan: Option<&crate::remote::RecordPlan>,
+        ctx: &Ctx,
+    ) -> Result<NodeOutput, JobError> {
         let registry = self
             .registry
             .as_deref()
             .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
-        if !variant.platforms.is_empty() {
-            return self.push_index(node, variant, registry, ctx).await;
+        let client = trellis_docker::registry::Registry::new(registry, self.credentials.clone());
+        let (output, manifests) = match self.served_as_recorded(node, variant, plan, &client, ctx).await? {
+            Some(served) => served,
+            None if variant.platforms.is_empty() => self.push_single(node, variant, registry, ctx).await?,
+            None => self.push_index(node, variant, registry, &client, ctx).await?,
+        };
+        if let (Some(plan), Some(digest)) = (plan, &output.digest) {
+            let record = self.record(node, variant, plan, digest, &manifests)?;
+            let repository = &variant.references.first().ok_or_else(|| invalid("no references"))?.repository;
+            let json = serde_json::to_string(&record).map_err(|e| JobError::failed(e.to_string()))?;
+            let tag = crate::remote::record_tag(digest);
+            (client.put_record(repository, &tag, &json).await).map_err(|e| self.registry_error(registry, e))?;
+            ctx.line(format!("recorded {registry}/{repository}:{tag}"));
         }
-        let image = self.image_of(node.variant, 0)?;
+        Ok(output)
+    }
+
+    /// When the registry's record names the images this push would push and every reference
+    /// serves its digest: the output, without pulling or pushing anything.
+    async fn served_as_recorded(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        plan: Option<&crate::remote::RecordPlan>,
+        client: &trellis_docker::registry::Registry,
+        ctx: &Ctx,
+    ) -> Result<Option<(NodeOutput, Vec<String>)>, JobError> {
+        let (Some(plan), Some(record)) = (plan, self.facts.remote.records.get(&node.variant)) else { return Ok(None) };
+        let mut manifests = Vec::new();
+        for (platform, key) in &plan.images {
+            match record.image(platform.as_deref()) {
+                Some(image) if &image.build_key == key => manifests.push(image.manifest.clone()),
+                _ => return Ok(None),
+            }
+        }
+        for reference in &variant.references {
+            let served = client.served(&reference.repository, &reference.tag).await;
+            let registry = &self.facts.remote.registry;
+            if served.map_err(|e| self.registry_error(registry, e))?.as_deref() != Some(record.digest.as_str()) {
+                return Ok(None);
+            }
+        }
+        ctx.line(format!("every reference already serves {}, as recorded", record.digest));
+        let slot = trellis_graph::platform_slot(variant, &self.native, &self.native);
+        let image = slot.and_then(|slot| self.known_image(node.variant, slot));
+        Ok(Some((NodeOutput { image, digest: Some(record.digest.clone()) }, manifests)))
+    }
+
+    /// The record of what this push published: per platform slot, the image and the manifest
+    /// digest it has in the first reference's repository (`manifests`).
+    fn record(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        plan: &crate::remote::RecordPlan,
+        digest: &str,
+        manifests: &[String],
+    ) -> Result<crate::remote::RemoteRecord, JobError> {
+        let mut images = Vec::new();
+        for (slot, ((platform, build_key), manifest)) in plan.images.iter().zip(manifests).enumerate() {
+            let image = (self.known_image(node.variant, slot)).ok_or_else(|| invalid("the pushed image is unknown"))?;
+            let wanted = platform.as_deref().unwrap_or(&self.native);
+            let mut parents = std::collections::BTreeMap::new();
+            for &parent in &self.parents[node.variant] {
+                let parent_image = self.known_image(parent, self.parent_slot(parent, wanted)?);
+                let parent_image = parent_image.ok_or_else(|| invalid("a parent's image is unknown"))?;
+                parents.insert(self.model.variants[parent].id.clone(), parent_image);
+            }
+            let (platform, build_key, manifest) = (platform.clone(), build_key.clone(), manifest.clone());
+            images.push(crate::remote::RecordedImage { platform, build_key, image, manifest, parents });
+        }
+        let durations = self.durations.lock().map_err(|_| JobError::failed("duration table poisoned"))?;
+        let durations_ms = (plan.nodes.iter()).filter_map(|id| Some((id.clone(), *durations.get(id)?))).collect();
+        Ok(crate::remote::RemoteRecord {
+            trellis: crate::remote::RECORD_VERSION,
+            workspace: self.model.settings.name.clone(),
+            variant: variant.id.clone(),
+            digest: digest.to_owned(),
+            // Without its tests' results the record must not make a push look done.
+            push_key: if plan.tested { node.key.to_hex() } else { String::new() },
+            images,
+            tests: if plan.tested { plan.tests.clone() } else { Default::default() },
+            durations_ms,
+            balance_ms: plan.balance_ms,
+        })
+    }
+
+    /// A variant without platforms: `docker push` of its image under every reference.
+    async fn push_single(
+        &self,
+        node: &Node,
+        variant: &Variant,
+        registry: &str,
+        ctx: &Ctx,
+    ) -> Result<(NodeOutput, Vec<String>), JobError> {
+        let image = self.image_of(node.variant, 0, ctx).await?;
         // Where the engine recorded this image as pushed: one inspect for all references.
         let mut recorded = self.client.repo_digests(&image).await.map_err(engine_error)?;
         let mut digest = String::new();
@@ -361,7 +537,7 @@ impl DockerBackend {
             recorded.push(format!("{repository}@{pushed}"));
             digest = pushed;
         }
-        Ok(NodeOutput { image: Some(image), digest: Some(digest) })
+        Ok((NodeOutput { image: Some(image), digest: Some(digest.clone()) }, vec![digest]))
     }
 
     /// The digest `target` is served at, when it is the digest this image was pushed under
@@ -412,9 +588,9 @@ impl DockerBackend {
         node: &Node,
         variant: &Variant,
         registry: &str,
+        client: &trellis_docker::registry::Registry,
         ctx: &Ctx,
-    ) -> Result<NodeOutput, JobError> {
-        let client = trellis_docker::registry::Registry::new(registry, self.credentials.clone());
+    ) -> Result<(NodeOutput, Vec<String>), JobError> {
         let mut repositories: Vec<&str> = Vec::new();
         for reference in &variant.references {
             if !repositories.contains(&reference.repository.as_str()) {
@@ -425,10 +601,11 @@ impl DockerBackend {
         let parents = self.parents[node.variant].iter().map(|&p| self.model.variants[p].repository.clone());
         let mut mount_from: Vec<String> = parents.collect();
         let mut index = None;
+        let mut manifests = Vec::new();
         for repository in repositories.iter().copied() {
             let mut images = Vec::new();
             for (slot, platform) in variant.platforms.iter().enumerate() {
-                let image = self.image_of(node.variant, slot)?;
+                let image = self.image_of(node.variant, slot, ctx).await?;
                 let mut log = |line: &str| ctx.line(line);
                 let pushed = tokio::select! {
                     result = client.push_image(&self.client, &image, repository, &mount_from, &mut log) => {
@@ -446,6 +623,10 @@ impl DockerBackend {
             }
             // In platform order: the same images give the same index whatever order the
             // platforms are written in.
+            if manifests.is_empty() {
+                // Per platform slot, in the first reference's repository: what the record names.
+                manifests = images.iter().map(|image| image.digest.clone()).collect();
+            }
             images.sort_by_key(|image| image.platform.to_string());
             index = Some(trellis_docker::registry::ImageIndex::of(&images));
             mount_from.push(repository.to_owned());
@@ -462,7 +643,10 @@ impl DockerBackend {
             ctx.line(format!("{registry}/{reference} {verb} index {}", index.digest));
         }
         let native = trellis_graph::platform_slot(variant, &self.native, &self.native);
-        let image = native.map(|slot| self.image_of(node.variant, slot)).transpose()?;
+        let image = match native {
+            Some(slot) => Some(self.image_of(node.variant, slot, ctx).await?),
+            None => None,
+        };
         // As `docker push` leaves it, and as a single-platform push does: the pushed
         // references name the engine's platform's image locally too (a workspace building FROM
         // them then finds them without pulling).
@@ -471,6 +655,6 @@ impl DockerBackend {
                 self.client.tag(image, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
             }
         }
-        Ok(NodeOutput { image, digest: Some(index.digest) })
+        Ok((NodeOutput { image, digest: Some(index.digest) }, manifests))
     }
 }

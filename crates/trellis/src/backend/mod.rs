@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use trellis_exec::{ErrorClass, Job, JobContext, JobError, Runner};
 use trellis_graph::{Node, NodeKind};
 
-pub(crate) use docker::{DockerBackend, run_labels};
+pub(crate) use docker::{DockerBackend, Recorded, run_labels};
 
 use crate::attach::EngineFacts;
 
@@ -43,6 +43,8 @@ pub(crate) struct NodeJob {
     pub render: Option<(PathBuf, Arc<str>)>,
     /// Build without the layer cache (`--refresh`).
     pub no_cache: bool,
+    /// For push nodes: what the registry's record of the variant holds besides the push.
+    pub record: Option<Arc<crate::remote::RecordPlan>>,
 }
 
 /// Where a run's builds, tests, tags and pushes go, with what the engine held when attached

@@ -227,6 +227,7 @@ impl<'s> Recorder<'s> {
             NodeStatus::Failed { .. } => {
                 (Outcome::Failed, self.run_id.clone(), output.clone(), Some(duration.as_millis() as u64))
             }
+            NodeStatus::Skipped { .. } if crate::remote::is_served_elsewhere(&info.reason) => return,
             NodeStatus::Skipped { .. } if previous.is_none_or(|r| r.key != key) => {
                 let run = previous.and_then(|r| r.succeeded_with(&key)).unwrap_or(&self.run_id).to_owned();
                 (Outcome::Succeeded, run, info.found.clone(), previous.and_then(|r| r.duration_ms))

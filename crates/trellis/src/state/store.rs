@@ -152,6 +152,11 @@ impl StateStore {
         self.records.get(id)
     }
 
+    /// The last duration of every node that has one, by node id.
+    pub fn durations(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.records.iter().filter_map(|(id, record)| Some((id.clone(), record.duration_ms?)))
+    }
+
     /// Appends one record durably, then applies it. The keys the node succeeded with before
     /// are carried over into the new record's `earlier`.
     pub fn record(&mut self, id: &str, mut record: NodeRecord) -> Result<(), StateError> {

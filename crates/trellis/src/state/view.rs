@@ -9,6 +9,7 @@ use trellis_model::Model;
 
 use super::{NodeRecord, Outcome, StateStore};
 use crate::attach::EngineFacts;
+use crate::remote::RemoteRecord;
 
 /// The plan's judge: the state store, and what the engine and registry hold when attached.
 pub(crate) struct StoreView<'a> {
@@ -16,6 +17,7 @@ pub(crate) struct StoreView<'a> {
     pub state_dir: &'a Path,
     pub workspace: &'a Model,
     pub graph: &'a Graph,
+    pub dependencies: &'a trellis_graph::Dependencies,
     /// Variants whose builds run although their keys are unchanged (`--refresh`).
     pub refresh: HashSet<usize>,
     /// What the engine (and, for a pushing run, the registry) held when attached: builds and
@@ -30,6 +32,14 @@ impl StateView for StoreView<'_> {
         if node.kind == NodeKind::Build && self.refresh.contains(&node.variant) {
             return Err("refresh requested: rebuilt without the layer cache".to_owned());
         }
+        // What this machine knows first; what the registry recorded when it knows nothing
+        // that says up to date.
+        self.judge_here(node).or_else(|reason| self.served_elsewhere(node).ok_or(reason))
+    }
+}
+
+impl StoreView<'_> {
+    fn judge_here(&self, node: &Node) -> Result<String, String> {
         if let Some(images) = self.facts.map(|f| &f.by_key) {
             // A base the engine lacks (a plan does not pull): the build's key is not final yet.
             if let (NodeKind::Build, Some(base)) = (node.kind, self.unresolved.get(&node.variant)) {
@@ -101,6 +111,91 @@ impl StateView for StoreView<'_> {
 }
 
 impl StoreView<'_> {
+    /// Up to date by the registry's record of the variant (DESIGN §9): the record names this
+    /// node's current key, its image stands on the parents' current images, and for a push,
+    /// every reference serves the recorded digest.
+    fn served_elsewhere(&self, node: &Node) -> Option<String> {
+        let facts = self.facts?;
+        let record = facts.remote.records.get(&node.variant)?;
+        let key = node.key.to_hex();
+        let current = match node.kind {
+            NodeKind::Render => false,
+            NodeKind::Build => self.recorded_build(node.variant, node.platform.as_deref(), &key, record),
+            NodeKind::Test => record.tests.get(&node.id) == Some(&key),
+            // Tags are this engine's: a machine that tagged the variant before tags it again
+            // (pulling its image); a fresh one (a CI runner) leaves it in the registry.
+            NodeKind::Tag if self.store.get(&node.id).is_some() => false,
+            NodeKind::Tag => (self.graph.variants[node.variant].platforms.iter()).all(|platform| {
+                let build = &self.graph.dag[platform.build];
+                self.recorded_build(node.variant, platform.platform.as_deref(), &build.key.to_hex(), record)
+            }),
+            NodeKind::Push => {
+                let registry = &facts.remote.registry;
+                let references = &self.workspace.variants[node.variant].references;
+                record.push_key == key
+                    && facts.served().is_none_or(|(served, _)| {
+                        references.iter().all(|reference| {
+                            let target = format!("{registry}/{reference}");
+                            served.get(&target).and_then(Option::as_deref) == Some(record.digest.as_str())
+                        })
+                    })
+            }
+        };
+        current.then(|| crate::remote::served_elsewhere(&facts.remote.registry, &record.digest))
+    }
+
+    /// Whether `record` holds the variant's image for `platform` under `key`, built on the
+    /// images its parents have now (in this engine, or as the registry recorded them).
+    fn recorded_build(&self, variant: usize, platform: Option<&str>, key: &str, record: &RemoteRecord) -> bool {
+        let Some(image) = record.image(platform).filter(|image| image.build_key == key) else { return false };
+        let wanted = platform.unwrap_or(&self.graph.native_platform);
+        self.dependencies.parents[variant].iter().all(|&parent| {
+            let parent_id = &self.workspace.variants[parent].id;
+            let current = self.current_image(parent, wanted);
+            current.is_some() && image.parents.get(parent_id).map(String::as_str) == current
+        })
+    }
+
+    /// Before anything runs: every parent of a selected variant that the selection leaves
+    /// out (another stage or shard) is in this engine or served, for every platform the
+    /// child needs, at its current key.
+    pub(crate) fn check_parents(&self, selection: &trellis_graph::Selection) -> Result<(), crate::Error> {
+        let depths = trellis_graph::depths(self.dependencies);
+        for (child, parents) in self.dependencies.parents.iter().enumerate().filter(|(v, _)| selection.contains(*v)) {
+            for &parent in parents.iter().filter(|p| !selection.contains(**p)) {
+                let platforms = self.workspace.variants[child].platform_slots();
+                let missing = platforms.iter().any(|platform| {
+                    self.current_image(parent, platform.unwrap_or(&self.graph.native_platform)).is_none()
+                });
+                if missing {
+                    return Err(crate::Error::ParentNotServed {
+                        child: self.workspace.variants[child].id.clone(),
+                        parent: self.workspace.variants[parent].id.clone(),
+                        stage: depths[parent],
+                        registry: self.facts.map(|f| f.remote.registry.clone()).filter(|r| !r.is_empty()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The image a variant has for `platform` under its current key: in this engine, or as
+    /// the registry recorded it.
+    fn current_image(&self, variant: usize, platform: &str) -> Option<&str> {
+        let slot =
+            trellis_graph::platform_slot(&self.workspace.variants[variant], platform, &self.graph.native_platform)?;
+        let nodes = &self.graph.variants[variant].platforms[slot];
+        let key = self.graph.dag[nodes.build].key.to_hex();
+        let facts = self.facts?;
+        match facts.by_key.get(&key) {
+            Some(listing) => Some(listing.id.as_str()),
+            None => (facts.remote.records.get(&variant)?.image(nodes.platform.as_deref()))
+                .filter(|recorded| recorded.build_key == key)
+                .map(|recorded| recorded.image.as_str()),
+        }
+    }
+
     /// A parent whose current image (the one its key names in the engine) is not the one
     /// `image` was built on: a refresh, or a rebuild the key cannot see.
     fn moved_parent(
