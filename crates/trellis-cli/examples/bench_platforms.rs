@@ -10,13 +10,16 @@
 //! trellis binary.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use bench_support::{ROOT, copy_workspace};
 
 fn main() {
     let trellis = std::env::args().nth(1).expect("usage: bench_platforms <path to the trellis binary>");
@@ -55,30 +58,6 @@ fn main() {
     );
     push_figures(&two, &two_report);
     cleanup(&unique, &work);
-}
-
-/// A copy of the repository's workspace: matrix.kdl with `platforms`, the templates, and the
-/// inputs hard-linked; the workspace name and repositories prefixed with `unique`.
-fn copy_workspace(root: &Path, dir: &Path, unique: &str, platforms: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let status = Command::new("cp").arg("-al").arg(root.join(".cache")).arg(dir.join(".cache")).status().unwrap();
-    assert!(status.success(), "hard links into .cache (run `cargo xtask inputs` first)");
-    let status = Command::new("cp").arg("-r").arg(root.join("dockerfiles")).arg(dir).status().unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_dir_all(dir.join(".cache/engine"));
-    let rename = |text: &str| text.replace("trellis/", &format!("{unique}/"));
-    for template in ["busybox", "debian", "node"] {
-        let path = dir.join("dockerfiles").join(template).join("Dockerfile.j2");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, rename(&text)).unwrap();
-    }
-    let matrix = std::fs::read_to_string(root.join("matrix.kdl")).unwrap();
-    let matrix = rename(&matrix)
-        .replace("name \"trellis-node\"", &format!("name \"{unique}\""))
-        .replace("platforms \"linux/amd64\" \"linux/arm64\"", &format!("platforms {platforms}"));
-    assert!(matrix.contains(&format!("platforms {platforms}")), "matrix.kdl names its platforms in settings");
-    std::fs::write(dir.join("matrix.kdl"), matrix).unwrap();
-    dir.to_path_buf()
 }
 
 fn build(trellis: &str, dir: &Path, config: &Path, extra: &[&str]) -> (Duration, Value) {
