@@ -324,16 +324,27 @@ impl JobPlan<'_> {
         if let Some(manifest) = self.pass_file {
             command.push_str(&format!(" -f {}", shell_word(manifest)));
         }
-        command.push_str(&format!(" build \"${{flags[@]}}\" --stage {}", self.stage));
-        if self.count > 1 {
-            command.push_str(&format!(" --shard {}/{}", self.index, self.count));
-        }
+        command.push_str(" build \"${flags[@]}\" \"${slice[@]}\"");
         if matches!(self.registry, Registry::Variable { .. }) {
             command.push_str(&format!(" --registry \"${REGISTRY_VARIABLE}\""));
         }
+        let mut slice = format!("--stage {}", self.stage);
+        if self.count > 1 {
+            slice.push_str(&format!(" --shard {}/{}", self.index, self.count));
+        }
+        // A pull request pushes nothing, so a later stage would not find its parents in the
+        // registry: the first job builds and tests the whole family (what is served is
+        // skipped), the others have nothing to do.
+        let pull_request = match (self.stage, self.index) {
+            (0, 1) => "  slice=()\n".to_owned(),
+            _ => {
+                "  echo \"::notice::a pull request is built and tested whole by the first job\"\n  exit 0\n".to_owned()
+            }
+        };
         format!(
             "flags=()\n\
-             if [ \"$GITHUB_EVENT_NAME\" != pull_request ]; then flags+=(--push); fi\n\
+             slice=({slice})\n\
+             if [ \"$GITHUB_EVENT_NAME\" = pull_request ]; then\n{pull_request}else\n  flags+=(--push)\nfi\n\
              if [ \"$TRELLIS_REFRESH\" = true ]; then flags+=(--refresh); fi\n\
              {command} \\\n  --summary-md \"$GITHUB_STEP_SUMMARY\" --junit {JUNIT}\n"
         )

@@ -113,6 +113,8 @@ impl Job {
 fn jobs(workflow: &Value) -> Vec<Job> {
     let jobs = workflow["jobs"].as_object().expect("jobs");
     let flag = |script: &str, name: &str| -> Option<String> {
+        // The slice is a bash array: `slice=(--stage 0 --shard 1/2)`.
+        let script = script.replace(['(', ')', '='], " ");
         let words: Vec<&str> = script.split_whitespace().collect();
         words.iter().position(|w| *w == name).map(|at| words[at + 1].to_owned())
     };
