@@ -86,8 +86,11 @@ fn registry_tags(repository: &str) -> Vec<String> {
         .output()
         .unwrap();
     let listed: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    let mut tags: Vec<String> =
-        listed["Tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_owned()).collect();
+    // trellis's records (`sha256-<digest>.trellis`, docs/ci.md) are not references.
+    let mut tags: Vec<String> = (listed["Tags"].as_array().into_iter().flatten())
+        .map(|t| t.as_str().unwrap().to_owned())
+        .filter(|t| !t.ends_with(".trellis"))
+        .collect();
     tags.sort();
     tags
 }
