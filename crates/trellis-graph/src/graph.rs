@@ -302,12 +302,17 @@ impl Graph {
             }
             let mut push_key = ComponentKey::new("push");
             push_key.key(Component::Tag, &tag_key).text(Component::Registry, inputs.registry.as_deref().unwrap_or(""));
+            // By name: the order the platforms are written in changes no key.
+            let mut tested = Vec::new();
             for platform in &platforms {
                 let at = platform.platform.as_deref().map(|p| format!("@{p}")).unwrap_or_default();
                 for (t, &test) in platform.tests.iter().enumerate() {
-                    let name = format!("{}{at}", variant.tests[t].name);
-                    push_key.key(Component::Tested(name), &dag[test].key);
+                    tested.push((format!("{}{at}", variant.tests[t].name), dag[test].key));
                 }
+            }
+            tested.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, key) in tested {
+                push_key.key(Component::Tested(name), &key);
             }
             let push = add(&mut dag, node(NodeKind::Push, format!("push:{}", variant.id), push_key.finish()));
             dag.add_edge(tag, push, ());
