@@ -216,19 +216,11 @@ image "app" {
 }
 "#;
 
-/// The busybox of the platform being built, picked by the platform build args.
-const PLATFORM_BASE: &str = "FROM scratch\nARG TARGETARCH\nLABEL e2e=NAME\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 const PLATFORM_APP: &str = "FROM PREFIX/base:latest\nRUN uname -m > /arch\n";
 
 #[test]
 fn two_platforms_a_fresh_runner_skips_the_indexes_and_rebuilds_one_variant_on_both() {
-    let origin =
-        EngineWorkspace::new("ci-platforms", TWO_PLATFORMS, &[("base.j2", PLATFORM_BASE), ("app.j2", PLATFORM_APP)]);
-    let dir = origin.fixture.path("busybox");
-    std::fs::rename(dir.join("busybox"), dir.join("busybox-amd64")).unwrap();
-    let arm64 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/busybox/busybox-arm64");
-    std::fs::copy(arm64, dir.join("busybox-arm64"))
-        .expect("Debian's arm64 busybox-static (`cargo xtask test` fetches it into .cache/busybox)");
+    let origin = two_platform_workspace("ci-platforms", TWO_PLATFORMS, PLATFORM_APP);
     let config = docker_config(true);
     let served = |tag: &str| served_digest(&format!("{}/app", origin.prefix), tag);
 

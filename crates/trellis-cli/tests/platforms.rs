@@ -39,20 +39,7 @@ image "app" {
 }
 "#;
 
-/// The busybox of the platform being built, picked by the platform build args.
-const BASE: &str = "FROM scratch\nARG TARGETARCH\nLABEL e2e=NAME\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 const APP: &str = "FROM PREFIX/base:latest\nRUN uname -m > /arch && echo {{ v }} > /v\n";
-
-/// Debian's static busybox for both platforms in the fixture's `busybox/` context.
-fn two_platform_workspace(label: &str, matrix: &str, app: &str) -> EngineWorkspace {
-    let ws = EngineWorkspace::new(label, matrix, &[("base.j2", BASE), ("app.j2", app)]);
-    let dir = ws.fixture.path("busybox");
-    std::fs::rename(dir.join("busybox"), dir.join("busybox-amd64")).unwrap();
-    let arm64 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/busybox/busybox-arm64");
-    std::fs::copy(arm64, dir.join("busybox-arm64"))
-        .expect("Debian's arm64 busybox-static (`cargo xtask test` fetches it into .cache/busybox)");
-    ws
-}
 
 fn build_and_push(ws: &EngineWorkspace, config: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let output = ws
@@ -378,7 +365,7 @@ fn a_registry_down_before_the_index_moves_no_reference_and_the_next_run_converge
 fn an_external_base_is_resolved_per_platform() {
     // The base, published by another workspace (setup: any tool that pushes an index would do).
     let publisher = PLATFORMS.replace("tag \"latest\"\n}", "tag \"1\"\n}");
-    let ext_base = format!("{BASE}RUN echo $TARGETARCH > /marker\n");
+    let ext_base = format!("{PLATFORM_BASE}RUN echo $TARGETARCH > /marker\n");
     let ext = two_platform_workspace("platform-ext", &publisher.replace("PREFIX/base", "PREFIX-ext/base"), APP);
     std::fs::write(ext.fixture.path("base.j2"), ext_base.replace("NAME", &ext.name)).unwrap();
     let config = docker_config(true);

@@ -293,3 +293,19 @@ fn enter_netns(path: &Path) {
     let rc = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
+
+/// A base for two-platform fixtures: the busybox of the platform being built, picked by the
+/// platform build args.
+pub const PLATFORM_BASE: &str = "FROM scratch\nARG TARGETARCH\nLABEL e2e=NAME\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+/// A workspace of `base.j2` ([`PLATFORM_BASE`]) and `app.j2` with Debian's static busybox for
+/// both platforms in its `busybox/` context.
+pub fn two_platform_workspace(label: &str, matrix: &str, app: &str) -> EngineWorkspace {
+    let ws = EngineWorkspace::new(label, matrix, &[("base.j2", PLATFORM_BASE), ("app.j2", app)]);
+    let dir = ws.fixture.path("busybox");
+    std::fs::rename(dir.join("busybox"), dir.join("busybox-amd64")).unwrap();
+    let arm64 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/busybox/busybox-arm64");
+    std::fs::copy(arm64, dir.join("busybox-arm64"))
+        .expect("Debian's arm64 busybox-static (`cargo xtask test` fetches it into .cache/busybox)");
+    ws
+}
