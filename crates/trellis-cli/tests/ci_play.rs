@@ -157,16 +157,33 @@ fn a_fresh_runner_skips_what_was_published_and_rebuilds_exactly_what_changed() {
     assert_eq!(ran(&report), Vec::<String>::new(), "{stderr}");
 }
 
+/// The family and a tool built on nothing but tested with the base (the decoupled-runtime
+/// pattern): its test needs the base, so the tool comes in the stage after it.
+const TOOL: &str = r#"
+image "tool" {
+    repository "PREFIX/tool"
+    dockerfile "base.j2"
+    context "busybox"
+    tag "latest"
+    test "with-base" dockerfile="tests/with-base/Dockerfile" context="tests/with-base"
+}
+"#;
+
+const WITH_BASE: &str = "ARG IMAGE\nARG BASE=PREFIX/base:latest\nFROM ${BASE} AS base\n\nFROM ${IMAGE}\nCOPY --from=base /bin/busybox /from-base\nRUN test -x /from-base\n";
+
 #[test]
 fn shards_of_a_stage_split_the_work_on_fresh_runners_and_publish_the_whole_family() {
-    let origin = EngineWorkspace::new("ci-shards", FAMILY, &[("base.j2", BASE), ("app.j2", APP)]);
+    let family = format!("{FAMILY}{TOOL}");
+    let files = [("base.j2", BASE), ("app.j2", APP), ("tests/with-base/Dockerfile", WITH_BASE)];
+    let origin = EngineWorkspace::new("ci-shards", &family, &files);
     let config = docker_config(true);
 
     // Stage 1 before stage 0: the parent is not served, nothing runs.
     let early = fresh_runner(&origin, &origin, "ci-shards-early");
     let (code, stderr, _) = ci_build(&early, config.path(), &["--stage", "1", "--shard", "1/2"]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("builds on base/latest") || stderr.contains("builds on base"), "{stderr}");
+    let on_base = stderr.contains("builds on base") || stderr.contains("is tested with base");
+    assert!(on_base && stderr.contains("(--stage 0) first"), "{stderr}");
     assert_eq!(origin.images(), "");
 
     // Stage 0 on one runner, then the two shards of stage 1, each on its own fresh runner.
@@ -185,7 +202,11 @@ fn shards_of_a_stage_split_the_work_on_fresh_runners_and_publish_the_whole_famil
         built.extend(builds);
     }
     built.sort();
-    assert_eq!(built, ["build:app/1", "build:app/2", "build:app/3", "build:app/4"], "disjoint and complete");
+    assert_eq!(
+        built,
+        ["build:app/1", "build:app/2", "build:app/3", "build:app/4", "build:tool"],
+        "disjoint and complete"
+    );
     let published = published(&origin);
     assert!(published.iter().all(|(_, digest)| digest.is_some()), "{published:?}");
 }

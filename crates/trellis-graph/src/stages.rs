@@ -3,21 +3,23 @@
 //! pure functions of the dependencies and the weights given, so every machine that sees the
 //! same workspace and weights splits it the same way.
 //!
-//! Only the parents a Dockerfile builds `FROM` make stages: a variant whose Dockerfile test uses
-//! another variant (`Dependencies::test_parents`) is not put after it.
+//! A variant comes after every variant it builds on and every variant its Dockerfile tests
+//! use (`Dependencies::test_parents`): a test runs on the tested images of what it names, so
+//! on a runner of a later stage those are served, never missing.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::graph::Dependencies;
 
-/// Per variant, its depth in the parent graph: 0 without parents, else one more than its
-/// deepest parent.
+/// Per variant, its depth in the parent graph: 0 without parents or variants its tests use,
+/// else one more than the deepest of those.
 pub fn depths(dependencies: &Dependencies) -> Vec<usize> {
     let mut depths = vec![0; dependencies.parents.len()];
-    // `order` puts parents before the variants that build on them.
+    // `order` puts parents and test parents before the variants that use them.
     for &v in &dependencies.order {
-        depths[v] = dependencies.parents[v].iter().map(|&p| depths[p] + 1).max().unwrap_or(0);
+        let tested_with = dependencies.test_parents[v].iter().flatten();
+        depths[v] = dependencies.parents[v].iter().chain(tested_with).map(|&p| depths[p] + 1).max().unwrap_or(0);
     }
     depths
 }
@@ -142,10 +144,11 @@ mod tests {
     }
 
     #[test]
-    fn test_parents_make_no_stage() {
-        let mut deps = dependencies(&[&[], &[]]);
-        deps.test_parents[1] = vec![vec![0]];
-        assert_eq!(depths(&deps), [0, 0]);
+    fn a_variant_comes_after_what_its_tests_use() {
+        // 1 is tested with 0 (the decoupled-runtime pattern); 2 builds on 1.
+        let mut deps = dependencies(&[&[], &[], &[1]]);
+        deps.test_parents[1] = vec![vec![], vec![0]];
+        assert_eq!(depths(&deps), [0, 1, 2]);
     }
 
     #[test]

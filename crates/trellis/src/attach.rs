@@ -102,6 +102,7 @@ impl Workspace {
             run_labels: crate::backend::run_labels(&self.model().root),
             own_files: Arc::clone(&graph.own_files),
             parents: self.dependencies().parents.clone(),
+            test_parents: self.dependencies().test_parents.clone(),
             external_bases: self.dependencies().external_bases.clone(),
             base_images: self.graph_inputs().base_images.clone(),
             native: graph.native_platform.clone(),

@@ -41,10 +41,10 @@ pub enum Error {
     #[error("{}; nothing was run", refused(registry, user.as_deref(), detail))]
     Unauthorized { registry: String, user: Option<String>, detail: String },
     #[error(
-        "{child} builds on {parent}, which this engine does not hold and {} at its current key: run its stage (--stage {stage}) first; nothing was run",
+        "{child} {uses} {parent}, which this engine does not hold and {} at its current key: run its stage (--stage {stage}) first; nothing was run",
         registry.as_deref().map_or_else(|| "no registry serves".to_owned(), |r| format!("{r} does not serve"))
     )]
-    ParentNotServed { child: String, parent: String, stage: usize, registry: Option<String> },
+    ParentNotServed { child: String, uses: &'static str, parent: String, stage: usize, registry: Option<String> },
 }
 
 /// The part of the selected variants one CI job runs (DESIGN §9): `--stage K` keeps the

@@ -35,6 +35,9 @@ pub(crate) struct DockerBackend {
     pub own_files: Arc<trellis_graph::OwnFiles>,
     /// Per variant, the variants its Dockerfile builds on.
     pub parents: Vec<Vec<usize>>,
+    /// Per variant, per test: the variants a Dockerfile test names besides the image under
+    /// test.
+    pub test_parents: Vec<Vec<Vec<usize>>>,
     /// Per variant, the external images its Dockerfile builds on, and their images (per
     /// platform for variants with `platforms`).
     pub external_bases: Vec<Vec<String>>,
@@ -243,8 +246,7 @@ impl DockerBackend {
     /// The engine's tags name the images of one platform. A build for another platform
     /// stands on its parents' tested images for that platform instead, and a build for a
     /// named platform on its external bases' images for it: each gets a temporary local tag,
-    /// and the Dockerfile sent (not the one rendered) names it. A tag that cannot be made
-    /// takes the ones made before it off again.
+    /// and the Dockerfile sent (not the one rendered) names it.
     async fn stand_ins(
         &self,
         node: &Node,
@@ -257,8 +259,7 @@ impl DockerBackend {
         let mut wanted: Vec<(Vec<String>, String)> = Vec::new();
         for (parent, slot, image) in parents {
             if self.needs_stand_in(*parent, *slot, platform) {
-                let references = self.model.variants[*parent].references.iter().map(|r| canonical(&r.to_string()));
-                wanted.push((references.collect(), image.clone()));
+                wanted.push((self.canonical_references(*parent), image.clone()));
             }
         }
         if let Some(named) = node.platform.as_deref() {
@@ -268,28 +269,46 @@ impl DockerBackend {
                 wanted.push((vec![canonical(base)], image.clone()));
             }
         }
+        Self::tag_stand_ins(&self.client, wanted, &variant.dockerfile, &variant.args).await
+    }
+
+    /// Gives each image of `wanted` a temporary tag and writes it into `dockerfile` in place of
+    /// the references it stands for. A tag that cannot be made takes the ones made before it
+    /// off again.
+    async fn tag_stand_ins(
+        client: &trellis_docker::DockerClient,
+        wanted: Vec<(Vec<String>, String)>,
+        dockerfile: &str,
+        args: &[(String, String)],
+    ) -> Result<StandIns, JobError> {
         let mut stand_in: HashMap<String, String> = HashMap::new();
         let mut tags = Vec::new();
         for (references, image) in wanted {
-            match self.client.temporary_tag(&image).await {
+            match client.temporary_tag(&image).await {
                 Ok(tag) => {
                     stand_in.extend(references.into_iter().map(|reference| (reference, tag.clone())));
                     tags.push(tag);
                 }
                 Err(error) => {
                     for tag in &tags {
-                        self.client.untag(tag).await;
+                        client.untag(tag).await;
                     }
                     return Err(engine_error(error));
                 }
             }
         }
         let dockerfile = (!stand_in.is_empty()).then(|| {
-            trellis_graph::dockerfile::replace_images(&variant.dockerfile, &variant.args, |reference| {
+            trellis_graph::dockerfile::replace_images(dockerfile, args, |reference| {
                 stand_in.get(&trellis_model::normalise_reference(reference)?).cloned()
             })
         });
         Ok(StandIns { dockerfile, tags })
+    }
+
+    /// The references a variant's Dockerfile users may name it by, canonical.
+    fn canonical_references(&self, variant: usize) -> Vec<String> {
+        let references = self.model.variants[variant].references.iter();
+        references.map(|r| trellis_model::normalise_reference(&r.to_string()).unwrap_or_default()).collect()
     }
 
     /// The build context, walked again for the tar: the same walk as the key, and refused
@@ -341,17 +360,27 @@ impl DockerBackend {
     }
 
     async fn test(&self, node: &Node, variant: &Variant, ctx: &Ctx) -> Result<NodeOutput, JobError> {
-        let (_, slot) = self.platform_of(node);
+        let (platform, slot) = self.platform_of(node);
         let image = self.image_of(node.variant, slot, ctx).await?;
-        let test = &variant.tests[node.test.unwrap_or_default()];
-        // A Dockerfile test's context, walked before the request borrows it.
+        let index = node.test.unwrap_or_default();
+        let test = &variant.tests[index];
+        // A Dockerfile test's context, walked before the request borrows it, and the other
+        // workspace images it names: their tested images for this platform (pulled when
+        // built elsewhere), never what a local tag happens to name.
+        let mut stand_ins = StandIns { dockerfile: None, tags: Vec::new() };
         let user_test = match &test.body {
             VariantTestBody::Run(_) => None,
             VariantTestBody::Dockerfile { context, text, .. } => {
                 let own = self.own_files.in_context(context);
                 let walk =
                     ContextWalk::new(&self.model.root.join(context), &own).map_err(|e| invalid(e.to_string()))?;
-                Some((&**text, walk))
+                let mut wanted = Vec::new();
+                for &parent in &self.test_parents[node.variant][index] {
+                    let slot = self.parent_slot(parent, platform)?;
+                    wanted.push((self.canonical_references(parent), self.image_of(parent, slot, ctx).await?));
+                }
+                stand_ins = Self::tag_stand_ins(&self.client, wanted, text, &[]).await?;
+                Some((stand_ins.dockerfile.as_deref().unwrap_or(text), walk))
             }
         };
         let request = trellis_docker::TestRequest {
@@ -372,6 +401,9 @@ impl DockerBackend {
         };
         // After success, failure and cancellation alike: no test container or image stays.
         self.builder.clean_up(&trace).await;
+        for tag in &stand_ins.tags {
+            self.client.untag(tag).await;
+        }
         result?;
         Ok(NodeOutput::image(image))
     }

@@ -156,13 +156,15 @@ impl StoreView<'_> {
         })
     }
 
-    /// Before anything runs: every parent of a selected variant that the selection leaves
-    /// out (another stage or shard) is in this engine or served, for every platform the
-    /// child needs, at its current key.
+    /// Before anything runs: every parent of a selected variant, and every variant its
+    /// Dockerfile tests use, that the selection leaves out (another stage or shard) is in this
+    /// engine or served, for every platform the child needs, at its current key.
     pub(crate) fn check_parents(&self, selection: &trellis_graph::Selection) -> Result<(), crate::Error> {
         let depths = trellis_graph::depths(self.dependencies);
-        for (child, parents) in self.dependencies.parents.iter().enumerate().filter(|(v, _)| selection.contains(*v)) {
-            for &parent in parents.iter().filter(|p| !selection.contains(**p)) {
+        for child in (0..self.workspace.variants.len()).filter(|&v| selection.contains(v)) {
+            let built_on = self.dependencies.parents[child].iter().map(|&p| (p, "builds on"));
+            let tested_with = self.dependencies.test_parents[child].iter().flatten().map(|&p| (p, "is tested with"));
+            for (parent, uses) in built_on.chain(tested_with).filter(|(p, _)| !selection.contains(*p)) {
                 let platforms = self.workspace.variants[child].platform_slots();
                 let missing = platforms.iter().any(|platform| {
                     self.current_image(parent, platform.unwrap_or(&self.graph.native_platform)).is_none()
@@ -170,6 +172,7 @@ impl StoreView<'_> {
                 if missing {
                     return Err(crate::Error::ParentNotServed {
                         child: self.workspace.variants[child].id.clone(),
+                        uses,
                         parent: self.workspace.variants[parent].id.clone(),
                         stage: depths[parent],
                         registry: self.facts.map(|f| f.remote.registry.clone()).filter(|r| !r.is_empty()),
