@@ -10,7 +10,9 @@
 //! A variant with `platforms`: every reference is an image index of exactly those platforms;
 //! all its references name one index; each entry's config digest (the image ID) is the image
 //! trellis recorded building for that platform (`build:<variant>@<platform>` in its state
-//! store), on which every test of the variant for that platform recorded a pass. Last, for each
+//! store), on which every test of the variant for that platform recorded a pass — or, when
+//! another checkout or CI runner sharing the registry built it, the image the trellis record
+//! beside the index names with a pass of every such test (docs/ci.md). Last, for each
 //! platform, the Node.js image tagged `latest` is pulled as a user would pull it, runs, and says
 //! the machine and the Node.js version it promises; what the pull added is removed again.
 
@@ -48,10 +50,17 @@ pub fn family() -> Result {
     }
     let state = StateStore::read(&workspace.state_dir()).map_err(|e| e.to_string())?;
     let registry = Registry::from_engine()?;
+    let latest = latest_node(&workspace)?;
+    let mut latest_images = Vec::new();
     for variant in variants {
         match variant.platforms.is_empty() {
             true => one_manifest(variant)?,
-            false => registry.one_index(variant, &state)?,
+            false => {
+                let images = registry.one_index(variant, &state)?;
+                if variant.id == latest.id {
+                    latest_images = images;
+                }
+            }
         }
     }
     println!(
@@ -59,12 +68,10 @@ pub fn family() -> Result {
          index of its platforms, each entry the image trellis built and tested for that platform",
         variants.len()
     );
-    let latest = latest_node(&workspace)?;
     let node = latest.values.get("node").ok_or(format!("{} has no node value", latest.id))?;
     let reference = format!("{REGISTRY}/{}:latest", latest.repository);
-    for platform in &latest.platforms {
-        let image = tested_image(&state, latest, Some(platform))?;
-        runs_as_promised(&reference, platform, &image, node)?;
+    for (platform, image) in &latest_images {
+        runs_as_promised(&reference, platform, image, node)?;
     }
     if !latest.platforms.is_empty() {
         println!("verified: {reference} runs Node.js v{node} on {}", latest.platforms.join(", "));
@@ -213,21 +220,57 @@ impl Registry {
     }
 
     /// All references of a variant built for `platforms` serve one image index of exactly
-    /// those platforms, each entry the image trellis built and tested for its platform.
-    fn one_index(&self, variant: &Variant, state: &StateStore) -> Result {
+    /// those platforms, each entry the image trellis built and tested for its platform: as
+    /// this checkout's state store recorded it, or — when another checkout or CI runner
+    /// sharing the registry built it — as the trellis record beside the index says. The
+    /// tested image of each platform.
+    fn one_index(&self, variant: &Variant, state: &StateStore) -> Result<Vec<(String, String)>> {
         let index = self.variant_index(variant)?;
         let entries = index.entries_for(&variant.platforms).map_err(|e| format!("{}: {e}", variant.id))?;
+        let mut tested = Vec::new();
         for (platform, manifest) in entries {
             let config = self.config_digest(&variant.repository, &manifest)?;
-            let tested = tested_image(state, variant, Some(platform))?;
-            if config != tested {
-                return Err(format!(
-                    "{}: the {platform} image of {} is {config}, but trellis built and tested {tested}",
-                    variant.id, index.digest
-                ));
+            let here = tested_image(state, variant, Some(platform));
+            if here.as_ref().is_ok_and(|image| *image == config) {
+                tested.push((platform.to_owned(), config));
+                continue;
+            }
+            let elsewhere = self.recorded_tested_image(variant, &index.digest, platform);
+            if elsewhere.as_ref().is_ok_and(|image| *image == config) {
+                tested.push((platform.to_owned(), config));
+                continue;
+            }
+            let said = |found: Result<String>| found.unwrap_or_else(|e| format!("nothing ({e})"));
+            return Err(format!(
+                "{}: the {platform} image of {} is {config}, but this checkout's trellis built and tested {} and the registry's record names {}",
+                variant.id,
+                index.digest,
+                said(here),
+                said(elsewhere)
+            ));
+        }
+        Ok(tested)
+    }
+
+    /// The image the trellis record of `index` (the OCI artifact a push writes beside it,
+    /// tagged `sha256-<hex>.trellis` in the first reference's repository) names for
+    /// `platform`, provided it lists a pass of every test of the variant on that platform.
+    fn recorded_tested_image(&self, variant: &Variant, index: &str, platform: &str) -> Result<String> {
+        let tag = format!("{}.trellis", index.replace(':', "-"));
+        let raw = self.raw(&format!("{}:{tag}", variant.repository))?;
+        let filter = r#".annotations["dev.trellis.record"] | fromjson
+            | ((.images[] | select(.platform == $platform) | "image \(.image)"), (.tests | keys[] | "test \(.)"))"#;
+        let lines = pipe("jq", &["-r", "--arg", "platform", platform, filter], &raw)?;
+        let image = lines.lines().find_map(|line| line.strip_prefix("image "));
+        let image = image.ok_or(format!("the record {tag} names no {platform} image"))?;
+        let passed: BTreeSet<&str> = lines.lines().filter_map(|line| line.strip_prefix("test ")).collect();
+        for test in &variant.tests {
+            let id = format!("test:{}/{}@{platform}", variant.id, test.name);
+            if !passed.contains(id.as_str()) {
+                return Err(format!("the record {tag} lists no pass of {id}"));
             }
         }
-        Ok(())
+        Ok(image.to_owned())
     }
 
     /// The image index every reference of the variant names: one, the same for all.
