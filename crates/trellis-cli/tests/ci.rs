@@ -393,3 +393,44 @@ fn the_readme_shows_the_flagships_workflow() {
         );
     }
 }
+
+/// README's "In CI" shows what a fresh runner prints for the flagship, trimmed: every node it
+/// lists is one of the flagship's, skipped as rendered or served by the registry, and the
+/// count is every node of the family.
+#[test]
+fn the_readme_shows_a_fresh_runner_skipping_the_flagship() {
+    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let section = readme.split("\n## In CI\n").nth(1).expect("README has an `## In CI` section");
+    let section = section.split("\n## ").next().unwrap();
+    let block = section.split("```text\n").nth(1).expect("a text block").split("\n```").next().unwrap();
+    let workspace = trellis::Workspace::load(Path::new(ROOT).join("matrix.kdl")).unwrap();
+    let mut nodes = BTreeSet::new();
+    for variant in workspace.variants() {
+        nodes.extend(["render", "tag", "push"].map(|kind| format!("{kind}:{}", variant.id)));
+        for platform in variant.platform_slots() {
+            let at = platform.map(|p| format!("@{p}")).unwrap_or_default();
+            nodes.insert(format!("build:{}{at}", variant.id));
+            nodes.extend(variant.tests.iter().map(|test| format!("test:{}/{}{at}", variant.id, test.name)));
+        }
+    }
+    let served = |reason: &str| {
+        let digest =
+            reason.strip_prefix("served by 127.0.0.1:5000 at ").and_then(|r| r.strip_suffix(", built elsewhere"));
+        digest.is_some_and(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let mut listed = 0;
+    for line in block.lines().filter_map(|line| line.strip_prefix("skip  ")) {
+        let (id, reason) = line.split_once(' ').unwrap();
+        let reason = reason.trim();
+        assert!(nodes.contains(id), "README lists {id}, not a node of the flagship");
+        let expected =
+            if id.starts_with("render:") { reason == "rendered Dockerfile is up to date" } else { served(reason) };
+        assert!(expected, "README: {id} skipped as {reason:?}");
+        listed += 1;
+    }
+    assert!(listed > 0, "the block lists no nodes");
+    let count = format!("0 to run, {} to skip", nodes.len());
+    assert!(block.lines().any(|line| line == count), "README's count is not {count:?}");
+    let summary = format!("{} up to date", nodes.len());
+    assert!(block.contains(&summary), "README's build summary does not say {summary:?}");
+}
