@@ -79,9 +79,12 @@ impl Workspace {
             }
             _ => None,
         };
-        let remote = match &registry {
-            Some(registry) => read_remote(self, &selection, &by_key, registry, &how).await?,
-            None => crate::remote::RemoteFacts::default(),
+        // One client per run for the records and the pushes: one auth handshake per repository.
+        let registry_client = (registry.as_deref())
+            .map(|r| Arc::new(trellis_docker::registry::Registry::new(r, trellis_docker::credentials_for(r))));
+        let remote = match (&registry, &registry_client) {
+            (Some(registry), Some(client)) => read_remote(self, &selection, &by_key, registry, client, &how).await?,
+            _ => crate::remote::RemoteFacts::default(),
         };
         let graph = self.graph()?;
         let mut up_to_date: HashMap<(usize, usize), String> = HashMap::new();
@@ -108,6 +111,7 @@ impl Workspace {
             native: graph.native_platform.clone(),
             credentials: registry.as_deref().filter(|_| how.push).and_then(trellis_docker::credentials_for),
             registry,
+            registry_client,
             facts: Arc::clone(&facts),
             recorded,
             pulls: tokio::sync::Mutex::default(),
@@ -151,6 +155,7 @@ async fn read_remote(
     selection: &trellis_graph::Selection,
     by_key: &HashMap<String, ImageListing>,
     registry: &str,
+    client: &trellis_docker::registry::Registry,
     how: &Attach,
 ) -> Result<crate::remote::RemoteFacts, Error> {
     let graph = workspace.graph()?;
@@ -169,10 +174,8 @@ async fn read_remote(
     if wanted.is_empty() {
         return Ok(remote);
     }
-    let credentials = trellis_docker::credentials_for(registry);
-    let user = credentials.as_ref().and_then(|c| c.username.clone());
-    let client = trellis_docker::registry::Registry::new(registry, credentials);
-    match crate::remote::read_records(&client, wanted).await {
+    let user = trellis_docker::credentials_for(registry).and_then(|c| c.username);
+    match crate::remote::read_records(client, wanted).await {
         Ok(records) => remote.records = records,
         Err(EngineError::Unauthorized(detail)) if how.push => {
             return Err(Error::Unauthorized { registry: registry.to_owned(), user, detail });

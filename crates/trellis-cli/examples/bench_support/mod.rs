@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "../../tests/common/remove.rs"]
+mod remove;
+
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// A copy of the repository's workspace: matrix.kdl with `platforms`, the templates, and the
@@ -65,27 +68,6 @@ pub fn ran(report: &Value) -> Vec<String> {
 /// Removes every image of the workspace `unique` from the engine: its builds, and what its
 /// references or the registry's name (pulled by digest).
 pub fn remove_images(unique: &str) {
-    let docker = |args: &[&str]| {
-        let output = Command::new("docker").args(args).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    // A parent goes only after its children: repeat until nothing is left.
-    for _ in 0..4 {
-        let mut ids: Vec<String> =
-            docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={unique}")])
-                .lines()
-                .map(str::to_owned)
-                .collect();
-        let named = docker(&["images", "--format", "{{.ID}} {{.Repository}}"]);
-        let ours = named.lines().filter(|line| line.contains(&format!("{unique}/")));
-        ids.extend(ours.filter_map(|line| line.split(' ').next().map(str::to_owned)));
-        ids.sort();
-        ids.dedup();
-        if ids.is_empty() {
-            return;
-        }
-        let mut args = vec!["rmi", "-f"];
-        args.extend(ids.iter().map(String::as_str));
-        docker(&args);
-    }
+    let patterns = [format!("{unique}/*"), format!("127.0.0.1:5000/{unique}/*")];
+    remove::remove_workspace_images(unique, &patterns);
 }

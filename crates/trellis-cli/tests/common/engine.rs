@@ -139,27 +139,8 @@ impl EngineWorkspace {
     /// Removes every image of this workspace from the engine (its builds, and whatever its
     /// references or the registry's name).
     pub fn remove_images(&self) {
-        // A parent cannot be removed while a child exists, and `rmi` takes its arguments in
-        // order: repeat until nothing of this test is left.
-        for _ in 0..4 {
-            let mut ids: Vec<String> =
-                docker(&["images", "-q", "--filter", &format!("label=dev.trellis.workspace={}", self.name)])
-                    .lines()
-                    .map(str::to_owned)
-                    .collect();
-            ids.extend(docker(&["images", "-q", &format!("{}*/*", self.prefix)]).lines().map(str::to_owned));
-            ids.extend(
-                docker(&["images", "-q", &format!("127.0.0.1:5000/{}*/*", self.prefix)]).lines().map(str::to_owned),
-            );
-            ids.sort();
-            ids.dedup();
-            if ids.is_empty() {
-                return;
-            }
-            let mut args = vec!["rmi", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
+        let patterns = [format!("{}*/*", self.prefix), format!("127.0.0.1:5000/{}*/*", self.prefix)];
+        super::remove::remove_workspace_images(&self.name, &patterns);
     }
 }
 

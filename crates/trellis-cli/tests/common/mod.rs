@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod private_engine;
+pub mod remove;
 
 use std::fs;
 use std::path::{Path, PathBuf};

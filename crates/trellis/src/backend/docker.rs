@@ -28,6 +28,9 @@ pub(crate) struct DockerBackend {
     /// config, looked up once per run.
     pub registry: Option<String>,
     pub credentials: Option<trellis_docker::DockerCredentials>,
+    /// The run's client of that registry (the records were read with it; pushes go through
+    /// it), so that each repository is authorised once per run.
+    pub registry_client: Option<Arc<trellis_docker::registry::Registry>>,
     /// `org.opencontainers.image.*` labels of this run (created; revision and source when in
     /// git). Not part of any key: a new commit alone must not rebuild anything.
     pub run_labels: HashMap<String, String>,
@@ -450,7 +453,10 @@ impl DockerBackend {
             .registry
             .as_deref()
             .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
-        let client = trellis_docker::registry::Registry::new(registry, self.credentials.clone());
+        let client = match &self.registry_client {
+            Some(client) => Arc::clone(client),
+            None => Arc::new(trellis_docker::registry::Registry::new(registry, self.credentials.clone())),
+        };
         let (output, manifests) = match self.served_as_recorded(node, variant, plan, &client, ctx).await? {
             Some(served) => served,
             None if variant.platforms.is_empty() => self.push_single(node, variant, registry, ctx).await?,
