@@ -71,6 +71,11 @@ fn ran(report: &Value) -> Vec<String> {
     ran
 }
 
+fn status<'r>(report: &'r Value, id: &str) -> &'r str {
+    let node = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id);
+    node.unwrap_or_else(|| panic!("no node {id}"))["status"].as_str().unwrap()
+}
+
 fn reason<'r>(report: &'r Value, id: &str) -> &'r str {
     let node = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id);
     node.unwrap_or_else(|| panic!("no node {id}"))["reason"].as_str().unwrap()
@@ -155,6 +160,21 @@ fn a_fresh_runner_skips_what_was_published_and_rebuilds_exactly_what_changed() {
     let (code, stderr, report) = ci_build(&e, config.path(), &["v=1"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(ran(&report), Vec::<String>::new(), "{stderr}");
+
+    // Runner F: a test changed so that it fails, on unchanged images. The tag has nothing to
+    // do, but the push waits for the test and is blocked by it: nothing is recorded, so the
+    // next runner runs the test again instead of taking it as passed.
+    for label in ["ci-play-f", "ci-play-g"] {
+        let f = fresh_runner(&origin, &d, label);
+        let matrix = std::fs::read_to_string(f.fixture.path("matrix.kdl")).unwrap();
+        f.fixture.write("matrix.kdl", &matrix.replace("= \\\"{{ v }}\\\"\"", "= never\""));
+        let (code, stderr, report) = ci_build(&f, config.path(), &["v=1"]);
+        assert_eq!(code, Some(1), "{label}: {stderr}");
+        assert_eq!(ran(&report), ["push:app/1", "test:app/1/version"], "{label}: {stderr}");
+        assert_eq!(status(&report, "test:app/1/version"), "failed", "{label}");
+        assert_eq!(status(&report, "push:app/1"), "blocked", "{label}");
+        assert_eq!(published(&origin), after, "{label}: a failed test moved a reference");
+    }
 }
 
 /// The family and a tool built on nothing but tested with the base (the decoupled-runtime

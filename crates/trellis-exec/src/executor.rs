@@ -117,20 +117,11 @@ where
     };
     let to_run = graph.jobs.iter().filter(|j| j.initial == Initial::Run).count();
     d.emit(RunEvent::RunStarted { total: n, to_run });
-    // Decide every skipped job before releasing anything, so that no skipped job is queued
-    // because its skipped dependency happened to be released first.
-    let skipped: Vec<usize> = (0..n).filter(|i| matches!(graph.jobs[*i].initial, Initial::Done(_))).collect();
-    for &index in &skipped {
-        d.status[index] = Some(NodeStatus::NotRun);
-    }
-    for &index in &skipped {
-        let Initial::Done(reason) = &graph.jobs[index].initial else { continue };
-        d.status[index] = None;
-        d.finish(index, NodeStatus::Skipped { reason: reason.clone() });
-    }
+    // A skipped job completes when its dependencies have, like any other: a push skipped
+    // nothing of waits for a test that re-runs, and is blocked when that test fails.
     for index in 0..n {
-        if d.status[index].is_none() && d.remaining[index] == 0 {
-            d.make_ready(index);
+        if d.remaining[index] == 0 {
+            d.dependencies_done(index);
         }
     }
 
@@ -230,6 +221,18 @@ where
 {
     fn emit(&self, event: RunEvent<O>) {
         let _ = self.events.send(event);
+    }
+
+    /// A job whose dependencies are all done: a skipped one is done too (and releases its
+    /// own dependents), one to run is queued.
+    fn dependencies_done(&mut self, index: usize) {
+        match &self.graph.jobs[index].initial {
+            Initial::Done(reason) if self.status[index].is_none() => {
+                let reason = reason.clone();
+                self.finish(index, NodeStatus::Skipped { reason });
+            }
+            _ => self.make_ready(index),
+        }
     }
 
     fn make_ready(&mut self, index: usize) {
@@ -368,7 +371,7 @@ where
             for dependent in self.dependents[index].clone() {
                 self.remaining[dependent] -= 1;
                 if self.remaining[dependent] == 0 && self.status[dependent].is_none() {
-                    self.make_ready(dependent);
+                    self.dependencies_done(dependent);
                 }
             }
         } else if failed {

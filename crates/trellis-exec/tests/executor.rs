@@ -397,6 +397,28 @@ async fn a_chain_of_skipped_jobs_starts_nothing_but_its_runnable_tail() {
     assert_eq!(outcome.summary.skipped, 3);
 }
 
+/// A test re-runs on an image nothing rebuilt (its key changed): the tag has nothing to do,
+/// but the push after it must still wait for the test, and not happen when it fails.
+#[tokio::test(start_paused = true)]
+async fn a_skipped_job_waits_for_its_dependencies_and_is_blocked_by_their_failure() {
+    let mut tag = job("tag:a", "tag", &[0]);
+    tag.initial = Initial::Done("up to date".into());
+    let jobs = || vec![job("test:a", "test", &[]), tag.clone(), job("push:a", "push", &[1])];
+    let passing = FakeRunner::new(&[("test:a", vec![ok(3)])]);
+    let outcome = execute(jobs(), passing, ExecOptions::default(), Shutdown::new()).await;
+    let started: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(started, ["test:a", "push:a"]);
+    assert_eq!(outcome.status("tag:a"), NodeStatus::Skipped { reason: "up to date".into() });
+    assert_eq!(outcome.status("push:a"), NodeStatus::Passed);
+
+    let failing = FakeRunner::new(&[("test:a", vec![fail(3)])]);
+    let outcome = execute(jobs(), failing, limits(&[], None), Shutdown::new()).await;
+    let started: Vec<String> = outcome.starts().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(started, ["test:a"], "nothing is pushed after a failed test");
+    assert_eq!(outcome.status("tag:a"), NodeStatus::Blocked { by: "test:a".into() });
+    assert_eq!(outcome.status("push:a"), NodeStatus::Blocked { by: "test:a".into() });
+}
+
 struct PanickingRunner;
 
 impl Runner<()> for PanickingRunner {
