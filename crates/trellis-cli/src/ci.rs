@@ -31,6 +31,8 @@ const JUNIT_REPORT: &str = "mikepenz/action-junit-report@v5";
 
 /// Each job's JUnit report, relative to the repository root.
 const JUNIT: &str = "trellis-junit.xml";
+/// The run's reports and logs, packed for upload.
+const RUN_TARBALL: &str = "trellis-run.tar.gz";
 /// The weekly security refresh (`build --refresh`): Mondays 04:17 UTC, off the full hour,
 /// when GitHub's scheduler is busiest.
 const WEEKLY: &str = "17 4 * * 1";
@@ -202,7 +204,10 @@ fn header(options: &GithubOptions, registry: &Registry) -> String {
     if options.manifest != Path::new("matrix.kdl") {
         command.push_str(&format!(" -f {}", shell_word(&slashes(&options.manifest))));
     }
-    command.push_str(&format!(" ci github --shards {}", options.shards));
+    command.push_str(" ci github");
+    if options.shards != 1 {
+        command.push_str(&format!(" --shards {}", options.shards));
+    }
     if options.branch != "main" {
         command.push_str(&format!(" --branch {}", shell_word(&options.branch)));
     }
@@ -265,15 +270,26 @@ impl JobPlan<'_> {
             run: Some(self.build_script()),
             ..Step::default()
         });
+        // Node logs are named after node ids (`build:app/1.log`), and upload-artifact refuses
+        // a `:` in a file name: the reports and logs go packed in one tarball.
+        steps.push(Step {
+            name: "Pack the run's reports and logs".into(),
+            condition: Some("always()"),
+            run: Some(format!(
+                "dirs=()\n\
+                 for dir in runs logs; do if [ -d {state}/\"$dir\" ]; then dirs+=(\"$dir\"); fi; done\n\
+                 if [ ${{#dirs[@]}} -gt 0 ]; then tar -czf {RUN_TARBALL} -C {state} \"${{dirs[@]}}\"; fi\n",
+                state = shell_word(self.state),
+            )),
+            ..Step::default()
+        });
         steps.push(Step {
             name: "Upload the run's reports and logs".into(),
             condition: Some("always()"),
             uses: Some(UPLOAD_ARTIFACT),
             with: IndexMap::from([
                 ("name", Value::Text(format!("trellis-{}-${{{{ github.run_attempt }}}}", self.id))),
-                ("path", Value::Text(format!("{state}/runs/\n{state}/logs/\n", state = self.state))),
-                // The state directory's name starts with a dot.
-                ("include-hidden-files", Value::Bool(true)),
+                ("path", Value::Text(RUN_TARBALL.into())),
                 ("if-no-files-found", Value::Text("ignore".into())),
             ]),
             ..Step::default()
@@ -296,8 +312,13 @@ impl JobPlan<'_> {
     fn login(&self) -> Step {
         let mut script = String::new();
         if matches!(self.registry, Registry::Variable { .. }) {
+            // A pull request from a fork gets no repository variables: it builds and tests
+            // without the registry.
             script.push_str(&format!(
-                "if [ -z \"${REGISTRY_VARIABLE}\" ]; then\n  \
+                "if [ -z \"${REGISTRY_VARIABLE}\" ] && [ \"$GITHUB_EVENT_NAME\" = pull_request ]; then\n  \
+                 echo \"::notice::no repository variable {REGISTRY_VARIABLE} (a pull request from a fork?): built and tested without the registry\"\n  \
+                 exit 0\nfi\n\
+                 if [ -z \"${REGISTRY_VARIABLE}\" ]; then\n  \
                  echo \"::error::set the repository variable {REGISTRY_VARIABLE} to the registry to push to (host[:port])\"\n  \
                  exit 1\nfi\n"
             ));
@@ -325,8 +346,9 @@ impl JobPlan<'_> {
             command.push_str(&format!(" -f {}", shell_word(manifest)));
         }
         command.push_str(" build \"${flags[@]}\" \"${slice[@]}\"");
-        if matches!(self.registry, Registry::Variable { .. }) {
-            command.push_str(&format!(" --registry \"${REGISTRY_VARIABLE}\""));
+        let variable = matches!(self.registry, Registry::Variable { .. });
+        if variable {
+            command.push_str(" \"${registry[@]}\"");
         }
         let mut slice = format!("--stage {}", self.stage);
         if self.count > 1 {
@@ -341,9 +363,17 @@ impl JobPlan<'_> {
                 "  echo \"::notice::a pull request is built and tested whole by the first job\"\n  exit 0\n".to_owned()
             }
         };
+        // Empty on a pull request from a fork (see the login step).
+        let registry = match variable {
+            true => format!(
+                "registry=()\nif [ -n \"${REGISTRY_VARIABLE}\" ]; then registry=(--registry \"${REGISTRY_VARIABLE}\"); fi\n"
+            ),
+            false => String::new(),
+        };
         format!(
             "flags=()\n\
              slice=({slice})\n\
+             {registry}\
              if [ \"$GITHUB_EVENT_NAME\" = pull_request ]; then\n{pull_request}else\n  flags+=(--push)\nfi\n\
              if [ \"$TRELLIS_REFRESH\" = true ]; then flags+=(--refresh); fi\n\
              {command} \\\n  --summary-md \"$GITHUB_STEP_SUMMARY\" --junit {JUNIT}\n"
