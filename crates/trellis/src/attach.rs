@@ -83,7 +83,9 @@ impl Workspace {
         let registry_client = (registry.as_deref())
             .map(|r| Arc::new(trellis_docker::registry::Registry::new(r, trellis_docker::credentials_for(r))));
         let remote = match (&registry, &registry_client) {
-            (Some(registry), Some(client)) => read_remote(self, &selection, &by_key, registry, client, &how).await?,
+            (Some(registry), Some(client)) => {
+                read_remote(self, &selection, &by_key, registry, client, &how, sink).await?
+            }
             _ => crate::remote::RemoteFacts::default(),
         };
         let graph = self.graph()?;
@@ -149,7 +151,8 @@ impl Workspace {
 
 /// The registry's records of the selected variants the engine lacks an image of (of all
 /// selected variants with `how.all_records`). A registry that cannot be asked leaves the run
-/// to judge by what this machine knows; one refusing a pushing run's credentials stops it.
+/// to judge by what this machine knows (with a warning: what others built is then rebuilt);
+/// one refusing a pushing run's credentials stops it.
 async fn read_remote(
     workspace: &Workspace,
     selection: &trellis_graph::Selection,
@@ -157,6 +160,7 @@ async fn read_remote(
     registry: &str,
     client: &trellis_docker::registry::Registry,
     how: &Attach,
+    sink: &mut dyn EventSink,
 ) -> Result<crate::remote::RemoteFacts, Error> {
     let graph = workspace.graph()?;
     let model = workspace.model();
@@ -180,7 +184,12 @@ async fn read_remote(
         Err(EngineError::Unauthorized(detail)) if how.push => {
             return Err(Error::Unauthorized { registry: registry.to_owned(), user, detail });
         }
-        Err(_) => {}
+        Err(error) => {
+            let message = format!(
+                "cannot read what {registry} records ({error}): judged by this machine alone, so what was built elsewhere runs here"
+            );
+            sink.event(&Event::Warning { message: &message });
+        }
     }
     Ok(remote)
 }
