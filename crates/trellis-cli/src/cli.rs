@@ -192,9 +192,11 @@ pub fn main() -> ExitCode {
             };
             let _ = stderr.write_all(text.as_bytes());
             let code = match error {
-                Error::NoEngine(_) | Error::NoEmulation(_) | Error::Pull { .. } | Error::Unauthorized { .. } => {
-                    exit::UNREACHABLE
-                }
+                Error::NoEngine(_)
+                | Error::NoEmulation(_)
+                | Error::Pull { .. }
+                | Error::Unauthorized { .. }
+                | Error::RegistryUnreachable { .. } => exit::UNREACHABLE,
                 _ => exit::INVALID_INPUT,
             };
             ExitCode::from(code)

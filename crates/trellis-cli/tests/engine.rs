@@ -355,18 +355,31 @@ fn a_registry_that_is_down_is_retried_then_fails_with_nothing_recorded() {
     // A port nothing listens on: every attempt fails to connect.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let registry = format!("127.0.0.1:{closed}");
-    let output = ws
-        .trellis(&["build", "--push", "--registry", &registry, "--retries", "1"])
-        .env("DOCKER_CONFIG", docker_config(false).path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "a registry that cannot be reached is exit 3:\n{stderr}");
+    let push = || {
+        let output = ws
+            .trellis(&["build", "--push", "--registry", &registry, "--retries", "1"])
+            .env("DOCKER_CONFIG", docker_config(false).path())
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    // Nothing built yet: the registry is asked what it holds first, and its silence stops the
+    // run before anything builds.
+    let (code, stderr) = push();
+    assert_eq!(code, Some(3), "a registry that cannot be reached is exit 3:\n{stderr}");
+    assert!(stderr.contains(&format!("cannot reach the registry {registry} to push to")), "{stderr}");
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+    assert_eq!(ws.images(), "", "nothing was built");
+    // Built here already: nothing to ask first; the pushes retry, then fail.
+    assert_eq!(ws.build(&[]).0, Some(0));
+    let (code, stderr) = push();
+    assert_eq!(code, Some(3), "a registry that cannot be reached is exit 3:\n{stderr}");
     assert!(stderr.contains("RETRY push:base"), "{stderr}");
-    assert!(stderr.contains("FAIL push:base"), "{stderr}");
+    assert!(stderr.contains("FAIL push:base ("), "{stderr}");
+    assert!(stderr.contains(&format!("cannot reach the registry {registry}")), "{stderr}");
     let report = ws.report();
     assert_eq!(status(&report, "push:base"), "failed");
-    assert_eq!(status(&report, "tag:base"), "passed", "building, testing and tagging are unaffected");
+    assert_eq!(status(&report, "tag:base"), "skipped", "building, testing and tagging are unaffected");
 }
 
 #[test]

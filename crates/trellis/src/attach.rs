@@ -184,9 +184,18 @@ async fn read_remote(
         Err(EngineError::Unauthorized(detail)) if how.push => {
             return Err(Error::Unauthorized { registry: registry.to_owned(), user, detail });
         }
+        Err(EngineError::Unreachable(detail)) if how.push => {
+            let detail = detail.strip_prefix(&format!("registry {registry}: ")).unwrap_or(&detail).to_owned();
+            return Err(Error::RegistryUnreachable { registry: registry.to_owned(), detail });
+        }
         Err(error) => {
+            let why = match error {
+                EngineError::Unreachable(detail) => detail,
+                other => other.to_string(),
+            };
+            let why = why.strip_prefix(&format!("registry {registry}: ")).unwrap_or(&why);
             let message = format!(
-                "cannot read what {registry} records ({error}): judged by this machine alone, so what was built elsewhere runs here"
+                "cannot read what {registry} records ({why}): judged by this machine alone, so what was built elsewhere runs here"
             );
             sink.event(&Event::Warning { message: &message });
         }

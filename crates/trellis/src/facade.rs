@@ -40,6 +40,9 @@ pub enum Error {
     Unsupported(String),
     #[error("{}; nothing was run", refused(registry, user.as_deref(), detail))]
     Unauthorized { registry: String, user: Option<String>, detail: String },
+    /// A pushing run whose registry does not answer: nothing would reach it.
+    #[error("cannot reach the registry {registry} to push to ({detail}); nothing was run")]
+    RegistryUnreachable { registry: String, detail: String },
     #[error(
         "{child} {uses} {parent}, which this engine does not hold and {} at its current key: run its stage (--stage {stage}) first; nothing was run",
         registry.as_deref().map_or_else(|| "no registry serves".to_owned(), |r| format!("{r} does not serve"))

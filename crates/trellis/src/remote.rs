@@ -109,7 +109,10 @@ pub(crate) async fn read_records(
             Ok(Some(record)) if record.workspace == workspace && record.variant == id => {
                 records.insert(v, record);
             }
-            Err(error @ trellis_docker::EngineError::Unauthorized(_)) => return Err(error),
+            // The registry refuses or does not answer: it says nothing of any variant.
+            Err(
+                error @ (trellis_docker::EngineError::Unauthorized(_) | trellis_docker::EngineError::Unreachable(_)),
+            ) => return Err(error),
             _ => {}
         }
     }

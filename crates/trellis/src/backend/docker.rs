@@ -607,6 +607,10 @@ impl DockerBackend {
             trellis_docker::EngineError::Unreachable(detail) if detail.starts_with("registry ") => {
                 JobError::new(ErrorClass::EngineUnreachable, format!("cannot reach the {detail}"))
             }
+            // The engine answered; the registry it pushes to did not.
+            trellis_docker::EngineError::Unreachable(detail) if detail.contains(registry) => {
+                JobError::new(ErrorClass::EngineUnreachable, format!("cannot reach the registry {registry}: {detail}"))
+            }
             trellis_docker::EngineError::Unauthorized(detail) => {
                 let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
                 JobError::new(ErrorClass::AccessDenied, crate::facade::refused(registry, user, &detail))
