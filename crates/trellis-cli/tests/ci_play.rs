@@ -132,6 +132,8 @@ fn a_fresh_runner_skips_what_was_published_and_rebuilds_exactly_what_changed() {
     let (code, stderr, report) = ci_build(&c, config.path(), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(ran(&report), ["build:app/3", "push:app/3", "tag:app/3", "test:app/3/version"], "{stderr}");
+    let why = reason(&report, "build:app/3");
+    assert!(why.starts_with(&format!("its inputs changed since {REGISTRY} at ")), "{why}");
     let edited = report["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "build:app/3").unwrap()["image"]
         .as_str()
         .unwrap()
@@ -154,6 +156,10 @@ fn a_fresh_runner_skips_what_was_published_and_rebuilds_exactly_what_changed() {
     let (code, stderr, report) = ci_build(&d, config.path(), &["v=1"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(ran(&report), ["push:app/1", "test:app/1/version"], "{stderr}");
+    let why = reason(&report, "push:app/1");
+    assert!(why.starts_with(&format!("a test changed: the record beside {REGISTRY} at ")), "{why}");
+    let why = reason(&report, "test:app/1/version");
+    assert!(why.starts_with("the test changed since it passed on "), "{why}");
     assert_eq!(published(&origin), after, "a test's record moved a reference");
     // And a runner after D finds it recorded.
     let e = fresh_runner(&origin, &d, "ci-play-e");

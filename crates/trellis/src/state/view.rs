@@ -34,7 +34,12 @@ impl StateView for StoreView<'_> {
         }
         // What this machine knows first; what the registry recorded when it knows nothing
         // that says up to date.
-        self.judge_here(node).or_else(|reason| self.served_elsewhere(node).ok_or(reason))
+        self.judge_here(node).or_else(|reason| match self.served_elsewhere(node) {
+            Some(served) => Ok(served),
+            // This machine knows nothing of the node: what the registry holds says why it runs.
+            None if reason.starts_with("never ") => Err(self.not_as_recorded(node).unwrap_or(reason)),
+            None => Err(reason),
+        })
     }
 }
 
@@ -142,6 +147,39 @@ impl StoreView<'_> {
             }
         };
         current.then(|| crate::remote::served_elsewhere(&facts.remote.registry, &record.digest))
+    }
+
+    /// Why a node the registry has a record of its variant for runs, when this machine knows
+    /// nothing of it (a fresh runner): what differs from the record.
+    fn not_as_recorded(&self, node: &Node) -> Option<String> {
+        let facts = self.facts?;
+        let record = facts.remote.records.get(&node.variant)?;
+        let registry = &facts.remote.registry;
+        let at = format!("{registry} at {}", short(&record.digest));
+        let builds = &self.graph.variants[node.variant].platforms;
+        let build_recorded = |slot: &trellis_graph::PlatformNodes| {
+            let key = self.graph.dag[slot.build].key.to_hex();
+            self.recorded_build(node.variant, slot.platform.as_deref(), &key, record)
+        };
+        Some(match node.kind {
+            NodeKind::Render => return None,
+            NodeKind::Build => match record.image(node.platform.as_deref()) {
+                Some(image) if image.build_key == node.key.to_hex() => {
+                    format!("a parent changed since {at} was built")
+                }
+                _ => format!("its inputs changed since {at} was built"),
+            },
+            NodeKind::Test if !builds.iter().all(build_recorded) => return None,
+            NodeKind::Test if record.tests.contains_key(&node.id) => {
+                format!("the test changed since it passed on {at}")
+            }
+            NodeKind::Test => format!("not yet run on {at}"),
+            NodeKind::Tag => return None,
+            NodeKind::Push if builds.iter().all(build_recorded) => {
+                format!("a test changed: the record beside {at} is updated")
+            }
+            NodeKind::Push => format!("its images changed since {at} was pushed"),
+        })
     }
 
     /// Whether `record` holds the variant's image for `platform` under `key`, built on the
