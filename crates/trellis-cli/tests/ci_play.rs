@@ -210,6 +210,10 @@ fn shards_of_a_stage_split_the_work_on_fresh_runners_and_publish_the_whole_famil
     assert_eq!(code, Some(2), "{stderr}");
     let on_base = stderr.contains("builds on base") || stderr.contains("is tested with base");
     assert!(on_base && stderr.contains("(--stage 0) first"), "{stderr}");
+    // A stage the workspace does not have is a mistake, not a job with nothing to do.
+    let (code, stderr, _) = ci_build(&early, config.path(), &["--stage", "2"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--stage 2: the workspace's stages are 0 to 1"), "{stderr}");
     assert_eq!(origin.images(), "");
 
     // Stage 0 on one runner, then the two shards of stage 1, each on its own fresh runner.

@@ -319,10 +319,13 @@ pub(crate) fn unreachable(error: EngineError) -> Error {
 }
 
 pub(crate) async fn connect() -> Result<DockerClient, Error> {
-    DockerClient::connect().await.map_err(|e| {
-        Error::NoEngine(format!(
-            "{e}\nstart one (`cargo xtask engine` in this repository, or `sudo dockerd &`), or point DOCKER_HOST at one"
-        ))
+    DockerClient::connect().await.map_err(|e| match e {
+        // Nothing answers where the engine should be: say how to get one.
+        EngineError::Unreachable(_) => Error::NoEngine(format!(
+            "{e}\nstart one (`sudo dockerd &`; in trellis's own repository, `cargo xtask engine`), or point DOCKER_HOST at one"
+        )),
+        // An address or context trellis cannot use: the message names it.
+        other => Error::NoEngine(other.to_string()),
     })
 }
 

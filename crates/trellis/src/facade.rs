@@ -253,6 +253,13 @@ impl Workspace {
             return Ok(selection);
         }
         let depths = trellis_graph::depths(&self.dependencies);
+        let deepest = depths.iter().copied().max().unwrap_or(0);
+        if let Some(stage) = slice.stage.filter(|&stage| stage > deepest) {
+            // A typo in a CI job must not pass as a job with nothing to do.
+            return Err(Error::Unsupported(format!(
+                "--stage {stage}: the workspace's stages are 0 to {deepest} (a stage is a depth of the parent graph)"
+            )));
+        }
         let count = self.model.variants.len();
         let in_stage: Vec<usize> = (0..count)
             .filter(|&v| selection.contains(v) && slice.stage.is_none_or(|stage| depths[v] == stage))
