@@ -124,8 +124,13 @@ impl EventSink for Progress {
 pub fn summary_markdown(outcome: &RunOutcome) -> String {
     let mut md = format!("## trellis run `{}`\n\n", outcome.run_id);
     md.push_str(&format!("{}\n\n", outcome.summary));
+    let ran: Vec<_> = outcome.nodes.iter().filter(|n| n.action != "skip").collect();
+    if ran.is_empty() {
+        md.push_str("Nothing ran: everything was up to date.\n");
+        return md;
+    }
     md.push_str("| node | status | attempts | time | details |\n|---|---|---|---|---|\n");
-    for entry in outcome.nodes.iter().filter(|n| n.action != "skip") {
+    for entry in ran {
         let details = (entry.error.clone())
             .or(entry.blocked_by.as_ref().map(|b| format!("blocked by `{b}`")))
             .or(entry.image.clone())

@@ -191,6 +191,11 @@ fn a_flaky_test_is_reported_as_flaky_in_junit_and_markdown() {
     assert!(junit.contains("<flakyFailure message=\"attempt 1: simulated test failure\""), "{junit}");
     let summary = std::fs::read_to_string(fixture.path("summary.md")).unwrap();
     assert!(summary.contains("| `test:app/2.0.0/smoke` | flaky | 2 |"), "{summary}");
+    // A run with nothing to do says so instead of an empty table.
+    let run = build(&fixture, &["--summary-md", "summary.md"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let summary = std::fs::read_to_string(fixture.path("summary.md")).unwrap();
+    assert!(summary.contains("Nothing ran: everything was up to date.") && !summary.contains("| node |"), "{summary}");
 }
 
 #[test]
