@@ -402,14 +402,20 @@ fn bad_options_are_usage_errors() {
     assert!(outside.stdout.is_empty());
 }
 
+/// The first fenced block of README's "In CI" section whose info string is `lang`.
+fn readme_in_ci_block(lang: &str) -> String {
+    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let section = readme.split("\n## In CI\n").nth(1).expect("README has an `## In CI` section");
+    let section = section.split("\n## ").next().unwrap();
+    let block = section.split(&format!("```{lang}\n")).nth(1).unwrap_or_else(|| panic!("a {lang} block"));
+    block.split("\n```").next().unwrap().to_owned()
+}
+
 /// README's "In CI" shows the flagship's workflow for `--shards 2`, trimmed: its lines, less
 /// the `# …` marking a cut, are the generated workflow's, in order.
 #[test]
 fn the_readme_shows_the_flagships_workflow() {
-    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
-    let section = readme.split("\n## In CI\n").nth(1).expect("README has an `## In CI` section");
-    let section = section.split("\n## ").next().unwrap();
-    let block = section.split("```yaml\n").nth(1).expect("a yaml block").split("\n```").next().unwrap();
+    let block = readme_in_ci_block("yaml");
     let (workflow, _) = generate(Path::new(ROOT), &["--shards", "2"]);
     let mut generated = workflow.lines();
     for line in block.lines().filter(|l| l.trim() != "# …") {
@@ -425,10 +431,7 @@ fn the_readme_shows_the_flagships_workflow() {
 /// count is every node of the family.
 #[test]
 fn the_readme_shows_a_fresh_runner_skipping_the_flagship() {
-    let readme = fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
-    let section = readme.split("\n## In CI\n").nth(1).expect("README has an `## In CI` section");
-    let section = section.split("\n## ").next().unwrap();
-    let block = section.split("```text\n").nth(1).expect("a text block").split("\n```").next().unwrap();
+    let block = readme_in_ci_block("text");
     let workspace = trellis::Workspace::load(Path::new(ROOT).join("matrix.kdl")).unwrap();
     let mut nodes = BTreeSet::new();
     for variant in workspace.variants() {
