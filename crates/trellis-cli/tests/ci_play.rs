@@ -181,6 +181,22 @@ fn a_fresh_runner_skips_what_was_published_and_rebuilds_exactly_what_changed() {
         assert_eq!(status(&report, "push:app/1"), "blocked", "{label}");
         assert_eq!(published(&origin), after, "{label}: a failed test moved a reference");
     }
+
+    // Runner H built the family itself without pushing (`--refresh`: new image IDs under the
+    // same keys). Its push publishes nothing new: the registry's images win over its own.
+    let h = fresh_runner(&origin, &c, "ci-play-h");
+    let built = h.trellis(&["build", "--refresh", "v=2"]).env("DOCKER_CONFIG", config.path()).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let own = image_id(&origin.reference("app", "2"))
+        .unwrap_or_else(|| panic!("H tagged its own build: {}", String::from_utf8_lossy(&built.stderr)));
+    let (code, stderr, report) = ci_build(&h, config.path(), &["v=2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(ran(&report), ["tag:app/2", "tag:base"], "H tags what the registry serves and pushes nothing\n{stderr}");
+    let why = reason(&report, "push:app/2");
+    assert!(why.starts_with(&format!("served by {REGISTRY} at ")), "{why}");
+    assert_eq!(published(&origin), after, "H's own build moved a reference");
+    let tagged = image_id(&origin.reference("app", "2")).unwrap();
+    assert_ne!(tagged, own, "app:2 names the published image, not H's unpublished build");
 }
 
 /// The family and a tool built on nothing but tested with the base (the decoupled-runtime

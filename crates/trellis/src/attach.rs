@@ -88,6 +88,10 @@ impl Workspace {
             }
             _ => crate::remote::RemoteFacts::default(),
         };
+        // What the registry serves for a key wins over an image this engine built under the
+        // same key and never published (another checkout's build, a run without --push): the
+        // family is then built on, tagged and pushed as published, and no reference moves.
+        let by_key = prefer_published(self, by_key, &remote)?;
         let graph = self.graph()?;
         let mut up_to_date: HashMap<(usize, usize), String> = HashMap::new();
         for (v, nodes) in graph.variants.iter().enumerate() {
@@ -165,8 +169,18 @@ async fn read_remote(
     let graph = workspace.graph()?;
     let model = workspace.model();
     let lacking = |v: usize| graph.variants[v].builds().any(|b| !by_key.contains_key(&graph.dag[b].key.to_hex()));
+    // A pushing run also asks about the variants this machine has not pushed at their current
+    // key: the registry may serve them already (built elsewhere, or here by another checkout).
+    let store = how.push.then(|| crate::state::StateStore::read(&model.root.join(&model.settings.state)).ok());
+    let unpushed = |v: usize| {
+        let push = &graph.dag[graph.variants[v].push];
+        let pushed = store.as_ref().map(|store| {
+            store.as_ref().and_then(|s| s.get(&push.id)).and_then(|r| r.succeeded_with(&push.key.to_hex())).is_some()
+        });
+        pushed == Some(false)
+    };
     let wanted: Vec<_> = (0..model.variants.len())
-        .filter(|&v| selection.contains(v) && (how.slice.shard.is_some() || lacking(v)))
+        .filter(|&v| selection.contains(v) && (how.slice.shard.is_some() || lacking(v) || unpushed(v)))
         .filter_map(|v| {
             let variant = &model.variants[v];
             let first = variant.references.first()?;
@@ -201,6 +215,28 @@ async fn read_remote(
         }
     }
     Ok(remote)
+}
+
+/// `by_key` without the images the registry's records name another image for, under the
+/// same build key.
+fn prefer_published(
+    workspace: &Workspace,
+    mut by_key: HashMap<String, ImageListing>,
+    remote: &crate::remote::RemoteFacts,
+) -> Result<HashMap<String, ImageListing>, Error> {
+    let graph = workspace.graph()?;
+    for (&v, record) in &remote.records {
+        for slot in &graph.variants[v].platforms {
+            let key = graph.dag[slot.build].key.to_hex();
+            let published = record.image(slot.platform.as_deref()).filter(|image| image.build_key == key);
+            if let (Some(published), Some(here)) = (published, by_key.get(&key))
+                && here.id != published.image
+            {
+                by_key.remove(&key);
+            }
+        }
+    }
+    Ok(by_key)
 }
 
 /// Per (variant, platform slot), the image the registry's record names for the slot's current
