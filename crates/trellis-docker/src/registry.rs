@@ -215,6 +215,11 @@ impl Registry {
     /// otherwise. A username and password are sent as basic credentials or exchanged for
     /// bearer tokens, as the registry asks; credentials without them (an identity token) and
     /// `None` are anonymous.
+    /// The registry's `host[:port]`, as given to [`Registry::new`].
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     pub fn new(registry: &str, credentials: Option<DockerCredentials>) -> Self {
         let (protocol, scheme) = match is_loopback(registry) {
             true => (ClientProtocol::HttpsExcept(vec![registry.to_owned()]), "http"),

@@ -72,7 +72,9 @@ impl Workspace {
         let native = client.platform().to_owned();
         let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
         let listing = self.key_while_listing(&client, ids, builder, native).await?;
-        let by_key = images_by_key(&client, listing, self).await?;
+        // Read once: which image a key names, what was pushed, the last durations.
+        let store = crate::state::StateStore::read(&self.state_dir()).ok();
+        let by_key = images_by_key(&client, listing, self, store.as_ref()).await?;
         let served = match (&registry, how.push) {
             (Some(registry), true) => {
                 Some((registry.clone(), served_digests(&client, self, &selection, registry).await?))
@@ -82,11 +84,9 @@ impl Workspace {
         // One client per run for the records and the pushes: one auth handshake per repository.
         let registry_client = (registry.as_deref())
             .map(|r| Arc::new(trellis_docker::registry::Registry::new(r, trellis_docker::credentials_for(r))));
-        let remote = match (&registry, &registry_client) {
-            (Some(registry), Some(client)) => {
-                read_remote(self, &selection, &by_key, registry, client, &how, sink).await?
-            }
-            _ => crate::remote::RemoteFacts::default(),
+        let remote = match &registry_client {
+            Some(client) => read_remote(self, &selection, &by_key, store.as_ref(), client, &how, sink).await?,
+            None => crate::remote::RemoteFacts::default(),
         };
         // What the registry serves for a key wins over an image this engine built under the
         // same key and never published (another checkout's build, a run without --push): the
@@ -122,7 +122,7 @@ impl Workspace {
             recorded,
             pulls: tokio::sync::Mutex::default(),
             pulled: Mutex::default(),
-            durations: Mutex::new(known_durations(self, &facts)),
+            durations: Mutex::new(known_durations(&facts, store.as_ref())),
         };
         Ok(Backend { worker: Worker::Docker(Arc::new(docker)), facts: Some(facts) })
     }
@@ -161,23 +161,20 @@ async fn read_remote(
     workspace: &Workspace,
     selection: &trellis_graph::Selection,
     by_key: &HashMap<String, ImageListing>,
-    registry: &str,
+    store: Option<&crate::state::StateStore>,
     client: &trellis_docker::registry::Registry,
     how: &Attach,
     sink: &mut dyn EventSink,
 ) -> Result<crate::remote::RemoteFacts, Error> {
+    let registry = client.host();
     let graph = workspace.graph()?;
     let model = workspace.model();
     let lacking = |v: usize| graph.variants[v].builds().any(|b| !by_key.contains_key(&graph.dag[b].key.to_hex()));
     // A pushing run also asks about the variants this machine has not pushed at their current
     // key: the registry may serve them already (built elsewhere, or here by another checkout).
-    let store = how.push.then(|| crate::state::StateStore::read(&model.root.join(&model.settings.state)).ok());
     let unpushed = |v: usize| {
         let push = &graph.dag[graph.variants[v].push];
-        let pushed = store.as_ref().map(|store| {
-            store.as_ref().and_then(|s| s.get(&push.id)).and_then(|r| r.succeeded_with(&push.key.to_hex())).is_some()
-        });
-        pushed == Some(false)
+        how.push && store.and_then(|s| s.get(&push.id)).and_then(|r| r.succeeded_with(&push.key.to_hex())).is_none()
     };
     let wanted: Vec<_> = (0..model.variants.len())
         .filter(|&v| selection.contains(v) && (how.slice.shard.is_some() || lacking(v) || unpushed(v)))
@@ -266,13 +263,12 @@ fn recorded_images(
 }
 
 /// The last known duration of every node: the state store's, else the registry's records'.
-fn known_durations(workspace: &Workspace, facts: &EngineFacts) -> HashMap<String, u64> {
+fn known_durations(facts: &EngineFacts, store: Option<&crate::state::StateStore>) -> HashMap<String, u64> {
     let mut durations: HashMap<String, u64> = HashMap::new();
     for record in facts.remote.records.values() {
         durations.extend(record.durations_ms.iter().map(|(id, ms)| (id.clone(), *ms)));
     }
-    let model = workspace.model();
-    if let Ok(store) = crate::state::StateStore::read(&model.root.join(&model.settings.state)) {
+    if let Some(store) = store {
         durations.extend(store.durations());
     }
     durations
@@ -375,11 +371,10 @@ pub(crate) async fn images_by_key(
     client: &DockerClient,
     listing: Vec<ImageListing>,
     workspace: &Workspace,
+    store: Option<&crate::state::StateStore>,
 ) -> Result<HashMap<String, ImageListing>, Error> {
     use trellis_docker::labels::KEY;
-    let model = workspace.model();
     let graph = workspace.graph()?;
-    let store = crate::state::StateStore::read(&model.root.join(&model.settings.state)).ok();
     let mut candidates: HashMap<String, Vec<ImageListing>> = HashMap::new();
     for image in listing {
         if let Some(key) = image.labels.get(KEY).cloned() {
@@ -392,14 +387,14 @@ pub(crate) async fn images_by_key(
         let build = &graph.dag[build];
         let key = build.key.to_hex();
         let Some(mut images) = candidates.remove(&key) else { continue };
-        let recorded = (store.as_ref().and_then(|s| s.get(&build.id)))
+        let recorded = (store.and_then(|s| s.get(&build.id)))
             .filter(|record| record.key == key)
             .and_then(|record| record.details.image.as_ref());
         if let Some(at) = recorded.and_then(|id| images.iter().position(|i| &i.id == id)) {
             chosen.insert(key, images.swap_remove(at));
             continue;
         }
-        let first_reference = model.variants[v].references.first().map(ToString::to_string);
+        let first_reference = workspace.model().variants[v].references.first().map(ToString::to_string);
         let tested = |image: &ImageListing| first_reference.as_ref().is_some_and(|r| image.repo_tags.contains(r));
         images.sort_by_key(|image| std::cmp::Reverse((tested(image), image.created)));
         for image in images {

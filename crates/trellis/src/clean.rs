@@ -51,11 +51,12 @@ impl Workspace {
         let repositories: HashSet<&str> = model.variants.iter().map(|v| v.repository.as_str()).collect();
         let unknown: HashSet<&str> =
             workspace.first_unresolved_base().keys().map(|v| model.variants[*v].id.as_str()).collect();
+        let store = crate::state::StateStore::read(&workspace.state_dir()).ok();
         // An image others were built on is listed only once they are gone (the engine hides
         // untagged parents): list again after each pass that removed something.
         loop {
             let images = client.workspace_images(&model.settings.name).await.map_err(unreachable)?;
-            let chosen = images_by_key(&client, images.clone(), workspace).await?;
+            let chosen = images_by_key(&client, images.clone(), workspace, store.as_ref()).await?;
             let current: HashSet<&str> = (graph.variants.iter().flat_map(|v| v.builds()))
                 .filter_map(|build| chosen.get(&graph.dag[build].key.to_hex()))
                 .map(|image| image.id.as_str())

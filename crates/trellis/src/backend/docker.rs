@@ -453,14 +453,12 @@ impl DockerBackend {
             .registry
             .as_deref()
             .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
-        let client = match &self.registry_client {
-            Some(client) => Arc::clone(client),
-            None => Arc::new(trellis_docker::registry::Registry::new(registry, self.credentials.clone())),
-        };
-        let (output, manifests) = match self.served_as_recorded(node, variant, plan, &client, ctx).await? {
+        // Made at attach whenever there is a registry.
+        let client = self.registry_client.as_deref().ok_or_else(|| invalid("no registry client"))?;
+        let (output, manifests) = match self.served_as_recorded(node, variant, plan, client, ctx).await? {
             Some(served) => served,
             None if variant.platforms.is_empty() => self.push_single(node, variant, registry, ctx).await?,
-            None => self.push_index(node, variant, registry, &client, ctx).await?,
+            None => self.push_index(node, variant, registry, client, ctx).await?,
         };
         if let (Some(plan), Some(digest)) = (plan, &output.digest) {
             let record = self.record(node, variant, plan, digest, &manifests)?;
