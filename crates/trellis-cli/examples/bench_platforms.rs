@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -26,12 +26,12 @@ fn main() {
     let root = Path::new(ROOT).canonicalize().unwrap();
     let unique = format!("bench-platforms-{}", std::process::id());
     let work = root.join("target").join(&unique);
-    let config = root.join(".cache/engine/docker");
     let one = copy_workspace(&root, &work.join("one"), &unique, "\"linux/amd64\"");
     let two = copy_workspace(&root, &work.join("two"), &unique, "\"linux/amd64\" \"linux/arm64\"");
 
-    let (one_time, one_report) = build(&trellis, &one, &config, &[]);
-    let (two_time, two_report) = build(&trellis, &two, &config, &["--push", "--registry", "127.0.0.1:5000"]);
+    let (one_time, one_report) = bench_support::trellis(&trellis, &one, &["build", "--refresh"]);
+    let (two_time, two_report) =
+        bench_support::trellis(&trellis, &two, &["build", "--refresh", "--push", "--registry", "127.0.0.1:5000"]);
     let one_kinds = per_kind(&one_report);
     let two_kinds = per_kind(&two_report);
 
@@ -58,24 +58,6 @@ fn main() {
     );
     push_figures(&two, &two_report);
     cleanup(&unique, &work);
-}
-
-fn build(trellis: &str, dir: &Path, config: &Path, extra: &[&str]) -> (Duration, Value) {
-    let started = Instant::now();
-    let output = Command::new(trellis)
-        .args(["build", "--refresh"])
-        .args(extra)
-        .current_dir(dir)
-        .env("DOCKER_CONFIG", config)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let elapsed = started.elapsed();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let runs = dir.join(".trellis/runs");
-    let last = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).max().unwrap();
-    let report = serde_json::from_slice(&std::fs::read(last.join("report.json")).unwrap()).unwrap();
-    (elapsed, report)
 }
 
 /// Node time per (kind, platform) of the nodes that ran; unnamed platforms count as amd64.
