@@ -120,12 +120,13 @@ impl EngineWorkspace {
 
 impl Drop for EngineWorkspace {
     fn drop(&mut self) {
-        // What a test pushed: delete its manifests from the shared registry.
+        // What a test pushed: delete its manifests from the shared registry, trellis's
+        // records (`sha256-<digest>.trellis`) among them.
         for repository in ["/base", "/app", "/tool", "-ext/busybox"] {
-            for tag in ["latest", "1", "1.0", "2", "2.0", "3", "3.0", "4", "4.0"] {
-                let name = format!("{}{repository}", self.prefix);
+            let name = format!("{}{repository}", self.prefix);
+            for tag in all_tags(&name) {
                 if let Some(digest) =
-                    registry_request("HEAD", &name, tag).and_then(|r| header(&r, "Docker-Content-Digest"))
+                    registry_request("HEAD", &name, &tag).and_then(|r| header(&r, "Docker-Content-Digest"))
                 {
                     registry_request("DELETE", &name, &digest);
                 }
@@ -165,6 +166,16 @@ pub fn status(report: &Value, id: &str) -> String {
 }
 
 /// The registry `cargo xtask engine` runs, and its password (with `+ / ? > ~` in it).
+/// Every tag of `repository` in the test registry (none when it has no such repository).
+fn all_tags(repository: &str) -> Vec<String> {
+    let listed = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false", "--creds", &format!("trellis:{}", registry_password())])
+        .arg(format!("docker://127.0.0.1:5000/{repository}"))
+        .output();
+    let listed: Value = listed.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    (listed["Tags"].as_array().into_iter().flatten()).filter_map(|t| t.as_str().map(str::to_owned)).collect()
+}
+
 pub fn registry_password() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/engine/registry/password");
     std::fs::read_to_string(path).expect("the registry of `cargo xtask engine` (its password file)")
