@@ -1,10 +1,10 @@
-//! The engine's embedded BuildKit (`POST /build?version=2`, no session), as measured on
-//! dockerd 20.10 / BuildKit 0.8.4:
+//! The engine's embedded BuildKit (`POST /build?version=2`), its context and Dockerfile served
+//! by a session of trellis's own (`session.rs`: the one way that works on every image store),
+//! as measured on dockerd 20.10 / BuildKit 0.8.4 and Docker 26.1.5 / BuildKit 0.13:
 //! - progress arrives as `moby.buildkit.trace` messages (rendered like `--progress=plain`),
 //!   the image ID as the aux of `moby.image.id`, a failure as the stream's `error`;
-//! - the tar's `.dockerignore` is not applied (the walk already filtered the context, so the
-//!   tar carries it verbatim), and the Dockerfile under its reserved name is read from the tar
-//!   — and stays in the context, where `COPY . …` sees it;
+//! - the context served is the walk the key hashed; the Dockerfile is served apart from it, so
+//!   `COPY . …` does not see it;
 //! - build labels reach the image config without a history entry, so they are also written
 //!   as a final `LABEL` step (see [`with_label_step`]);
 //! - `FROM sha256:<id>` is looked up on Docker Hub, a local tag is found locally: a test
@@ -27,8 +27,8 @@ use crate::builder::{
 use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
 use crate::client::{EngineError, classify, untag};
-use crate::context_tar::{RESERVED_DOCKERFILE, buildkit_context_tar};
 use crate::endpoint::{Endpoint, with_sources};
+use crate::session::{self, ServedFiles, Session};
 
 use crate::TEST_BASE_REPOSITORY;
 
@@ -50,21 +50,18 @@ impl BuildKitBuilder {
     ) -> Result<String, EngineError> {
         // Every label also goes through the API: BuildKit writes them into the config only.
         let (dockerfile, target, _) = with_label_step(request.dockerfile, &request.labels, request.target);
-        let tar = buildkit_context_tar(request.context, &dockerfile)
-            .map_err(|e| EngineError::Failed(format!("cannot read the build context: {e}")))?;
         let options = BuildImageOptions {
-            dockerfile: RESERVED_DOCKERFILE.to_owned(),
             buildargs: Some(request.args.iter().cloned().collect()),
             labels: Some(request.labels),
             networkmode: Some(request.network.to_owned()),
             target: target.unwrap_or_default(),
             platform: request.platform.unwrap_or_default().to_owned(),
             nocache: request.no_cache,
-            version: BuilderVersion::BuilderBuildKit,
             ..Default::default()
         };
+        let files = ServedFiles { context: request.context.cloned(), dockerfile };
         // Nothing to record: BuildKit runs no engine containers, and a build's image is its result.
-        let id = self.run_build(options, tar, None, line).await?;
+        let id = self.run_build(options, files, None, line).await?;
         id.ok_or_else(|| EngineError::Failed("the build finished without naming an image".to_owned()))
     }
 
@@ -89,10 +86,7 @@ impl BuildKitBuilder {
         self.docker.tag_image(request.image_id, Some(options)).await.map_err(classify)?;
         let labels = HashMap::from([(crate::labels::TEST.to_owned(), "true".to_owned())]);
         let (dockerfile, target, _) = with_label_step(&dockerfile, &labels, None);
-        let tar = buildkit_context_tar(context, &dockerfile)
-            .map_err(|e| EngineError::Failed(format!("cannot read the test context: {e}")))?;
         let options = BuildImageOptions {
-            dockerfile: RESERVED_DOCKERFILE.to_owned(),
             buildargs: Some(args),
             labels: Some(labels),
             networkmode: Some(request.network.to_owned()),
@@ -100,28 +94,36 @@ impl BuildKitBuilder {
             platform: request.platform.unwrap_or_default().to_owned(),
             // Tests must really run: never satisfied from the layer cache.
             nocache: true,
-            version: BuilderVersion::BuilderBuildKit,
             ..Default::default()
         };
-        self.run_build(options, tar, Some(trace), line).await?;
+        let files = ServedFiles { context: context.cloned(), dockerfile };
+        self.run_build(options, files, Some(trace), line).await?;
         Ok(())
     }
 
-    /// Streams one build over a connection of its own (see `endpoint.rs` for why) and returns
-    /// the image ID. With `trace`, the image is recorded there as soon as the engine names it.
+    /// Opens a session serving `files`, streams one build over a connection of its own (see
+    /// `endpoint.rs` for why) and returns the image ID. With `trace`, the image is recorded
+    /// there as soon as the engine names it.
     async fn run_build(
         &self,
-        options: BuildImageOptions,
-        tar: Vec<u8>,
+        mut options: BuildImageOptions,
+        files: ServedFiles,
         mut trace: Option<&mut BuildTrace>,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<String>, EngineError> {
         let endpoint = &self.endpoint;
+        let version = self.docker.client_version().to_string();
+        // Served until the build's stream ends (dropped on return, or when the build is).
+        let session = Session::open(endpoint, &version, files).await?;
+        options.version = BuilderVersion::BuilderBuildKit;
+        options.remote = Some("client-session".to_owned());
+        options.dockerfile = session::DOCKERFILE.to_owned();
         let query = serde_urlencoded::to_string(&options).map_err(|e| EngineError::Failed(e.to_string()))?;
-        let request = http::Request::post(format!("/v{}/build?{query}", self.docker.client_version()))
+        // bollard's `session` field needs its `buildkit` feature (see endpoint.rs).
+        let query = format!("{query}&session={}", session.id);
+        let request = http::Request::post(format!("/v{version}/build?{query}"))
             .header(http::header::HOST, endpoint.host_header())
-            .header(http::header::CONTENT_TYPE, "application/x-tar")
-            .body(Full::new(Bytes::from(tar)))
+            .body(Full::new(Bytes::new()))
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let unreachable = |e: hyper::Error| EngineError::Unreachable(with_sources(&e));
         let mut connection = endpoint.connect().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;

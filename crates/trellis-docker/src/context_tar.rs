@@ -2,8 +2,8 @@
 //! engine sees is the context the key hashed), plus the rendered Dockerfile under a reserved
 //! name. As the docker CLI does for a Dockerfile from outside the context, the reserved name
 //! is appended to the context's `.dockerignore` (one is made, listing itself, when there is
-//! none), so the classic builder drops it from the context before any `COPY`. BuildKit reads
-//! no `.dockerignore` from a tar: its tar has the walk alone and the reserved Dockerfile.
+//! none), so the classic builder drops it from the context before any `COPY`. BuildKit builds
+//! take no tar: a session serves them the walk (`session.rs`).
 
 use std::fs;
 use std::io;
@@ -20,25 +20,6 @@ const MTIME: u64 = 946_684_800;
 /// A tar of `walk` (or of nothing) with `dockerfile` under [`RESERVED_DOCKERFILE`], for the
 /// classic builder.
 pub fn context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<Vec<u8>> {
-    tar_of(walk, dockerfile, Dockerignore::ListReserved)
-}
-
-/// The same for BuildKit, which does not read the `.dockerignore` of a tar context (measured
-/// on BuildKit 0.8.4): the walk's entries go in verbatim, `.dockerignore` included when the
-/// walk kept it, and nothing hides the reserved Dockerfile from `COPY . …`.
-pub(crate) fn buildkit_context_tar(walk: Option<&ContextWalk>, dockerfile: &str) -> io::Result<Vec<u8>> {
-    tar_of(walk, dockerfile, Dockerignore::Verbatim)
-}
-
-#[derive(PartialEq)]
-enum Dockerignore {
-    /// The context's `.dockerignore` (or a new one) lists itself and the reserved name.
-    ListReserved,
-    /// The context's `.dockerignore` is an ordinary file.
-    Verbatim,
-}
-
-fn tar_of(walk: Option<&ContextWalk>, dockerfile: &str, mode: Dockerignore) -> io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     let mut dockerignore: Option<Vec<u8>> = None;
@@ -61,7 +42,7 @@ fn tar_of(walk: Option<&ContextWalk>, dockerfile: &str, mode: Dockerignore) -> i
                     let target = entry.link_target.as_deref().unwrap_or("");
                     builder.append_link(&mut header, &entry.path, target)?;
                 }
-                EntryKind::File if entry.path == ".dockerignore" && mode == Dockerignore::ListReserved => {
+                EntryKind::File if entry.path == ".dockerignore" => {
                     dockerignore = Some(fs::read(walk.root.join(&entry.path))?);
                 }
                 EntryKind::File => {
@@ -74,12 +55,9 @@ fn tar_of(walk: Option<&ContextWalk>, dockerfile: &str, mode: Dockerignore) -> i
             }
         }
     }
-    let mut generated = vec![(RESERVED_DOCKERFILE, dockerfile.as_bytes().to_vec())];
-    if mode == Dockerignore::ListReserved {
-        let mut ignore = dockerignore.unwrap_or_else(|| b".dockerignore".to_vec());
-        ignore.extend_from_slice(format!("\n{RESERVED_DOCKERFILE}\n").as_bytes());
-        generated.insert(0, (".dockerignore", ignore));
-    }
+    let mut ignore = dockerignore.unwrap_or_else(|| b".dockerignore".to_vec());
+    ignore.extend_from_slice(format!("\n{RESERVED_DOCKERFILE}\n").as_bytes());
+    let generated = [(".dockerignore", ignore), (RESERVED_DOCKERFILE, dockerfile.as_bytes().to_vec())];
     for (name, bytes) in generated {
         let mut header = tar::Header::new_gnu();
         header.set_mode(0o644);
@@ -121,20 +99,6 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(paths, ["app.js", ".dockerignore", RESERVED_DOCKERFILE]);
         assert_eq!(entries[1].1, format!("*.log\n{RESERVED_DOCKERFILE}\n").into_bytes());
-    }
-
-    #[test]
-    fn for_buildkit_the_dockerignore_is_an_ordinary_file() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(".dockerignore"), "*.log").unwrap();
-        fs::write(dir.path().join("app.js"), "1").unwrap();
-        let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
-        let entries = names(&buildkit_context_tar(Some(&walk), "FROM scratch\n").unwrap());
-        let paths: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(paths, [".dockerignore", "app.js", RESERVED_DOCKERFILE]);
-        assert_eq!(entries[0].1, b"*.log");
-        let entries = names(&buildkit_context_tar(None, "FROM x\n").unwrap());
-        assert_eq!(entries, [(RESERVED_DOCKERFILE.to_owned(), b"FROM x\n".to_vec())]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod context_tar;
 mod endpoint;
 mod engine_host;
 pub mod registry;
+mod session;
 
 /// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
 /// the plan read back. Defined once, here.
