@@ -1,4 +1,6 @@
-//! `cargo xtask engine`: a Docker Engine and a registry for the main job and the tests.
+//! `cargo xtask engine`: the Docker Engines and the registry for the main job and the tests.
+//! This file starts the machine's own engine (Debian bookworm's 20.10 on /var/run/docker.sock)
+//! and the registry; `engines.rs` the newer engines beside it.
 //!
 //! When `docker info` does not answer, starts `dockerd` (overlay2, falling back to vfs);
 //! when 127.0.0.1:5000 does not answer, starts Debian's `docker-registry` there with htpasswd
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::engines::Engine;
 use crate::inputs::{apt_install, installed, is_root};
 use crate::{Result, root};
 
@@ -37,7 +40,7 @@ fn registry_answers() -> bool {
 }
 
 /// Waits for a service to come up; a daemon's start-up has no event to wait on.
-fn wait_until(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result {
+pub(crate) fn wait_until(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {
@@ -49,7 +52,7 @@ fn wait_until(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result
 }
 
 /// Starts a long-running program detached from this process, logging to `log`.
-fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf) -> Result {
+pub(crate) fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf) -> Result {
     let out = fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new("setsid")
@@ -64,7 +67,9 @@ fn spawn_daemon(program: &str, args: &[&str], log: &PathBuf, pid_file: &PathBuf)
     Ok(())
 }
 
-pub fn start() -> Result {
+/// Starts the machine's engine, the registry and every engine of `engines` that is not
+/// running (see `engines.rs`).
+pub fn start(engines: &[Engine]) -> Result {
     fs::create_dir_all(dir()).map_err(|e| e.to_string())?;
     // The end-to-end tests make their small images FROM scratch with Debian's static busybox;
     // the decoupled-runtime example runs its code and runtime images with docker-compose;
@@ -77,15 +82,22 @@ pub fn start() -> Result {
     }
     start_docker()?;
     start_registry()?;
+    for engine in engines {
+        crate::engines::start(*engine)?;
+    }
     emulation()?;
     // The registry's credentials as a docker config, for `DOCKER_CONFIG` (the main job and the
     // tests that push as the family does).
     docker_config()?;
+    let mut hosts = String::new();
+    for engine in engines {
+        hosts.push_str(&format!("\n  {:<18} {}  {}", engine.name(), engine.host(), engine.describe()));
+    }
     println!(
-        "engine: Docker answers on {}; registry on {REGISTRY} (user {REGISTRY_USER}, password in .cache/engine/registry/password,\n\
+        "engine: the engines answer (DOCKER_HOST for each):{hosts}\n\
+         registry on {REGISTRY} (user {REGISTRY_USER}, password in .cache/engine/registry/password,\n\
          a docker config with it in .cache/engine/docker)\n\
-         stop them with: cargo xtask engine --stop",
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
+         stop them with: cargo xtask engine --stop"
     );
     Ok(())
 }
@@ -209,7 +221,7 @@ fn start_registry() -> Result {
 
 /// SIGTERM, then waits for the process to be gone: a dockerd still shutting down holds its
 /// pid file and containerd, and a new one started meanwhile fails (and would fall back to vfs).
-fn stop_pid(pid_file: &PathBuf) {
+pub(crate) fn stop_pid(pid_file: &PathBuf) {
     let Ok(pid) = fs::read_to_string(pid_file) else { return };
     let pid = pid.trim().to_owned();
     let _ = Command::new("kill").arg(&pid).status();
@@ -221,6 +233,9 @@ fn stop_pid(pid_file: &PathBuf) {
 }
 
 pub fn stop() -> Result {
+    for engine in crate::engines::ALL {
+        crate::engines::stop(engine);
+    }
     stop_pid(&dir().join("registry/registry.pid"));
     stop_pid(&dir().join("dockerd.pid"));
     println!("engine: stopped what `cargo xtask engine` started");

@@ -16,6 +16,7 @@
 
 mod actionlint;
 mod engine;
+mod engines;
 mod inputs;
 mod verify;
 
@@ -39,9 +40,13 @@ tasks:
   inputs        prepare the family's inputs only (what `build` does first): after
                 bumping a pinned Node.js version, `trellis plan` can then say what
                 will rebuild
-  engine [--stop]
-                start (or stop) dockerd and a registry on 127.0.0.1:5000 with
-                htpasswd auth when they are not running; installs them as root
+  engine [NAME…] [--stop]
+                start (or stop) the engines and a registry on 127.0.0.1:5000 with
+                htpasswd auth when they are not running; installs them as root.
+                NAMEs (default: all): bookworm (Docker 20.10, the machine's own),
+                trixie (Docker 26.1.5, classic image store), trixie-containerd
+                (Docker 26.1.5, containerd image store; each trixie engine in a
+                network namespace of its own, its DOCKER_HOST printed)
   rootfs [--refresh] [RELEASE…]
                 make the Debian minbase rootfs tarballs, amd64 and arm64 (again, with
                 --refresh: the weekly security refresh)
@@ -71,8 +76,8 @@ fn main() -> ExitCode {
         ["build", rest @ ..] => build(rest),
         ["inputs"] => prepare_inputs(),
         ["rootfs", rest @ ..] => rootfs(rest),
-        ["engine"] => engine::start(),
         ["engine", "--stop"] => engine::stop(),
+        ["engine", names @ ..] => named_engines(names).and_then(|engines| engine::start(&engines)),
         ["actionlint"] => actionlint::install().map(|_| ()),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
@@ -94,6 +99,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The engines named on the command line (all of them when none is).
+fn named_engines(names: &[&str]) -> Result<Vec<engines::Engine>> {
+    if names.is_empty() {
+        return Ok(engines::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            engines::Engine::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = engines::ALL.iter().map(|e| e.name()).collect();
+                format!("no engine `{name}`: the engines are {}", known.join(", "))
+            })
+        })
+        .collect()
 }
 
 fn root() -> PathBuf {
@@ -123,42 +144,89 @@ fn has_nextest() -> bool {
     cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success())
 }
 
+/// The end-to-end suites that run on every engine (DESIGN §12); the whole workspace runs on
+/// the default engine.
+const ENGINE_SUITES: &[(&str, &str)] = &[
+    ("trellis-cli", "engine"),
+    ("trellis-cli", "platforms"),
+    ("trellis-cli", "faults"),
+    ("trellis-cli", "library"),
+    ("trellis-cli", "ci_play"),
+    ("trellis-cli", "example"),
+    ("trellis-docker", "registry"),
+    ("trellis-docker", "builders"),
+];
+
 fn test(extra: &[&str]) -> Result {
-    // The end-to-end tests use a real engine and registry; the example's test builds on this
+    // The end-to-end tests use real engines and a registry; the example's test builds on this
     // repository's Node.js images, so their inputs are prepared too.
-    engine::start()?;
+    engine::start(&engines::ALL)?;
     prepare_inputs()?;
     actionlint::install()?;
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
-    let mut command = cargo();
-    if has_nextest() {
-        command.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-    } else {
-        command.args(["test", "--workspace", "--no-fail-fast"]);
-    }
-    command.args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
-    run(command)?;
-    // What BuildKit cached for the first pass is no use to the second: give its space back.
-    let mut prune = Command::new("docker");
-    prune.args(["builder", "prune", "--all", "--force"]);
-    run(prune)?;
-    // The engine's end-to-end suites again under the classic builder (the run above used the
-    // default, BuildKit): every promise must hold with either builder.
-    let mut classic = cargo();
-    match has_nextest() {
-        true => classic.args(["nextest", "run", "--no-fail-fast"]),
-        false => classic.args(["test", "--no-fail-fast"]),
+    let runner = |args: &[&str]| {
+        let mut command = cargo();
+        match has_nextest() {
+            true => command.args(["nextest", "run", "--no-fail-fast"]),
+            false => command.args(["test", "--no-fail-fast"]),
+        };
+        command.args(args).args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
+        command
     };
-    classic.args(["-p", "trellis-cli", "--test", "engine", "--test", "corpus", "--test", "faults", "--test", "docs"]);
-    classic.args(extra).env("TRELLIS_E2E_BUILDER", "classic");
-    run(classic)?;
+    let suites: Vec<String> =
+        ENGINE_SUITES.iter().flat_map(|(package, test)| ["-p", package, "--test", test]).map(str::to_owned).collect();
+    let suites: Vec<&str> = suites.iter().map(String::as_str).collect();
+    // Every pass runs, whatever the one before it did; the failures are summed up at the end.
+    let mut failed = Vec::new();
+    let mut pass = |what: String, mut command: Command, engine: engines::Engine| {
+        on_engine(&mut command, engine);
+        eprintln!("xtask: {what}, on {}", engine.describe());
+        if let Err(error) = run(command) {
+            failed.push(format!("{what} on {}: {error}", engine.name()));
+        }
+        // What BuildKit cached for this pass is no use to the next: give its space back.
+        let mut prune = Command::new("docker");
+        prune.args(["-H", &engine.host(), "builder", "prune", "--all", "--force"]);
+        let _ = run(prune);
+    };
+    pass("every test".to_owned(), runner(&["--workspace"]), engines::DEFAULT);
+    for engine in engines::ALL.into_iter().filter(|e| *e != engines::DEFAULT) {
+        pass("the engine suites".to_owned(), runner(&suites), engine);
+    }
+    // The engine's end-to-end suites again under the classic builder (the passes above used
+    // the default, BuildKit): every promise must hold with either builder.
+    let mut classic =
+        runner(&["-p", "trellis-cli", "--test", "engine", "--test", "corpus", "--test", "faults", "--test", "docs"]);
+    classic.env("TRELLIS_E2E_BUILDER", "classic");
+    pass("the classic builder's suites".to_owned(), classic, engines::Engine::Bookworm);
     // Doc tests: nextest does not run them.
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc"]);
-    run(doc)?;
+    if let Err(error) = run(doc) {
+        failed.push(format!("doc tests: {error}"));
+    }
     // The committed rendered Dockerfiles must match their templates.
     trellis(&["render", "--check"])?;
-    trellis(&["-f", "examples/decoupled-runtime/matrix.kdl", "render", "--check"])
+    trellis(&["-f", "examples/decoupled-runtime/matrix.kdl", "render", "--check"])?;
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!("failed:\n  {}", failed.join("\n  "))),
+    }
+}
+
+/// Points a command (the tests, trellis) at `engine`: `DOCKER_HOST`, and for the tests what
+/// they need to start private engines of its kind and to reach its network namespace.
+fn on_engine(command: &mut Command, engine: engines::Engine) {
+    command.env("DOCKER_HOST", engine.host()).env("TRELLIS_E2E_ENGINE", engine.name());
+    if let Some(path) = engine.dockerd_path() {
+        command.env("TRELLIS_E2E_DOCKERD_PATH", path);
+    }
+    if let Ok(config) = engine.config_file() {
+        command.env("TRELLIS_E2E_DAEMON_CONFIG", config);
+    }
+    if let Some(netns) = engine.netns_path() {
+        command.env("TRELLIS_E2E_NETNS", netns);
+    }
 }
 
 /// Runs the trellis CLI (built in debug) on this repository's matrix.kdl.
@@ -184,7 +252,11 @@ fn prepare_inputs() -> Result {
 }
 
 fn build(extra: &[&str]) -> Result {
-    engine::start()?;
+    // The family is published from the default engine; `verify` asks it too (its `docker`
+    // commands, like trellis, follow DOCKER_HOST). Set before any thread exists.
+    engine::start(&[engines::DEFAULT])?;
+    // SAFETY: xtask is single-threaded here; nothing reads the environment concurrently.
+    unsafe { env::set_var("DOCKER_HOST", engines::DEFAULT.host()) };
     prepare_inputs()?;
     trellis(&["render"])?;
     trellis(&["render", "--check"])?;
@@ -246,7 +318,7 @@ fn bench_exec() -> Result {
 
 /// A bench that drives the release `trellis` binary against the engine.
 fn bench_with_trellis(example: &str) -> Result {
-    engine::start()?;
+    engine::start(&engines::ALL)?;
     let mut build = cargo();
     build.args(["build", "--quiet", "--release", "--package", "trellis-cli", "--bin", "trellis", "--example", example]);
     run(build)?;
