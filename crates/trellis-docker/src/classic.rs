@@ -189,8 +189,16 @@ impl ClassicBuilder {
     /// still be untagged).
     pub(crate) async fn clean_up(&self, trace: &BuildTrace) {
         for id in &trace.containers {
-            let options = RemoveContainerOptions { force: true, ..Default::default() };
-            let _ = self.docker.remove_container(id, Some(options)).await;
+            // Docker 26 refuses the removal while its builder is still tearing the cancelled
+            // step down (409, "removal … already in progress" or a container still in use):
+            // asked again a few times, backing off, until it is gone (404).
+            for attempt in 0..8u64 {
+                let options = RemoveContainerOptions { force: true, ..Default::default() };
+                match self.docker.remove_container(id, Some(options)).await {
+                    Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => break,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await,
+                }
+            }
         }
         for id in trace.layers.iter().rev() {
             let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };

@@ -117,6 +117,11 @@ pub struct DockerClient {
     buildkit: bool,
     /// The engine's own platform, `os/arch`, from its version answer at connect.
     platform: String,
+    /// How the engine stores images, from its `info` answer at connect.
+    store: crate::store::ImageStore,
+    /// The engine's version and API version, as it answered at connect.
+    version: String,
+    api_version: String,
 }
 
 impl std::fmt::Debug for DockerClient {
@@ -150,8 +155,19 @@ impl DockerClient {
         // Asked instead of a ping: it answers the same way, and says what the engine offers.
         let version = docker.version().await.map_err(classify).map_err(at)?;
         let buildkit = offers_buildkit(&version);
-        let platform = format!("{}/{}", version.os.unwrap_or_default(), version.arch.unwrap_or_default());
-        Ok(Self { docker, endpoint, buildkit, platform })
+        let platform =
+            format!("{}/{}", version.os.clone().unwrap_or_default(), version.arch.clone().unwrap_or_default());
+        let info = docker.info().await.map_err(classify).map_err(at)?;
+        let store = crate::store::ImageStore::of(&info);
+        Ok(Self {
+            docker,
+            endpoint,
+            buildkit,
+            platform,
+            store,
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+        })
     }
 
     /// Whether builds can go through the engine's BuildKit (`/build?version=2`): a Linux
@@ -159,6 +175,16 @@ impl DockerClient {
     /// its `/_ping` has no `Builder-Version` header yet). Judged at connect: no request.
     pub fn offers_buildkit(&self) -> bool {
         self.buildkit
+    }
+
+    /// How the engine stores images (judged at connect: no request).
+    pub fn store(&self) -> crate::store::ImageStore {
+        self.store
+    }
+
+    /// The engine's version and its API version (`26.1.5`, `1.45`), as answered at connect.
+    pub fn version(&self) -> (&str, &str) {
+        (&self.version, &self.api_version)
     }
 
     pub(crate) fn docker(&self) -> &Docker {

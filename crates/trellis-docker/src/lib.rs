@@ -18,11 +18,14 @@ mod buildkit_progress;
 mod buildkit_status;
 mod classic;
 mod client;
+mod compress;
 mod context_tar;
 mod endpoint;
 mod engine_host;
+mod publish;
 pub mod registry;
 mod session;
+mod store;
 
 /// The `dev.trellis.*` labels on the images trellis builds: what `clean`, the skip listing and
 /// the plan read back. Defined once, here.
@@ -58,5 +61,7 @@ pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
 pub use client::{
     DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image, digest_in,
 };
+pub use compress::Compression;
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};
 pub use engine_host::{ChosenBy, EngineHost, LOCAL_SOCKET};
+pub use store::ImageStore;

@@ -14,21 +14,13 @@
 //! falls back to a GET when the answer carries no digest header, as no 404 does), and counting
 //! requests ([`Registry::stats`]). Those HEADs carry what oci-client's auth flow produced.
 //!
-//! **Deterministic manifests.** The same local image always gives the same manifest digest, so
-//! re-pushing an unchanged image never publishes a new digest. The manifest is an OCI image
-//! manifest whose config blob is the exact config the engine exports (its sha256 is the image
-//! ID, so the registry's config digest is the local image ID) and whose layers are the
-//! uncompressed tars the engine exports (`application/vnd.oci.image.layer.v1.tar`; their digests
-//! are the image's diff IDs). Nothing is compressed, so no compressor's version or level can
-//! change a byte; the cost is registry storage and transfer of uncompressed layers. dockerd
-//! 20.10 pulls such images back to the same image ID. Manifests and indexes are serialized by
-//! serde_json from oci-client's types: fields in declaration order, no maps; the same manifests
-//! in the same order give the same bytes.
+//! **What is pushed** is `publish.rs`'s: the one push path, compressed and deterministic.
+//! Manifests and indexes are serialized by serde_json: fields in declaration order, no maps;
+//! the same manifests in the same order give the same bytes.
 //!
-//! **Few requests.** A blob the registry holds is not sent: the config and every layer are
-//! asked for first (one HEAD each), and the engine exports the image (into a temporary file,
-//! whole: `docker save` writes its index last) only when one is missing;
-//! a blob another repository of `mount_from` holds is mounted, not uploaded. Uploads are
+//! **Few requests.** A blob the registry holds is not sent: blobs are asked for first (one
+//! HEAD each), and the engine exports the image only when one is missing; a blob another
+//! repository of `mount_from` holds is mounted, not uploaded. Uploads are
 //! monolithic (POST + PUT, streamed from the export file): two requests per blob whatever its
 //! size. A tag already serving the index costs one HEAD. Each repository's credentials are
 //! settled once per run: one `GET /v2/` (and the token request on bearer registries).
@@ -39,18 +31,13 @@
 //! **Limits.** oci-client asks a bearer token for one repository: a bearer registry then cannot
 //! mount from another repository and opens an upload session instead (202), and the blob is
 //! uploaded (the session is left to the registry's purge of stale uploads). oci-client renews
-//! an expired bearer token by itself: [`Registry::stats`] does not count those requests. The
-//! export must hold uncompressed layers (the engine's classic image store, as in dockerd 20.10):
-//! a layer whose bytes do not match its diff ID is refused by the registry's digest check.
+//! an expired bearer token by itself: [`Registry::stats`] does not count those requests.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read as _, SeekFrom};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::TryStreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{self, ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
@@ -58,9 +45,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Reference, RegistryOperation};
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use crate::client::{DockerClient, DockerCredentials, EngineError};
+use crate::client::{DockerCredentials, EngineError};
+pub use crate::publish::{CompressedLayer, LayerMap, PushOptions, PushedImage};
 
 const MANIFEST_MEDIA_TYPE: &str = manifest::OCI_IMAGE_MEDIA_TYPE;
 const INDEX_MEDIA_TYPE: &str = manifest::OCI_IMAGE_INDEX_MEDIA_TYPE;
@@ -115,19 +102,6 @@ enum Access {
     Bearer(String),
 }
 
-/// An image pushed by digest: what the index names it by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushedImage {
-    /// The manifest's digest.
-    pub digest: String,
-    /// The manifest's size in bytes.
-    pub size: u64,
-    pub media_type: String,
-    pub platform: Platform,
-    /// Blob bytes this push uploaded (0 when the registry held every blob or mounted them).
-    pub uploaded_bytes: u64,
-}
-
 /// An image's platform as its config records it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Platform {
@@ -146,12 +120,13 @@ impl fmt::Display for Platform {
     }
 }
 
-/// An OCI image index, serialized once: its digest is the digest of these bytes.
+/// What a variant's references serve, serialized once: an OCI image index, or one image's
+/// manifest. Its digest is the digest of these bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageIndex {
     pub digest: String,
     pub bytes: Vec<u8>,
-    pub media_type: &'static str,
+    pub media_type: String,
 }
 
 impl ImageIndex {
@@ -184,7 +159,12 @@ impl ImageIndex {
             annotations: None,
         };
         let bytes = serde_json::to_vec(&index).expect("an index has no map that could fail to serialize");
-        Self { digest: sha256(&bytes), bytes, media_type: INDEX_MEDIA_TYPE }
+        Self { digest: sha256(&bytes), bytes, media_type: INDEX_MEDIA_TYPE.to_owned() }
+    }
+
+    /// One image's own manifest, for a variant without platforms (as `docker push` tags one).
+    pub fn manifest_of(image: &PushedImage) -> Self {
+        Self { digest: image.digest.clone(), bytes: image.manifest.clone(), media_type: image.media_type.clone() }
     }
 }
 
@@ -196,6 +176,7 @@ pub struct RegistryStats {
 }
 
 /// An image as the engine records it, for its manifest.
+#[derive(Debug, Clone)]
 pub(crate) struct ImageLayout {
     pub platform: Platform,
     /// The layers' diff IDs (digests of their uncompressed tars), base first.
@@ -203,7 +184,7 @@ pub(crate) struct ImageLayout {
 }
 
 /// Where the registry found a blob, or did not.
-enum Found {
+pub(crate) enum Found {
     Held(u64),
     Mounted { size: u64, from: String },
     Missing,
@@ -252,62 +233,6 @@ impl Registry {
         }
     }
 
-    /// Pushes the engine's image `image_id` (`sha256:…`) into `repository` (`trellis/node`,
-    /// without the host) by digest and returns what the index needs. The config and every layer
-    /// are asked for first; a blob `repository` lacks is mounted from the first repository of
-    /// `mount_from` that holds it; only when blobs are still missing is the image exported from
-    /// the engine, and each missing blob uploaded once. Then the manifest is PUT by its digest.
-    pub async fn push_image(
-        &self,
-        docker: &DockerClient,
-        image_id: &str,
-        repository: &str,
-        mount_from: &[String],
-        line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<PushedImage, EngineError> {
-        let ImageLayout { platform, diff_ids } = docker.image_layout(image_id).await?;
-        let mut blobs = vec![image_id];
-        for diff_id in &diff_ids {
-            if !blobs.contains(&diff_id.as_str()) {
-                blobs.push(diff_id);
-            }
-        }
-        let found =
-            futures_util::future::try_join_all(blobs.iter().map(|blob| self.find(repository, blob, mount_from)))
-                .await?;
-        let mut sizes = HashMap::new();
-        let mut missing = Vec::new();
-        for (blob, found) in blobs.into_iter().zip(found) {
-            match found {
-                Found::Held(size) => {
-                    sizes.insert(blob, size);
-                }
-                Found::Mounted { size, from } => {
-                    line(&format!("mounted {} from {from}", short(blob)));
-                    sizes.insert(blob, size);
-                }
-                Found::Missing => missing.push(blob),
-            }
-        }
-        let mut uploaded_bytes = 0;
-        if !missing.is_empty() {
-            line(&format!("exporting {} ({platform}): {} blob(s) to upload", short(image_id), missing.len()));
-            let export = Export::of(docker, image_id, &diff_ids).await?;
-            for blob in missing {
-                let size = self.upload(repository, &export, blob).await?;
-                line(&format!("uploaded {} ({size} bytes)", short(blob)));
-                uploaded_bytes += size;
-                sizes.insert(blob, size);
-            }
-        }
-        let bytes = serde_json::to_vec(&image_manifest(image_id, &diff_ids, &sizes))
-            .expect("a manifest has no map that could fail to serialize");
-        let (digest, size) = (sha256(&bytes), bytes.len() as u64);
-        self.put_manifest(repository, &digest, bytes, MANIFEST_MEDIA_TYPE).await?;
-        line(&format!("pushed {platform} as {repository}@{digest}"));
-        Ok(PushedImage { digest, size, media_type: MANIFEST_MEDIA_TYPE.to_owned(), platform, uploaded_bytes })
-    }
-
     /// The digest `repository:tag` serves (one HEAD), `None` when it serves nothing.
     pub async fn served(&self, repository: &str, tag: &str) -> Result<Option<String>, EngineError> {
         let Some(headers) = self.head(repository, &format!("manifests/{tag}")).await? else { return Ok(None) };
@@ -325,7 +250,7 @@ impl Registry {
         if self.served(repository, tag).await?.as_deref() == Some(index.digest.as_str()) {
             return Ok(false);
         }
-        self.put_manifest(repository, tag, index.bytes.clone(), index.media_type).await?;
+        self.put_manifest_bytes(repository, tag, index.bytes.clone(), &index.media_type).await?;
         Ok(true)
     }
 
@@ -377,7 +302,7 @@ impl Registry {
         self.count(1);
         let bytes = match self.oci.pull_manifest_raw(&reference, &auth, &[MANIFEST_MEDIA_TYPE]).await {
             Ok((bytes, _)) => bytes,
-            Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(None),
+            Err(error) if unknown(&error) => return Ok(None),
             Err(error) => return Err(self.oci_error(error)),
         };
         let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&bytes) else { return Ok(None) };
@@ -414,7 +339,7 @@ impl Registry {
             annotations: Some(std::collections::BTreeMap::from([(RECORD_ANNOTATION.to_owned(), record.to_owned())])),
         };
         let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-        self.put_manifest(repository, tag, bytes, MANIFEST_MEDIA_TYPE).await
+        self.put_manifest_bytes(repository, tag, bytes, MANIFEST_MEDIA_TYPE).await
     }
 
     /// Requests sent and blob bytes uploaded so far.
@@ -428,7 +353,7 @@ impl Registry {
     /// Whether `repository` holds `blob`, or a repository of `mount_from` does and it was
     /// mounted. A held blob costs one HEAD; a mounted one, a HEAD in each repository and the
     /// mount.
-    async fn find(&self, repository: &str, blob: &str, mount_from: &[String]) -> Result<Found, EngineError> {
+    pub(crate) async fn find(&self, repository: &str, blob: &str, mount_from: &[String]) -> Result<Found, EngineError> {
         if let Some(size) = self.blob_size(repository, blob).await? {
             return Ok(Found::Held(size));
         }
@@ -463,9 +388,14 @@ impl Registry {
         }
     }
 
-    /// Uploads `blob` from the export, monolithically (POST + PUT): returns its size.
-    async fn upload(&self, repository: &str, export: &Export, blob: &str) -> Result<u64, EngineError> {
-        let (stream, size) = export.read(blob).await?;
+    /// Uploads `blob` (`size` bytes from `stream`), monolithically (POST + PUT).
+    pub(crate) async fn upload_stream(
+        &self,
+        repository: &str,
+        blob: &str,
+        stream: impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static,
+        size: u64,
+    ) -> Result<(), EngineError> {
         self.access(repository, false).await?;
         self.count(2);
         self.oci
@@ -473,28 +403,43 @@ impl Registry {
             .await
             .map_err(|error| self.oci_error(error))?;
         self.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(size)
+        Ok(())
     }
 
-    /// PUTs a manifest or index under `reference`: a digest (`sha256:…`) or a tag.
-    async fn put_manifest(
+    /// The bytes of the manifest `repository@digest` (one GET), `None` when it has none.
+    pub(crate) async fn manifest_bytes(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let reference = Reference::with_digest(self.host.clone(), repository.to_owned(), digest.to_owned());
+        let auth = match &self.credentials {
+            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        let accepted = MANIFEST_ACCEPT.split(", ").map(str::trim).collect::<Vec<_>>();
+        self.access(repository, false).await?;
+        self.count(1);
+        match self.oci.pull_manifest_raw(&reference, &auth, &accepted).await {
+            Ok((bytes, _)) => Ok(Some(bytes.to_vec())),
+            Err(error) if unknown(&error) => Ok(None),
+            Err(error) => Err(self.oci_error(error)),
+        }
+    }
+
+    /// PUTs a manifest of any media type by its digest.
+    pub(crate) async fn put_manifest_bytes(
         &self,
         repository: &str,
         reference: &str,
         bytes: Vec<u8>,
-        media_type: &'static str,
+        media_type: &str,
     ) -> Result<(), EngineError> {
         let target = match reference.contains(':') {
             true => Reference::with_digest(self.host.clone(), repository.to_owned(), reference.to_owned()),
             false => Reference::with_tag(self.host.clone(), repository.to_owned(), reference.to_owned()),
         };
+        let content_type = http::HeaderValue::from_str(media_type)
+            .map_err(|_| EngineError::Failed(format!("the media type {media_type:?} is not a header value")))?;
         self.access(repository, false).await?;
         self.count(1);
-        self.oci
-            .push_manifest_raw(&target, bytes, http::HeaderValue::from_static(media_type))
-            .await
-            .map(drop)
-            .map_err(|error| self.oci_error(error))
+        self.oci.push_manifest_raw(&target, bytes, content_type).await.map(drop).map_err(|error| self.oci_error(error))
     }
 
     /// One HEAD on `/v2/<repository>/<path>`: the answer's headers, `None` for a 404. A bearer
@@ -619,105 +564,17 @@ impl Registry {
     }
 }
 
-/// The OCI manifest of an image: its config, then its layers as the engine exports them.
-fn image_manifest(config: &str, diff_ids: &[String], sizes: &HashMap<&str, u64>) -> OciImageManifest {
-    let descriptor = |media_type: &str, digest: &str| OciDescriptor {
-        media_type: media_type.to_owned(),
-        digest: digest.to_owned(),
-        size: sizes[digest] as i64,
-        ..Default::default()
-    };
-    OciImageManifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST_MEDIA_TYPE.to_owned()),
-        config: descriptor(manifest::IMAGE_CONFIG_MEDIA_TYPE, config),
-        layers: diff_ids.iter().map(|diff_id| descriptor(manifest::IMAGE_LAYER_MEDIA_TYPE, diff_id)).collect(),
-        ..Default::default()
+/// A registry's "no such manifest" (or no such repository), in any of the ways oci-client
+/// reports it.
+fn unknown(error: &OciDistributionError) -> bool {
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        _ => false,
     }
-}
-
-/// The engine's export of one image in a temporary file (removed on drop), and where each
-/// blob lies in it.
-struct Export {
-    path: tempfile::TempPath,
-    blobs: HashMap<String, Entry>,
-}
-
-/// A file's bytes inside the export tar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    offset: u64,
-    size: u64,
-}
-
-impl Export {
-    async fn of(docker: &DockerClient, image_id: &str, diff_ids: &[String]) -> Result<Self, EngineError> {
-        let failed = |e: std::io::Error| EngineError::Failed(format!("cannot keep the export of {image_id}: {e}"));
-        let (file, path) = tempfile::NamedTempFile::new().map_err(failed)?.into_parts();
-        docker.export_image(image_id, &mut tokio::fs::File::from_std(file)).await?;
-        let (config, diff_ids) = (image_id.to_owned(), diff_ids.to_vec());
-        let tar = path.to_path_buf();
-        let blobs = tokio::task::spawn_blocking(move || locate_blobs(&tar, &config, &diff_ids))
-            .await
-            .map_err(|e| EngineError::Failed(e.to_string()))?
-            .map_err(|e| EngineError::Failed(format!("the export of {image_id}: {e}")))?;
-        Ok(Self { path, blobs })
-    }
-
-    /// A blob's bytes as a stream, and its size.
-    async fn read(
-        &self,
-        blob: &str,
-    ) -> Result<(impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + use<>, u64), EngineError>
-    {
-        let failed = |e: std::io::Error| EngineError::Failed(format!("cannot read the export: {e}"));
-        let Some(entry) = self.blobs.get(blob) else {
-            return Err(EngineError::Failed(format!("the engine's export has no {blob}")));
-        };
-        let mut file = tokio::fs::File::open(&self.path).await.map_err(failed)?;
-        file.seek(SeekFrom::Start(entry.offset)).await.map_err(failed)?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(entry.size), 1 << 20);
-        Ok((stream.map_err(OciDistributionError::IoError), entry.size))
-    }
-}
-
-/// Where the config and each layer lie in a `docker save` tar. Its `manifest.json` names their
-/// entries, layers in the order of the image's diff IDs. A layer that repeats is saved once, and
-/// its repeats as symbolic links to it: the first is kept.
-fn locate_blobs(tar: &Path, config: &str, diff_ids: &[String]) -> Result<HashMap<String, Entry>, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Saved {
-        config: String,
-        layers: Vec<String>,
-    }
-    let mut archive = tar::Archive::new(std::fs::File::open(tar).map_err(|e| e.to_string())?);
-    let mut files = HashMap::new();
-    let mut saved = None;
-    for entry in archive.entries_with_seek().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        if name == "manifest.json" {
-            let mut json = Vec::new();
-            entry.read_to_end(&mut json).map_err(|e| e.to_string())?;
-            saved = Some(json);
-        } else if entry.header().entry_type().is_file() {
-            files.insert(name, Entry { offset: entry.raw_file_position(), size: entry.size() });
-        }
-    }
-    let saved: Vec<Saved> = serde_json::from_slice(&saved.ok_or("no manifest.json")?).map_err(|e| e.to_string())?;
-    let [saved] = saved.as_slice() else { return Err(format!("{} images, not one", saved.len())) };
-    if saved.layers.len() != diff_ids.len() {
-        return Err(format!("{} layers, the image has {}", saved.layers.len(), diff_ids.len()));
-    }
-    let config_entry = files.get(&saved.config).ok_or_else(|| format!("no {}", saved.config))?;
-    let mut blobs = HashMap::from([(config.to_owned(), *config_entry)]);
-    for (diff_id, path) in diff_ids.iter().zip(&saved.layers) {
-        if let Some(entry) = files.get(path) {
-            blobs.entry(diff_id.clone()).or_insert(*entry);
-        }
-    }
-    Ok(blobs)
 }
 
 /// The docker daemon's default insecure registries: `localhost`, 127.0.0.0/8 and `::1`.
@@ -732,14 +589,14 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     let hash = sha2::Sha256::digest(bytes);
     let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
     format!("sha256:{hex}")
 }
 
 /// `sha256:0123456789ab…` → `0123456789ab`, for progress lines.
-fn short(digest: &str) -> &str {
+pub(crate) fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     hex.get(..12).unwrap_or(hex)
 }
@@ -758,6 +615,10 @@ mod tests {
                 architecture: architecture.to_owned(),
                 variant: variant.map(str::to_owned),
             },
+            manifest: Vec::new(),
+            config: "sha256:cfg".to_owned(),
+            layers: Vec::new(),
+            compressor: None,
             uploaded_bytes: 0,
         }
     }
@@ -776,17 +637,6 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_names_the_config_and_the_layers_as_exported() {
-        let diff_ids = ["sha256:l1".to_owned(), "sha256:l2".to_owned(), "sha256:l1".to_owned()];
-        let sizes = HashMap::from([("sha256:cfg", 7), ("sha256:l1", 1024), ("sha256:l2", 2048)]);
-        let json = serde_json::to_string(&image_manifest("sha256:cfg", &diff_ids, &sizes)).unwrap();
-        assert_eq!(
-            json,
-            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":7},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:l1","size":1024},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:l2","size":2048},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:l1","size":1024}]}"#
-        );
-    }
-
-    #[test]
     fn platforms_read_as_docker_writes_them() {
         assert_eq!(pushed("d", "amd64", None).platform.to_string(), "linux/amd64");
         assert_eq!(pushed("d", "arm", Some("v7")).platform.to_string(), "linux/arm/v7");
@@ -800,37 +650,5 @@ mod tests {
         for remote in ["ghcr.io", "registry.example:5000", "10.0.0.1:5000", "[fe80::1]:5000", "localhost.example"] {
             assert!(!is_loopback(remote), "{remote}");
         }
-    }
-
-    #[test]
-    fn the_export_is_located_through_its_manifest() {
-        let dir = tempfile::tempdir().unwrap();
-        let tar_path = dir.path().join("export.tar");
-        let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-        let mut add_file = |name: &str, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            builder.append_data(&mut header, name, data).unwrap();
-        };
-        add_file("a/layer.tar", b"first layer");
-        add_file("cfg.json", b"{}");
-        let manifest = r#"[{"Config":"cfg.json","RepoTags":null,"Layers":["a/layer.tar","b/layer.tar"]}]"#;
-        add_file("manifest.json", manifest.as_bytes());
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(tar::EntryType::Symlink);
-        link.set_size(0);
-        builder.append_link(&mut link, "b/layer.tar", "../a/layer.tar").unwrap();
-        builder.into_inner().unwrap();
-
-        let diff_ids = ["sha256:same".to_owned(), "sha256:same".to_owned()];
-        let blobs = locate_blobs(&tar_path, "sha256:cfg", &diff_ids).unwrap();
-        let bytes = std::fs::read(&tar_path).unwrap();
-        let read = |entry: Entry| &bytes[entry.offset as usize..(entry.offset + entry.size) as usize];
-        assert_eq!(read(blobs["sha256:same"]), b"first layer");
-        assert_eq!(read(blobs["sha256:cfg"]), b"{}");
-        assert_eq!(blobs.len(), 2);
-        let wrong = locate_blobs(&tar_path, "sha256:cfg", &diff_ids[..1]).unwrap_err();
-        assert!(wrong.contains("2 layers"), "{wrong}");
     }
 }

@@ -10,8 +10,10 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use trellis_docker::registry::{ImageIndex, Registry};
-use trellis_docker::{BuildRequest, BuildTrace, BuilderKind, DockerClient, DockerCredentials, EngineError};
+use trellis_docker::registry::{ImageIndex, LayerMap, PushOptions, Registry};
+use trellis_docker::{
+    BuildRequest, BuildTrace, BuilderKind, Compression, DockerClient, DockerCredentials, EngineError, ImageStore,
+};
 use trellis_graph::ContextWalk;
 
 const REGISTRY: &str = "127.0.0.1:5000";
@@ -120,6 +122,17 @@ impl Scene {
     /// The manifest the registry serves for `reference`, as skopeo reads it.
     fn raw(&self, reference: &str) -> String {
         self.skopeo("inspect", reference, &["--raw"])
+    }
+
+    /// A blob's bytes, as the registry serves them (curl, not trellis).
+    fn blob(&self, repository: &str, digest: &str) -> Vec<u8> {
+        let url = format!("http://{REGISTRY}/v2/{repository}/blobs/{digest}");
+        let output = Command::new("curl")
+            .args(["-sfL", "-u", &format!("{USER}:{}", self.password), &url])
+            .output()
+            .expect("curl runs");
+        assert!(output.status.success(), "GET {url}: {}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
     }
 
     fn tags(&self, repository: &str) -> BTreeSet<String> {
@@ -248,6 +261,17 @@ fn log() -> (Log, impl FnMut(&str) + Send) {
     (log, move |line: &str| sink.lock().unwrap().push(line.to_owned()))
 }
 
+/// A push as a run's first: gzip, nothing known, mounting from `mount_from`.
+fn options<'a>(mount_from: &'a [String], known: &'a LayerMap) -> PushOptions<'a> {
+    PushOptions { mount_from, compression: Compression::Gzip, known }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The image's layers' diff IDs, as the engine reports them.
 fn diff_ids(image: &str) -> Vec<String> {
     serde_json::from_str(&docker(&["image", "inspect", "-f", "{{json .RootFS.Layers}}", image])).unwrap()
@@ -262,7 +286,8 @@ async fn two_platforms_are_pushed_by_digest_under_one_index_on_every_tag() {
     let (lines, mut line) = log();
     let mut pushed = Vec::new();
     for image in [&amd64, &arm64] {
-        let result = registry.push_image(&scene.client, image, &repository, &[], &mut line).await;
+        let result =
+            registry.push_image(&scene.client, image, &repository, options(&[], &LayerMap::new()), &mut line).await;
         pushed.push(result.unwrap_or_else(|e| panic!("{e}\n{:?}", lines.lock().unwrap())));
     }
     assert_eq!(pushed[0].platform.to_string(), "linux/amd64");
@@ -290,21 +315,27 @@ async fn two_platforms_are_pushed_by_digest_under_one_index_on_every_tag() {
         })
         .collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
-    // Each entry's manifest: the local image ID as its config, the diff IDs as its layers.
-    for (entry, image) in entries.iter().zip([&amd64, &arm64]) {
+    // Each entry's manifest is the image: by config (classic store: the image ID is the
+    // config's digest) or as stored (containerd store: the image ID is the manifest's digest);
+    // its layers gzip, one per diff ID, each unpacking to exactly that diff ID.
+    for ((entry, image), pushed) in entries.iter().zip([&amd64, &arm64]).zip(&pushed) {
         let digest = entry["digest"].as_str().unwrap();
         let manifest: Value = serde_json::from_str(&scene.raw(&format!("{repository}@{digest}"))).unwrap();
-        assert_eq!(manifest["config"]["digest"].as_str(), Some(image.as_str()), "{manifest}");
-        let layers: Vec<&str> =
-            manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
-        assert_eq!(layers, diff_ids(image));
-        assert!(
-            manifest["layers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar")
-        );
+        match scene.client.store() {
+            ImageStore::Classic => {
+                assert_eq!(manifest["config"]["digest"].as_str(), Some(image.as_str()), "{manifest}")
+            }
+            ImageStore::Containerd => assert_eq!(digest, image.as_str()),
+        }
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), diff_ids(image).len());
+        assert!(layers.iter().all(|l| l["mediaType"].as_str().unwrap().ends_with("gzip")), "{manifest}");
+        let unpacked: Vec<String> = pushed.layers.iter().map(|(diff_id, _)| diff_id.clone()).collect();
+        assert_eq!(unpacked, diff_ids(image));
+        let blob = scene.blob(&repository, layers[0]["digest"].as_str().unwrap());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob.as_slice()), &mut tar).unwrap();
+        assert_eq!(sha256(&tar), diff_ids(image)[0], "the first layer unpacks to its diff ID");
     }
     // The images went by digest: no tag but the two.
     assert_eq!(scene.tags(&repository), BTreeSet::from(["1.0".to_owned(), "latest".to_owned()]));
@@ -316,21 +347,38 @@ async fn what_the_registry_holds_is_not_sent_again() {
     let image = scene.image("linux/amd64").await;
     let repository = scene.repository("first");
     let (lines, mut line) = log();
-    let first = scene.registry().push_image(&scene.client, &image, &repository, &[], &mut line).await.unwrap();
+    let nothing = LayerMap::new();
+    let first = scene
+        .registry()
+        .push_image(&scene.client, &image, &repository, options(&[], &nothing), &mut line)
+        .await
+        .unwrap();
     assert!(first.uploaded_bytes > 0);
     let index = ImageIndex::of(std::slice::from_ref(&first));
     assert!(scene.registry().put_index(&repository, "v1", &index).await.unwrap());
     let blobs = 1 + diff_ids(&image).iter().collect::<BTreeSet<_>>().len() as u64;
 
-    // A later run: the same manifest digest, no byte uploaded, and no export.
+    // A later run, knowing the layers as published (their record says): the same manifest
+    // digest, no byte uploaded, no export, nothing compressed.
     let registry = scene.registry();
+    let known: LayerMap = first.layers.iter().cloned().collect();
     lines.lock().unwrap().clear();
-    let again = registry.push_image(&scene.client, &image, &repository, &[], &mut line).await.unwrap();
+    let again = registry.push_image(&scene.client, &image, &repository, options(&[], &known), &mut line).await.unwrap();
     assert_eq!((again.digest.as_str(), again.size), (first.digest.as_str(), first.size));
     assert_eq!(again.uploaded_bytes, 0);
-    assert!(!lines.lock().unwrap().iter().any(|l| l.starts_with("exporting")), "{:?}", lines.lock().unwrap());
-    // Settling the credentials (GET /v2/), a HEAD per blob, the manifest PUT.
-    assert_eq!(registry.stats().requests, 1 + blobs + 1);
+    let said = lines.lock().unwrap().clone();
+    assert!(!said.iter().any(|l| l.starts_with("exporting") || l.starts_with("compressed")), "{said:?}");
+    match scene.client.store() {
+        // Settling the credentials (GET /v2/), a HEAD per blob, the manifest PUT.
+        ImageStore::Classic => assert_eq!(registry.stats().requests, 1 + blobs + 1),
+        // Settling the credentials, the manifest GET by the image ID: it is there.
+        ImageStore::Containerd => assert_eq!(registry.stats().requests, 2),
+    }
+    // Without knowing the layers, the classic store's image is exported and compressed again:
+    // to the same digests (the compressor is pinned), so nothing is uploaded.
+    let again =
+        registry.push_image(&scene.client, &image, &repository, options(&[], &nothing), &mut line).await.unwrap();
+    assert_eq!((again.digest.as_str(), again.uploaded_bytes), (first.digest.as_str(), 0));
     // An alias already serving the index: one HEAD, no PUT.
     let before = registry.stats();
     assert!(!registry.put_index(&repository, "v1", &index).await.unwrap());
@@ -344,17 +392,22 @@ async fn what_the_registry_holds_is_not_sent_again() {
     let other = scene.repository("second");
     lines.lock().unwrap().clear();
     let before = registry.stats();
-    let mounted =
-        registry.push_image(&scene.client, &image, &other, std::slice::from_ref(&repository), &mut line).await.unwrap();
+    let from = std::slice::from_ref(&repository);
+    let mounted = registry.push_image(&scene.client, &image, &other, options(from, &known), &mut line).await.unwrap();
     assert_eq!(mounted.digest, first.digest);
     assert_eq!(mounted.uploaded_bytes, 0);
     assert_eq!(registry.stats().uploaded_bytes, 0);
     let mounts = lines.lock().unwrap().iter().filter(|l| l.starts_with("mounted")).count() as u64;
     assert_eq!(mounts, blobs, "{:?}", lines.lock().unwrap());
-    // Settling the new repository; per blob a HEAD in each repository and the mount; the PUT.
-    assert_eq!(registry.stats().requests - before.requests, 1 + 3 * blobs + 1);
+    let asked = registry.stats().requests - before.requests;
+    match scene.client.store() {
+        // Settling the new repository; per blob a HEAD in each repository and the mount; the PUT.
+        ImageStore::Classic => assert_eq!(asked, 1 + 3 * blobs + 1),
+        // The same, after asking each repository for the manifest by the image ID.
+        ImageStore::Containerd => assert_eq!(asked, 1 + 2 + 3 * blobs + 1),
+    }
     let manifest: Value = serde_json::from_str(&scene.raw(&format!("{other}@{}", mounted.digest))).unwrap();
-    assert_eq!(manifest["config"]["digest"].as_str(), Some(image.as_str()));
+    assert_eq!(manifest["config"]["digest"].as_str(), Some(first.config.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +419,10 @@ async fn the_engine_pulls_each_platform_back_to_the_same_image() {
     let (_, mut line) = log();
     let mut pushed = Vec::new();
     for image in [&amd64, &arm64] {
-        pushed.push(registry.push_image(&scene.client, image, &repository, &[], &mut line).await.unwrap());
+        let nothing = LayerMap::new();
+        pushed.push(
+            registry.push_image(&scene.client, image, &repository, options(&[], &nothing), &mut line).await.unwrap(),
+        );
     }
     registry.put_index(&repository, "rt", &ImageIndex::of(&pushed)).await.unwrap();
     // Gone from the engine, so that the pulls download this test's own layers.
@@ -374,8 +430,15 @@ async fn the_engine_pulls_each_platform_back_to_the_same_image() {
 
     let tag = format!("{REGISTRY}/{repository}:rt");
     let pulled = checked(&["pull", "--platform", "linux/arm64", &tag]);
-    assert!(pulled.contains("Pull complete") && !pulled.contains("Already exists"), "{pulled}");
-    assert_eq!(checked(&["image", "inspect", "-f", "{{.Id}}", &tag]), arm64, "the same config, the same image");
+    // (The containerd store keeps the blobs of a removed image until it collects them.)
+    let downloaded = |pulled: &str| scene.client.store() == ImageStore::Containerd || !pulled.contains("Already exists");
+    assert!(downloaded(&pulled), "{pulled}");
+    let by_tag = checked(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    match scene.client.store() {
+        ImageStore::Classic => assert_eq!(by_tag, arm64, "the same config, the same image"),
+        // The tag names the index there; its arm64 entry is the image pushed.
+        ImageStore::Containerd => assert_eq!(pushed[1].digest, arm64, "the same manifest, the same image"),
+    }
     let machine = checked(&["run", "--rm", "--platform", "linux/arm64", &tag, "uname", "-m"]);
     assert_eq!(machine, "aarch64");
     let id = checked(&["run", "--rm", "--platform", "linux/arm64", &tag, "cat", "/id"]);
@@ -383,7 +446,7 @@ async fn the_engine_pulls_each_platform_back_to_the_same_image() {
 
     let by_digest = format!("{REGISTRY}/{repository}@{}", pushed[0].digest);
     let pulled = checked(&["pull", &by_digest]);
-    assert!(pulled.contains("Pull complete") && !pulled.contains("Already exists"), "{pulled}");
+    assert!(downloaded(&pulled), "{pulled}");
     assert_eq!(checked(&["image", "inspect", "-f", "{{.Id}}", &by_digest]), amd64);
     checked(&["rmi", &tag, &by_digest]);
 }

@@ -118,6 +118,7 @@ fn settings(decl: &Settings, source: &SourceFile, diags: &mut Vec<Diagnostic>) -
         backoff: decl.backoff,
         pull: decl.pull,
         builder: decl.builder.as_ref().map(|b| b.value),
+        compression: decl.compression,
     }
 }
 

@@ -13,8 +13,19 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::manifest::*;
 
 const TOP_NODES: &[&str] = &["settings", "axis", "image"];
-const SETTINGS_NODES: &[&str] =
-    &["name", "dockerfiles", "state", "registry", "jobs", "retries", "backoff", "pull", "builder", "platforms"];
+const SETTINGS_NODES: &[&str] = &[
+    "name",
+    "dockerfiles",
+    "state",
+    "registry",
+    "jobs",
+    "retries",
+    "backoff",
+    "pull",
+    "builder",
+    "platforms",
+    "compression",
+];
 const IMAGE_NODES: &[&str] = &[
     "matrix",
     "exclude",
@@ -60,6 +71,13 @@ const BUILDERS: Keywords<BuilderChoice> = Keywords {
     what: "builder",
     code: "trellis::schema::bad_builder",
     words: &[("buildkit", BuilderChoice::BuildKit), ("classic", BuilderChoice::Classic)],
+};
+
+const COMPRESSIONS: Keywords<CompressionChoice> = Keywords {
+    node: "compression",
+    what: "compression",
+    code: "trellis::schema::bad_compression",
+    words: &[("gzip", CompressionChoice::Gzip), ("zstd", CompressionChoice::Zstd)],
 };
 
 /// Parses and decodes `matrix.kdl`. A KDL syntax error yields no manifest.
@@ -447,6 +465,11 @@ impl Decoder<'_> {
             }
             "builder" => settings.builder = self.single_string(child).and_then(|s| self.keyword(s, &BUILDERS)),
             "platforms" => settings.platforms = self.platforms(child),
+            "compression" => {
+                if let Some(compression) = self.single_string(child).and_then(|s| self.keyword(s, &COMPRESSIONS)) {
+                    settings.compression = compression.value;
+                }
+            }
             other => self.unknown_node(child, other, "settings", SETTINGS_NODES),
         }
     }

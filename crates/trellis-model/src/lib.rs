@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, SourceFile};
 pub use files::{DiskFiles, Files, MemoryFiles};
-pub use manifest::{AttributeValue, BuilderChoice, Jobs, NetworkMode, PullPolicy};
+pub use manifest::{AttributeValue, BuilderChoice, CompressionChoice, Jobs, NetworkMode, PullPolicy};
 pub use model::*;
 
 pub use reference::{normalise as normalise_reference, registry_of};

@@ -45,6 +45,8 @@ pub struct Settings {
     pub builder: Option<Spanned<BuilderChoice>>,
     /// `platforms "linux/amd64" "linux/arm64"`: every image's, unless it says its own.
     pub platforms: Option<PlatformsDecl>,
+    /// How layers are compressed on their way to the registry.
+    pub compression: CompressionChoice,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             pull: PullPolicy::Missing,
             builder: None,
             platforms: None,
+            compression: CompressionChoice::Gzip,
         }
     }
 }
@@ -80,6 +83,17 @@ pub enum PullPolicy {
     Missing,
     Always,
     Never,
+}
+
+/// How layers go to the registry: `settings { compression "gzip" }` (the default, what
+/// `docker push` sends) or `"zstd"` (smaller and faster to unpack; clients need containerd 1.5+
+/// or Docker 23+ to pull it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionChoice {
+    #[default]
+    Gzip,
+    Zstd,
 }
 
 /// The image builder the engine runs: `settings { builder "buildkit" }` or `"classic"`.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 
 use crate::diagnostic::SourceFile;
-use crate::manifest::{AttributeValue, BuilderChoice, Jobs, NetworkMode, PullPolicy, Spanned};
+use crate::manifest::{AttributeValue, BuilderChoice, CompressionChoice, Jobs, NetworkMode, PullPolicy, Spanned};
 
 /// A compiled `matrix.kdl`.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct WorkspaceSettings {
     /// `None` when not set: BuildKit where the engine offers it, the classic builder otherwise.
     /// The engine decides, not the model.
     pub builder: Option<BuilderChoice>,
+    /// How layers are compressed on their way to the registry.
+    pub compression: CompressionChoice,
 }
 
 impl Variant {

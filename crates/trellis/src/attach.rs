@@ -75,15 +75,14 @@ impl Workspace {
         // Read once: which image a key names, what was pushed, the last durations.
         let store = crate::state::StateStore::read(&self.state_dir()).ok();
         let by_key = images_by_key(&client, listing, self, store.as_ref()).await?;
-        let served = match (&registry, how.push) {
-            (Some(registry), true) => {
-                Some((registry.clone(), served_digests(&client, self, &selection, registry).await?))
-            }
-            _ => None,
-        };
-        // One client per run for the records and the pushes: one auth handshake per repository.
+        // One client per run for what is served, the records and the pushes: one auth handshake
+        // per repository.
         let registry_client = (registry.as_deref())
             .map(|r| Arc::new(trellis_docker::registry::Registry::new(r, trellis_docker::credentials_for(r))));
+        let served = match (&registry_client, how.push) {
+            (Some(client), true) => Some((client.host().to_owned(), served_digests(client, self, &selection).await?)),
+            _ => None,
+        };
         let remote = match &registry_client {
             Some(client) => read_remote(self, &selection, &by_key, store.as_ref(), client, &how, sink).await?,
             None => crate::remote::RemoteFacts::default(),
@@ -102,6 +101,11 @@ impl Workspace {
             }
         }
         let recorded = recorded_images(self, &remote)?;
+        let compression = match self.model().settings.compression {
+            trellis_model::CompressionChoice::Gzip => trellis_docker::Compression::Gzip,
+            trellis_model::CompressionChoice::Zstd => trellis_docker::Compression::Zstd,
+        };
+        let known_layers = published_layers(&remote, compression);
         let facts = Arc::new(EngineFacts { by_key, served, builder, remote });
         let docker = DockerBackend {
             builder: client.builder(builder),
@@ -123,6 +127,8 @@ impl Workspace {
             pulls: tokio::sync::Mutex::default(),
             pulled: Mutex::default(),
             durations: Mutex::new(known_durations(&facts, store.as_ref())),
+            compression,
+            known_layers: Mutex::new(known_layers),
         };
         Ok(Backend { worker: Worker::Docker(Arc::new(docker)), facts: Some(facts) })
     }
@@ -253,13 +259,35 @@ fn recorded_images(
                 (v, slot),
                 crate::backend::Recorded {
                     reference: format!("{}/{}@{}", remote.registry, first.repository, image.manifest),
-                    image: image.image.clone(),
+                    image: image.clone(),
                     platform: nodes.platform.clone(),
                 },
             );
         }
     }
     Ok(recorded)
+}
+
+/// The compressed layers the registry's records name, for pushes with `compression`: those
+/// its pinned compressor made, and, for gzip, those pushed as an engine stored them (the
+/// containerd store keeps gzip layers).
+fn published_layers(
+    remote: &crate::remote::RemoteFacts,
+    compression: trellis_docker::Compression,
+) -> trellis_docker::registry::LayerMap {
+    let ours = |compressor: &Option<String>| match compressor {
+        Some(name) => name == compression.compressor(),
+        None => compression == trellis_docker::Compression::Gzip,
+    };
+    let images = remote.records.values().flat_map(|record| &record.images).filter(|image| ours(&image.compressor));
+    images
+        .flat_map(|image| &image.layers)
+        .map(|layer| {
+            let compressed =
+                trellis_docker::registry::CompressedLayer { digest: layer.digest.clone(), size: layer.size };
+            (layer.diff_id.clone(), compressed)
+        })
+        .collect()
 }
 
 /// The last known duration of every node: the state store's, else the registry's records'.
@@ -288,30 +316,26 @@ fn choose_builder(client: &DockerClient, choice: Option<BuilderChoice>) -> Resul
     }
 }
 
-/// The digest the registry serves for every selected reference, asked through the engine a
-/// few at a time. A reference it cannot tell about counts as not served: its push node then
-/// runs, and reports the registry's error itself. Credentials the registry refuses stop the
-/// run here, before anything builds.
+/// The digest the registry serves for every selected reference, asked a few at a time (one
+/// HEAD each). A reference it cannot tell about counts as not served: its push node then runs,
+/// and reports the registry's error itself. Credentials the registry refuses stop the run
+/// here, before anything builds.
 async fn served_digests(
-    client: &DockerClient,
+    client: &trellis_docker::registry::Registry,
     workspace: &Workspace,
     selection: &trellis_graph::Selection,
-    registry: &str,
 ) -> Result<HashMap<String, Option<String>>, Error> {
     use futures_util::StreamExt;
-    let credentials = trellis_docker::credentials_for(registry);
-    let user = credentials.as_ref().and_then(|c| c.username.clone());
-    let targets: Vec<String> = (workspace.variants().iter().enumerate())
+    let registry = client.host();
+    let user = trellis_docker::credentials_for(registry).and_then(|c| c.username);
+    let references: Vec<(String, String)> = (workspace.variants().iter().enumerate())
         .filter(|(v, _)| selection.contains(*v))
-        .flat_map(|(_, v)| v.references.iter().map(|r| format!("{registry}/{r}")))
+        .flat_map(|(_, v)| v.references.iter().map(|r| (r.repository.clone(), r.tag.clone())))
         .collect();
-    futures_util::stream::iter(targets)
-        .map(|target| {
-            let credentials = credentials.clone();
-            async move {
-                let digest = client.registry_digest(&target, credentials).await;
-                (target, digest)
-            }
+    futures_util::stream::iter(references)
+        .map(|(repository, tag)| async move {
+            let digest = client.served(&repository, &tag).await;
+            (format!("{registry}/{repository}:{tag}"), digest)
         })
         .buffer_unordered(8)
         .collect::<Vec<_>>()

@@ -51,13 +51,43 @@ pub struct RecordedImage {
     /// `None`: the engine's own platform, for a variant without `platforms`.
     pub platform: Option<String>,
     pub build_key: String,
-    /// The image ID (the config's digest: the same on every machine that pulls it).
+    /// The image ID on the engine that built it: the config's digest on the classic image
+    /// store (the same wherever it is pulled to such a store), the manifest's on the
+    /// containerd store.
     pub image: String,
     /// The digest of this image's manifest in the record's repository: what is pulled.
     pub manifest: String,
+    /// The digest of its config (the image ID on any classic store). Absent from records
+    /// written before trellis recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
     /// The parents' image IDs it was built on: variant id → image ID.
     #[serde(default)]
     pub parents: BTreeMap<String, String>,
+    /// The pinned compressor that made some of its layers (`None`: every layer went to the
+    /// registry as the engine stored it, or the record predates compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressor: Option<String>,
+    /// Each layer, base first: its diff ID and the compressed blob the registry holds for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<RecordedLayer>,
+}
+
+/// A layer as published: what a later push of the same layer reuses instead of compressing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedLayer {
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl RecordedImage {
+    /// Whether the engine's image `id`, pulled by this record's manifest digest, is the image
+    /// recorded: by image ID on a store like the builder's, else by manifest (containerd store)
+    /// or config (classic store) digest.
+    pub fn is(&self, id: &str) -> bool {
+        id == self.image || id == self.manifest || (!self.config.is_empty() && id == self.config)
+    }
 }
 
 impl RemoteRecord {

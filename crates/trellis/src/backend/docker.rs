@@ -56,6 +56,11 @@ pub(crate) struct DockerBackend {
     /// The last known duration of each node (ms): the store's or the registry's, then this
     /// run's. A push records its variant's.
     pub durations: Mutex<HashMap<String, u64>>,
+    /// How layers are compressed on their way to the registry.
+    pub compression: trellis_docker::Compression,
+    /// Layers' compressed forms known to be published (by diff ID): the registry's records of
+    /// this compressor, then this run's pushes.
+    pub known_layers: Mutex<trellis_docker::registry::LayerMap>,
 }
 
 /// An image built elsewhere: where to pull it from (`registry/repository@sha256:…`), the
@@ -63,7 +68,7 @@ pub(crate) struct DockerBackend {
 #[derive(Debug, Clone)]
 pub(crate) struct Recorded {
     pub reference: String,
-    pub image: String,
+    pub image: crate::remote::RecordedImage,
     pub platform: Option<String>,
 }
 
@@ -159,10 +164,10 @@ impl DockerBackend {
             None => self.client.pull(&recorded.reference, credentials, &mut log).await,
         };
         let id = pulled.map_err(engine_error)?;
-        if id != recorded.image {
+        if !recorded.image.is(&id) {
             return Err(JobError::failed(format!(
                 "{} is image {id}, not the image {} its record names",
-                recorded.reference, recorded.image
+                recorded.reference, recorded.image.image
             )));
         }
         self.images.lock().map_err(|_| JobError::failed("image table poisoned"))?.insert((variant, slot), id.clone());
@@ -179,7 +184,7 @@ impl DockerBackend {
     /// The image ID of a variant's slot without pulling anything: here, or as recorded.
     fn known_image(&self, variant: usize, slot: usize) -> Option<String> {
         let here = self.known_here(variant, slot).ok().flatten();
-        here.or_else(|| Some(self.recorded.get(&(variant, slot))?.image.clone()))
+        here.or_else(|| Some(self.recorded.get(&(variant, slot))?.image.image.clone()))
     }
 
     /// Whether the variant's local references may not name this image: it was pulled by
@@ -455,13 +460,12 @@ impl DockerBackend {
             .ok_or_else(|| invalid("no registry: set `registry` in settings or pass --registry"))?;
         // Made at attach whenever there is a registry.
         let client = self.registry_client.as_deref().ok_or_else(|| invalid("no registry client"))?;
-        let (output, manifests) = match self.served_as_recorded(node, variant, plan, client, ctx).await? {
+        let (output, published) = match self.served_as_recorded(node, variant, plan, client, ctx).await? {
             Some(served) => served,
-            None if variant.platforms.is_empty() => self.push_single(node, variant, registry, ctx).await?,
-            None => self.push_index(node, variant, registry, client, ctx).await?,
+            None => self.publish(node, variant, registry, client, ctx).await?,
         };
         if let (Some(plan), Some(digest)) = (plan, &output.digest) {
-            let record = self.record(node, variant, plan, digest, &manifests)?;
+            let record = self.record(node, variant, plan, digest, published)?;
             let repository = &variant.references.first().ok_or_else(|| invalid("no references"))?.repository;
             let json = serde_json::to_string(&record).map_err(|e| JobError::failed(e.to_string()))?;
             let tag = crate::remote::record_tag(digest);
@@ -480,12 +484,12 @@ impl DockerBackend {
         plan: Option<&crate::remote::RecordPlan>,
         client: &trellis_docker::registry::Registry,
         ctx: &Ctx,
-    ) -> Result<Option<(NodeOutput, Vec<String>)>, JobError> {
+    ) -> Result<Option<(NodeOutput, Vec<Published>)>, JobError> {
         let (Some(plan), Some(record)) = (plan, self.facts.remote.records.get(&node.variant)) else { return Ok(None) };
-        let mut manifests = Vec::new();
+        let mut published = Vec::new();
         for (platform, key) in &plan.images {
             match record.image(platform.as_deref()) {
-                Some(image) if &image.build_key == key => manifests.push(image.manifest.clone()),
+                Some(image) if &image.build_key == key => published.push(Published::as_recorded(image)),
                 _ => return Ok(None),
             }
         }
@@ -499,21 +503,21 @@ impl DockerBackend {
         ctx.line(format!("every reference already serves {}, as recorded", record.digest));
         let slot = trellis_graph::platform_slot(variant, &self.native, &self.native);
         let image = slot.and_then(|slot| self.known_image(node.variant, slot));
-        Ok(Some((NodeOutput { image, digest: Some(record.digest.clone()) }, manifests)))
+        Ok(Some((NodeOutput { image, digest: Some(record.digest.clone()) }, published)))
     }
 
-    /// The record of what this push published: per platform slot, the image and the manifest
-    /// digest it has in the first reference's repository (`manifests`).
+    /// The record of what this push published: per platform slot, the image, the manifest
+    /// digest it has in the first reference's repository, and its layers as published.
     fn record(
         &self,
         node: &Node,
         variant: &Variant,
         plan: &crate::remote::RecordPlan,
         digest: &str,
-        manifests: &[String],
+        published: Vec<Published>,
     ) -> Result<crate::remote::RemoteRecord, JobError> {
         let mut images = Vec::new();
-        for (slot, ((platform, build_key), manifest)) in plan.images.iter().zip(manifests).enumerate() {
+        for (slot, ((platform, build_key), published)) in plan.images.iter().zip(published).enumerate() {
             let image = (self.known_image(node.variant, slot)).ok_or_else(|| invalid("the pushed image is unknown"))?;
             let wanted = platform.as_deref().unwrap_or(&self.native);
             let mut parents = std::collections::BTreeMap::new();
@@ -522,8 +526,16 @@ impl DockerBackend {
                 let parent_image = parent_image.ok_or_else(|| invalid("a parent's image is unknown"))?;
                 parents.insert(self.model.variants[parent].id.clone(), parent_image);
             }
-            let (platform, build_key, manifest) = (platform.clone(), build_key.clone(), manifest.clone());
-            images.push(crate::remote::RecordedImage { platform, build_key, image, manifest, parents });
+            images.push(crate::remote::RecordedImage {
+                platform: platform.clone(),
+                build_key: build_key.clone(),
+                image,
+                manifest: published.manifest,
+                config: published.config,
+                parents,
+                compressor: published.compressor,
+                layers: published.layers,
+            });
         }
         let durations = self.durations.lock().map_err(|_| JobError::failed("duration table poisoned"))?;
         let durations_ms = (plan.nodes.iter()).filter_map(|id| Some((id.clone(), *durations.get(id)?))).collect();
@@ -539,63 +551,6 @@ impl DockerBackend {
             durations_ms,
             balance_ms: plan.balance_ms,
         })
-    }
-
-    /// A variant without platforms: `docker push` of its image under every reference.
-    async fn push_single(
-        &self,
-        node: &Node,
-        variant: &Variant,
-        registry: &str,
-        ctx: &Ctx,
-    ) -> Result<(NodeOutput, Vec<String>), JobError> {
-        let image = self.image_of(node.variant, 0, ctx).await?;
-        // Where the engine recorded this image as pushed: one inspect for all references.
-        let mut recorded = self.client.repo_digests(&image).await.map_err(engine_error)?;
-        let mut digest = String::new();
-        for reference in &variant.references {
-            let target = format!("{registry}/{reference}");
-            let repository = format!("{registry}/{}", reference.repository);
-            if let Some(served) = self.already_served(&image, &recorded, &target, &repository, registry).await? {
-                ctx.line(format!("{target} is already served at {served}"));
-                digest = served;
-                continue;
-            }
-            let mut log = |line: &str| ctx.line(line);
-            let pushed = tokio::select! {
-                result = self.client.push(&image, &target, self.credentials.clone(), &mut log) => result.map_err(|e| self.registry_error(registry, e))?,
-                () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
-            };
-            ctx.line(format!("pushed {target} at {pushed}"));
-            // The engine now records this digest for the repository, as a new inspect
-            // would show.
-            recorded.retain(|d| !d.starts_with(&format!("{repository}@")));
-            recorded.push(format!("{repository}@{pushed}"));
-            digest = pushed;
-        }
-        Ok((NodeOutput { image: Some(image), digest: Some(digest.clone()) }, vec![digest]))
-    }
-
-    /// The digest `target` is served at, when it is the digest this image was pushed under
-    /// (the local reference is then pointed at the image, as a push would).
-    async fn already_served(
-        &self,
-        image: &str,
-        recorded: &[String],
-        target: &str,
-        repository: &str,
-        registry: &str,
-    ) -> Result<Option<String>, JobError> {
-        let local = trellis_docker::digest_in(recorded, repository);
-        let served = (self.client.registry_digest(target, self.credentials.clone()).await)
-            .map_err(|e| self.registry_error(registry, e))?;
-        match (local, served) {
-            (Some(local), Some(served)) if local == served => {
-                self.client.tag(image, target).await.map_err(engine_error)?;
-                Ok(Some(served))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// A push or registry error; a refusal names the registry and the user.
@@ -618,19 +573,55 @@ impl DockerBackend {
     }
 }
 
+/// One platform's image as published: what its record says of it.
+pub(crate) struct Published {
+    manifest: String,
+    config: String,
+    compressor: Option<String>,
+    layers: Vec<crate::remote::RecordedLayer>,
+}
+
+impl Published {
+    fn as_recorded(image: &crate::remote::RecordedImage) -> Self {
+        Self {
+            manifest: image.manifest.clone(),
+            config: image.config.clone(),
+            compressor: image.compressor.clone(),
+            layers: image.layers.clone(),
+        }
+    }
+
+    fn pushed(image: &trellis_docker::registry::PushedImage) -> Self {
+        let layers = (image.layers.iter())
+            .map(|(diff_id, layer)| crate::remote::RecordedLayer {
+                diff_id: diff_id.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+            })
+            .collect();
+        Self {
+            manifest: image.digest.clone(),
+            config: image.config.clone(),
+            compressor: image.compressor.map(str::to_owned),
+            layers,
+        }
+    }
+}
+
 impl DockerBackend {
-    /// A variant with platforms: each platform's tested image goes to every repository of its
-    /// references by digest (no tag), then one image index naming them is put under every
-    /// reference. No reference moves before every platform's image is in the registry; an
-    /// alias already serving the index costs one request.
-    async fn push_index(
+    /// Each platform's tested image goes to every repository of the variant's references by
+    /// digest (no tag), compressed (DESIGN §12); then what every reference serves is put under
+    /// each: the image's manifest for a variant without platforms, else one index naming every
+    /// platform's. No reference moves before every image is in the registry; a reference
+    /// already serving it costs one request.
+    async fn publish(
         &self,
         node: &Node,
         variant: &Variant,
         registry: &str,
         client: &trellis_docker::registry::Registry,
         ctx: &Ctx,
-    ) -> Result<(NodeOutput, Vec<String>), JobError> {
+    ) -> Result<(NodeOutput, Vec<Published>), JobError> {
         let mut repositories: Vec<&str> = Vec::new();
         for reference in &variant.references {
             if !repositories.contains(&reference.repository.as_str()) {
@@ -640,61 +631,83 @@ impl DockerBackend {
         // Layers shared with a parent are mounted from the parent's repository.
         let parents = self.parents[node.variant].iter().map(|&p| self.model.variants[p].repository.clone());
         let mut mount_from: Vec<String> = parents.collect();
-        let mut index = None;
-        let mut manifests = Vec::new();
+        let slots: Vec<Option<&str>> = variant.platform_slots();
+        let mut served = None;
+        let mut published = Vec::new();
         for repository in repositories.iter().copied() {
             let mut images = Vec::new();
-            for (slot, platform) in variant.platforms.iter().enumerate() {
+            for (slot, platform) in slots.iter().enumerate() {
                 let image = self.image_of(node.variant, slot, ctx).await?;
+                let known = self.known_layers.lock().map_err(|_| JobError::failed("layer table poisoned"))?.clone();
+                let options = trellis_docker::registry::PushOptions {
+                    mount_from: &mount_from,
+                    compression: self.compression,
+                    known: &known,
+                };
                 let mut log = |line: &str| ctx.line(line);
                 let pushed = tokio::select! {
-                    result = client.push_image(&self.client, &image, repository, &mount_from, &mut log) => {
+                    result = client.push_image(&self.client, &image, repository, options, &mut log) => {
                         result.map_err(|e| self.registry_error(registry, e))?
                     }
                     () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
                 };
-                if !trellis_model::platform::matches(&pushed.platform.to_string(), platform) {
+                if let Some(platform) = platform
+                    && !trellis_model::platform::matches(&pushed.platform.to_string(), platform)
+                {
                     return Err(invalid(format!(
                         "the {platform} image {image} is a {} image: the build did not honour its platform",
                         pushed.platform
                     )));
                 }
+                self.remember_layers(&pushed);
                 images.push(pushed);
             }
-            // In platform order: the same images give the same index whatever order the
-            // platforms are written in.
-            if manifests.is_empty() {
-                // Per platform slot, in the first reference's repository: what the record names.
-                manifests = images.iter().map(|image| image.digest.clone()).collect();
+            // Per platform slot, in the first reference's repository: what the record names.
+            if published.is_empty() {
+                published = images.iter().map(Published::pushed).collect();
             }
-            images.sort_by_key(|image| image.platform.to_string());
-            index = Some(trellis_docker::registry::ImageIndex::of(&images));
+            served = Some(match variant.platforms.is_empty() {
+                true => trellis_docker::registry::ImageIndex::manifest_of(&images[0]),
+                // In platform order: the same images give the same index whatever order the
+                // platforms are written in.
+                false => {
+                    images.sort_by_key(|image| image.platform.to_string());
+                    trellis_docker::registry::ImageIndex::of(&images)
+                }
+            });
             mount_from.push(repository.to_owned());
         }
-        let Some(index) = index else { return Err(invalid("the variant has no references to push")) };
+        let Some(served) = served else { return Err(invalid("the variant has no references to push")) };
+        let what = if variant.platforms.is_empty() { "manifest" } else { "index" };
         for reference in &variant.references {
             let put = tokio::select! {
-                result = client.put_index(&reference.repository, &reference.tag, &index) => {
+                result = client.put_index(&reference.repository, &reference.tag, &served) => {
                     result.map_err(|e| self.registry_error(registry, e))?
                 }
                 () = ctx.cancel.cancelled() => return Err(JobError::cancelled()),
             };
             let verb = if put { "put" } else { "already serves" };
-            ctx.line(format!("{registry}/{reference} {verb} index {}", index.digest));
+            ctx.line(format!("{registry}/{reference} {verb} {what} {}", served.digest));
         }
         let native = trellis_graph::platform_slot(variant, &self.native, &self.native);
         let image = match native {
             Some(slot) => Some(self.image_of(node.variant, slot, ctx).await?),
             None => None,
         };
-        // As `docker push` leaves it, and as a single-platform push does: the pushed
-        // references name the engine's platform's image locally too (a workspace building FROM
-        // them then finds them without pulling).
+        // As `docker push` leaves it: the pushed references name the engine's platform's image
+        // locally too (a workspace building FROM them then finds them without pulling).
         if let Some(image) = &image {
             for reference in &variant.references {
                 self.client.tag(image, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
             }
         }
-        Ok((NodeOutput { image, digest: Some(index.digest) }, manifests))
+        Ok((NodeOutput { image, digest: Some(served.digest) }, published))
+    }
+
+    /// What this push learnt of layers' compressed forms, for the pushes after it.
+    fn remember_layers(&self, pushed: &trellis_docker::registry::PushedImage) {
+        if let Ok(mut known) = self.known_layers.lock() {
+            known.extend(pushed.layers.iter().cloned());
+        }
     }
 }
