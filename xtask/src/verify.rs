@@ -39,8 +39,9 @@ pub fn family() -> Result {
     let variants = workspace.variants();
     let references: usize = variants.iter().map(|v| v.references.len()).sum();
     if variants.iter().all(|v| v.platforms.is_empty()) {
+        let registry = Registry::from_engine()?;
         for variant in variants {
-            one_manifest(variant)?;
+            one_manifest(variant, &registry)?;
         }
         println!(
             "verified: {references} references of {} variants in {REGISTRY}; each variant's references are one manifest, its tested image",
@@ -51,14 +52,15 @@ pub fn family() -> Result {
     let state = StateStore::read(&workspace.state_dir()).map_err(|e| e.to_string())?;
     let registry = Registry::from_engine()?;
     let latest = latest_node(&workspace)?;
-    let mut latest_images = Vec::new();
+    let (mut latest_images, mut latest_index) = (Vec::new(), String::new());
     for variant in variants {
         match variant.platforms.is_empty() {
-            true => one_manifest(variant)?,
+            true => one_manifest(variant, &registry)?,
             false => {
                 let images = registry.one_index(variant, &state)?;
                 if variant.id == latest.id {
                     latest_images = images;
+                    latest_index = registry.variant_index(variant)?.digest;
                 }
             }
         }
@@ -71,7 +73,7 @@ pub fn family() -> Result {
     let node = latest.values.get("node").ok_or(format!("{} has no node value", latest.id))?;
     let reference = format!("{REGISTRY}/{}:latest", latest.repository);
     for (platform, image) in &latest_images {
-        runs_as_promised(&reference, platform, image, node)?;
+        runs_as_promised(&reference, platform, (image, &latest_index), node)?;
     }
     if !latest.platforms.is_empty() {
         println!("verified: {reference} runs Node.js v{node} on {}", latest.platforms.join(", "));
@@ -81,7 +83,7 @@ pub fn family() -> Result {
 
 /// All references of a variant built for one platform serve one manifest, the one the engine
 /// recorded pushing the image the variant's first local tag names.
-fn one_manifest(variant: &Variant) -> Result {
+fn one_manifest(variant: &Variant, registry: &Registry) -> Result {
     let references: Vec<String> = variant.references.iter().map(ToString::to_string).collect();
     let mut digests = BTreeSet::new();
     for reference in &references {
@@ -92,10 +94,13 @@ fn one_manifest(variant: &Variant) -> Result {
     })?;
     let local = references.first().ok_or(format!("{} has no references", variant.id))?;
     let output = Command::new("docker")
-        .args(["image", "inspect", "-f", "{{json .RepoDigests}}", local])
+        .args(["image", "inspect", "-f", "{{.Id}}", local])
         .output()
         .map_err(|e| format!("cannot run docker: {e}"))?;
-    if !String::from_utf8_lossy(&output.stdout).contains(&digest) {
+    let image = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // The image ID is the config's digest (classic store) or the manifest's (containerd).
+    let config = registry.config_digest(&variant.repository, &digest)?;
+    if image != digest && image != config {
         return Err(format!("{}: the registry serves {digest}, which is not the image {local} names", variant.id));
     }
     Ok(())
@@ -230,14 +235,17 @@ impl Registry {
         let mut tested = Vec::new();
         for (platform, manifest) in entries {
             let config = self.config_digest(&variant.repository, &manifest)?;
+            // An image ID is its config's digest on the classic image store, its manifest's
+            // on the containerd store (where trellis pushes the manifest as stored).
+            let is_entry = |image: &String| *image == config || *image == manifest;
             let here = tested_image(state, variant, Some(platform));
-            if here.as_ref().is_ok_and(|image| *image == config) {
-                tested.push((platform.to_owned(), config));
+            if let Some(image) = here.as_ref().ok().filter(|image| is_entry(image)) {
+                tested.push((platform.to_owned(), image.clone()));
                 continue;
             }
             let elsewhere = self.recorded_tested_image(variant, &index.digest, platform);
-            if elsewhere.as_ref().is_ok_and(|image| *image == config) {
-                tested.push((platform.to_owned(), config));
+            if let Some(image) = elsewhere.as_ref().ok().filter(|image| is_entry(image)) {
+                tested.push((platform.to_owned(), image.clone()));
                 continue;
             }
             let said = |found: Result<String>| found.unwrap_or_else(|e| format!("nothing ({e})"));
@@ -369,19 +377,28 @@ fn answer(mut command: Command) -> Result<String> {
 /// `reference` pulled for `platform` as a user would pull it: the engine gets `image` (the
 /// index's entry for that platform), whose `uname -m` is the platform's machine and whose
 /// `node --version` is `v<node>`. The engine's images are put back as they were either way.
-fn runs_as_promised(reference: &str, platform: &str, image: &str, node: &str) -> Result {
+fn runs_as_promised(reference: &str, platform: &str, (image, index): (&str, &str), node: &str) -> Result {
     let machine = architecture(platform).ok_or(format!("no machine name known for {platform}"))?.machine;
     let config = crate::engine::docker_config()?;
     let before = LocalImages::look(&config, reference, image);
-    let ran = pull_and_run(&config, reference, platform, image, (machine, node));
+    let ran = pull_and_run(&config, reference, platform, (image, index), (machine, node));
     let restored = before.restore(&config, reference, image);
     ran.and(restored)
 }
 
-fn pull_and_run(config: &Path, reference: &str, platform: &str, image: &str, (machine, node): (&str, &str)) -> Result {
+fn pull_and_run(
+    config: &Path,
+    reference: &str,
+    platform: &str,
+    (image, index): (&str, &str),
+    (machine, node): (&str, &str),
+) -> Result {
     crate::run(docker(config, &["pull", "--quiet", "--platform", platform, reference]))?;
     let pulled = answer(docker(config, &["image", "inspect", "-f", "{{.Id}}", reference]))?;
-    if pulled != image {
+    // The containerd store names a pulled reference by the index it serves (whose entry for
+    // the platform is the tested image, as `one_index` checked); the classic store by the
+    // platform's image.
+    if pulled != image && pulled != index {
         return Err(format!("pulling {reference} for {platform} gave {pulled}, not its tested image {image}"));
     }
     let ask = |command: &[&str]| {

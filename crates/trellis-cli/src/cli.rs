@@ -44,6 +44,7 @@ Examples:
   trellis build --push node=22.*     build, test, tag and push the Node 22 variants
   trellis graph --format dot | dot -Tsvg > graph.svg
   trellis clean                      remove images no current variant produces
+  trellis doctor                     what trellis finds: engine, store, builder, registry
 
 Exit codes: 0 success, 1 a node failed (or render --check found stale files),
 2 invalid input or usage, 3 engine or registry unreachable, 130 interrupted.
@@ -148,6 +149,16 @@ pub enum Command {
     },
     /// Remove this workspace's images that no current variant produces any more
     Clean,
+    /// Check the engine, its image store and builder, the platforms it runs, the registry and
+    /// its credentials; say what to fix. Exit 0 when a build would work
+    Doctor {
+        /// The registry to check [default: the workspace's `registry` setting]
+        #[arg(long, value_name = "HOST[:PORT]")]
+        registry: Option<String>,
+        /// Print JSON: {"ok", "checks": [{"check","status","detail","fix"}]}
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the rendered Dockerfiles (only files whose bytes change), remove orphaned ones
     Render {
         /// Write nothing; exit 1 listing stale, missing and orphaned files
@@ -205,6 +216,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Error> {
+    // The one command that works without a workspace.
+    if let Command::Doctor { registry, json } = cli.command {
+        return doctor(cli.file, registry, json);
+    }
     let manifest = match cli.file {
         Some(file) => file,
         None => {
@@ -243,6 +258,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             return build(&manifest, registry, config, engine, Reports { summary_md, junit });
         }
         Command::Clean => return clean(&manifest),
+        Command::Doctor { .. } => unreachable!("handled before a workspace is looked for"),
         Command::Plan { filters, json, push, registry, slice } => {
             let inputs = trellis::GraphInputs { registry, ..Default::default() };
             let plan = plan(Workspace::load_with(&manifest, inputs)?, &filters, slice.into(), push, engine)?;
@@ -456,6 +472,51 @@ fn clean(manifest: &Path) -> Result<u8, Error> {
     let images = if report.kept == 1 { "image" } else { "images" };
     println!("{} removed, {} current {images} kept", report.removed.len(), report.kept);
     Ok(exit::SUCCESS)
+}
+
+/// `trellis doctor`: the workspace when there is one (its registry, builder, platforms and
+/// compression are checked too), else the engine and `--registry` alone.
+fn doctor(file: Option<PathBuf>, registry: Option<String>, json: bool) -> Result<u8, Error> {
+    let manifest = match file {
+        Some(file) => Some(file),
+        None => std::env::current_dir().ok().and_then(|cwd| find_manifest(&cwd).ok()),
+    };
+    let mut problem = None;
+    let workspace = match manifest.as_deref().map(Workspace::load) {
+        Some(Ok(workspace)) => Some(workspace),
+        Some(Err(error)) => {
+            problem = Some(trellis::Finding {
+                check: "workspace",
+                status: trellis::Status::Failed,
+                detail: format!("{} cannot be read: {}", manifest.as_deref().unwrap_or(Path::new("")).display(), first_line(&error)),
+                fix: Some("run `trellis check` for every problem and where it is".to_owned()),
+            });
+            None
+        }
+        None => None,
+    };
+    let mut found = runtime()?.block_on(trellis::doctor(workspace.as_ref(), registry));
+    if let Some(problem) = problem {
+        found.checks.insert(0, problem);
+        found.ok = false;
+    }
+    let text = match json {
+        true => to_json(&found),
+        false => output::doctor(&found),
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(match (found.ok, found.unreachable()) {
+        (true, _) => exit::SUCCESS,
+        (false, true) => exit::UNREACHABLE,
+        (false, false) => exit::NODE_FAILED,
+    })
+}
+
+fn first_line(error: &Error) -> String {
+    match error {
+        Error::Invalid(diagnostics) => format!("{} problem(s) in the workspace", diagnostics.0.len()),
+        other => other.to_string(),
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -131,3 +131,24 @@ pub fn path_for_user(path: &std::path::Path) -> String {
     let shown = shown.strip_prefix(".").unwrap_or(shown);
     shown.display().to_string()
 }
+
+/// `trellis doctor`'s findings, one per line, with what to do under each that is not ok.
+pub fn doctor(found: &trellis::Doctor) -> String {
+    let mut text = String::new();
+    for finding in &found.checks {
+        let mark = match finding.status {
+            trellis::Status::Ok => "ok  ",
+            trellis::Status::Warning => "warn",
+            trellis::Status::Failed => "FAIL",
+        };
+        text.push_str(&format!("{mark}  {:<12} {}\n", finding.check, finding.detail));
+        if let Some(fix) = finding.fix.as_ref().filter(|_| finding.status != trellis::Status::Ok) {
+            text.push_str(&format!("      {:<12} fix: {fix}\n", ""));
+        }
+    }
+    text.push_str(match found.ok {
+        true => "a build would work here\n",
+        false => "a build would not work here: fix what says FAIL\n",
+    });
+    text
+}

@@ -202,9 +202,10 @@ impl Harness {
             let hits = Arc::new(AtomicUsize::new(0));
             let counter = Arc::clone(&hits);
             let failures = service.failures;
-            let (port, _answered) = common::engine::loopback_service(None, move |_| {
-                if counter.fetch_add(1, Ordering::SeqCst) < failures { "fail" } else { "ok" }
-            });
+            let (port, _answered) =
+                common::engine::loopback_service(common::engine::engine_netns().as_deref(), move |_| {
+                    if counter.fetch_add(1, Ordering::SeqCst) < failures { "fail" } else { "ok" }
+                });
             let (from, to) = (format!("127.0.0.1:{}", service.port), format!("127.0.0.1:{port}"));
             sandbox.rewrite_texts(|text| text.replace(&from, &to));
             hits

@@ -187,7 +187,7 @@ fn a_failing_test_moves_no_tag_and_blocks_the_rest() {
 fn counter_service(failures: usize) -> (u16, Arc<AtomicUsize>, mpsc::Receiver<usize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
-    let (port, answered) = loopback_service(None, move |_| {
+    let (port, answered) = loopback_service(common::engine::engine_netns().as_deref(), move |_| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
         if n < failures { "fail" } else { "ok" }
     });

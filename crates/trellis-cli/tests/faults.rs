@@ -33,7 +33,7 @@ fn gate_service(netns: Option<&Path>) -> (u16, mpsc::Receiver<()>, mpsc::Sender<
 
 #[test]
 fn kill_9_during_a_test_then_the_next_run_converges() {
-    let (port, started, release) = gate_service(None);
+    let (port, started, release) = gate_service(engine_netns().as_deref());
     let matrix = r#"
 settings { name "NAME"; retries 0; }
 image "gated" {

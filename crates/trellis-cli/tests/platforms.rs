@@ -93,7 +93,8 @@ fn served(reference: &str) -> Option<String> {
     raw_bytes(reference).map(|bytes| sha256(&bytes))
 }
 
-/// The image ID each platform's entry of an index names (its config digest).
+/// The image ID each platform's entry of an index names: its config digest (classic image
+/// store), or the entry's own digest (containerd store: the image pushed as stored).
 fn index_images(repository: &str, index: &Value) -> Vec<(String, String)> {
     let mut images = Vec::new();
     for entry in index["manifests"].as_array().unwrap() {
@@ -102,8 +103,13 @@ fn index_images(repository: &str, index: &Value) -> Vec<(String, String)> {
             entry["platform"]["os"].as_str().unwrap(),
             entry["platform"]["architecture"].as_str().unwrap()
         );
-        let manifest = raw_manifest(&format!("{repository}@{}", entry["digest"].as_str().unwrap())).unwrap();
-        images.push((platform, manifest["config"]["digest"].as_str().unwrap().to_owned()));
+        let digest = entry["digest"].as_str().unwrap();
+        let manifest = raw_manifest(&format!("{repository}@{digest}")).unwrap();
+        let image = match containerd_store() {
+            true => digest,
+            false => manifest["config"]["digest"].as_str().unwrap(),
+        };
+        images.push((platform, image.to_owned()));
     }
     images
 }

@@ -26,7 +26,7 @@ use crate::builder::{
 };
 use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
-use crate::client::{EngineError, classify, untag};
+use crate::client::{EngineError, classify, classify_build, untag};
 use crate::endpoint::{Endpoint, with_sources};
 use crate::session::{self, ServedFiles, Session};
 
@@ -283,7 +283,7 @@ impl BuildStream {
         match self.failure {
             Some(message) => {
                 line(&format!("error: {message}"));
-                Err(classify(bollard::errors::Error::DockerStreamError { error: message }))
+                Err(classify_build(message))
             }
             None => Ok(self.image),
         }

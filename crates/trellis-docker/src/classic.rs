@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use crate::builder::{
     BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile, with_label_step,
 };
-use crate::client::{EngineError, classify};
+use crate::client::{EngineError, classify, classify_build};
 use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
 
 /// How many times a build runs when its cache lookup keeps racing removals.
@@ -178,7 +178,7 @@ impl ClassicBuilder {
         match failure {
             Some(message) => {
                 line(&format!("error: {message}"));
-                Err(classify(bollard::errors::Error::DockerStreamError { error: message }))
+                Err(classify_build(message))
             }
             None => Ok(image),
         }

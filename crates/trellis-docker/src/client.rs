@@ -57,6 +57,20 @@ pub(crate) fn classify(error: bollard::errors::Error) -> EngineError {
     }
 }
 
+/// A failure inside a build's or test's stream: the engine answered and ran the build, so
+/// whatever the message says ("no such host" from a step or a base's registry included), it
+/// is the build's failure, never an unreachable engine (the containerd store's failing
+/// BuildKit builds were once reported as "cannot reach the Docker engine").
+pub(crate) fn classify_build(message: String) -> EngineError {
+    if is_unauthorized(&message) {
+        EngineError::Unauthorized(message)
+    } else if is_deterministic(&message) {
+        EngineError::Refused(message)
+    } else {
+        EngineError::Failed(message)
+    }
+}
+
 /// What the engine reports when a registry refused credentials (distribution's `UNAUTHORIZED`
 /// and `DENIED` errors, and the daemon's own wording).
 fn is_unauthorized(message: &str) -> bool {
@@ -185,6 +199,12 @@ impl DockerClient {
     /// The engine's version and its API version (`26.1.5`, `1.45`), as answered at connect.
     pub fn version(&self) -> (&str, &str) {
         (&self.version, &self.api_version)
+    }
+
+    /// The version of the BuildKit the engine embeds, when it says (BuildKit 0.11 and newer,
+    /// asked through its control API): for `trellis doctor`.
+    pub async fn buildkit_version(&self) -> Result<Option<String>, EngineError> {
+        crate::control::buildkit_version(&self.endpoint, &self.docker.client_version().to_string()).await
     }
 
     pub(crate) fn docker(&self) -> &Docker {
@@ -587,6 +607,13 @@ mod tests {
         let pull = r#"failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to do request: Head "https://registry-1.docker.io/v2/library/sha256/manifests/9ac7": dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host"#;
         let error = classify(bollard::errors::Error::DockerStreamError { error: pull.to_owned() });
         assert!(matches!(error, EngineError::Unreachable(_)));
+        // The same words inside a build's stream: the build failed; the engine answered.
+        let context = r#"failed to solve: failed to read dockerfile: Get "http://build-context-abc/": dial tcp: lookup build-context-abc: no such host"#;
+        for message in [pull, context] {
+            assert!(matches!(classify_build(message.to_owned()), EngineError::Failed(_)), "{message}");
+        }
+        let refused = r#"failed to compute cache key: "/nothere" not found: not found"#;
+        assert!(matches!(classify_build(refused.to_owned()), EngineError::Refused(_)));
     }
 
     #[test]

@@ -152,6 +152,29 @@ impl Endpoint {
         Ok(Connection { sender, driver })
     }
 
+    /// Sends `request` (to be answered 101, `Upgrade: h2c`) on a connection of its own and
+    /// returns the upgraded connection: BuildKit's session and control API speak HTTP/2 on it.
+    /// A refusal is `Err(Ok((status, body)))`; a lost connection `Err(Err(why))`.
+    pub(crate) async fn upgrade(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<hyper::upgrade::Upgraded, Result<(http::StatusCode, String), String>> {
+        use http_body_util::BodyExt as _;
+        let stream = self.open().await.map_err(|e| Err(e.to_string()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| Err(with_sources(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let response = sender.send_request(request).await.map_err(|e| Err(with_sources(&e)))?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(Ok((status, String::from_utf8_lossy(&body).trim().to_owned())));
+        }
+        hyper::upgrade::on(response).await.map_err(|e| Err(with_sources(&e)))
+    }
+
     /// A bollard client for this engine: bollard's own transport for a socket or TCP, and for
     /// ssh a custom transport (a pooling hyper-util client) over [`Endpoint::open`].
     pub(crate) fn bollard(&self, address: &str) -> Result<bollard::Docker, bollard::errors::Error> {

@@ -20,6 +20,7 @@ mod classic;
 mod client;
 mod compress;
 mod context_tar;
+mod control;
 mod endpoint;
 mod engine_host;
 mod publish;

@@ -36,7 +36,7 @@ use bollard_buildkit_proto::health::{HealthCheckRequest, HealthCheckResponse, He
 use bollard_buildkit_proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
 use bytes::Bytes;
 use futures_util::Stream;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
@@ -44,7 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 use trellis_graph::{ContextWalk, EntryKind};
 
 use crate::client::EngineError;
-use crate::endpoint::{Endpoint, with_sources};
+use crate::endpoint::Endpoint;
 
 /// The name the Dockerfile is served under in the `dockerfile` directory (the build's
 /// `dockerfile` parameter).
@@ -86,13 +86,6 @@ impl Session {
     /// Opens a session on the engine and serves `files` on it.
     pub(crate) async fn open(endpoint: &Endpoint, api_version: &str, files: ServedFiles) -> Result<Self, EngineError> {
         let id = session_id();
-        let unreachable = |e: &dyn std::error::Error| EngineError::Unreachable(with_sources(e));
-        let stream = endpoint.open().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
         let mut request = http::Request::post(format!("/v{api_version}/session"))
             .header(http::header::HOST, endpoint.host_header())
             .header(http::header::CONNECTION, "Upgrade")
@@ -106,16 +99,12 @@ impl Session {
             request = request.header("X-Docker-Expose-Session-Grpc-Method", *method);
         }
         let request = request.body(Full::new(Bytes::new())).map_err(|e| EngineError::Failed(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
-        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            let status = response.status();
-            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(EngineError::Failed(format!(
-                "the engine refused a BuildKit session (HTTP {status}): {}",
-                String::from_utf8_lossy(&body).trim()
-            )));
-        }
-        let upgraded = hyper::upgrade::on(response).await.map_err(|e| unreachable(&e))?;
+        let upgraded = endpoint.upgrade(request).await.map_err(|error| match error {
+            Ok((status, body)) => {
+                EngineError::Failed(format!("the engine refused a BuildKit session (HTTP {status}): {body}"))
+            }
+            Err(why) => EngineError::Unreachable(why),
+        })?;
         let io = SessionIo(TokioIo::new(upgraded));
         let files = Arc::new(files);
         let server = tokio::spawn(async move {

@@ -431,7 +431,8 @@ async fn the_engine_pulls_each_platform_back_to_the_same_image() {
     let tag = format!("{REGISTRY}/{repository}:rt");
     let pulled = checked(&["pull", "--platform", "linux/arm64", &tag]);
     // (The containerd store keeps the blobs of a removed image until it collects them.)
-    let downloaded = |pulled: &str| scene.client.store() == ImageStore::Containerd || !pulled.contains("Already exists");
+    let downloaded =
+        |pulled: &str| scene.client.store() == ImageStore::Containerd || !pulled.contains("Already exists");
     assert!(downloaded(&pulled), "{pulled}");
     let by_tag = checked(&["image", "inspect", "-f", "{{.Id}}", &tag]);
     match scene.client.store() {

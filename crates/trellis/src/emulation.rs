@@ -57,6 +57,21 @@ pub(crate) fn check<'a>(platforms: impl IntoIterator<Item = &'a str>, native: &s
     }
 }
 
+/// The platforms an engine of platform `native` on this machine's kernel runs under
+/// emulation: those of the usual ones whose handler is enabled.
+pub(crate) fn emulated(native: &str) -> Vec<String> {
+    let native = Platform::parse(native);
+    let dir = handlers_dir();
+    ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/386", "linux/ppc64le", "linux/s390x", "linux/riscv64"]
+        .into_iter()
+        .filter(|platform| {
+            let parsed = Platform::parse(platform);
+            !runs_natively(&parsed, &native) && parsed.qemu_handler().is_some_and(|handler| enabled(&dir, handler))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A registered handler says `enabled` on its first line.
 fn enabled(dir: &Path, handler: &str) -> bool {
     std::fs::read_to_string(dir.join(handler)).is_ok_and(|text| text.lines().next() == Some("enabled"))

@@ -45,6 +45,7 @@
 mod attach;
 mod backend;
 mod clean;
+mod doctor;
 mod emulation;
 mod events;
 mod facade;
@@ -55,6 +56,7 @@ mod state;
 pub use attach::{Attach, EngineFacts};
 pub use backend::{Backend, NodeOutput, SimStep, Simulation};
 pub use clean::CleanReport;
+pub use doctor::{Doctor, Finding, Status, doctor};
 pub use events::{Event, EventSink, Quiet};
 pub use facade::{Error, Slice, TagEntry, Workspace, find_manifest, inside};
 pub use remote::{RecordedImage, RemoteFacts, RemoteRecord};

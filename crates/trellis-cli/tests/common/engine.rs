@@ -276,6 +276,26 @@ pub fn loopback_service(
     (port.recv().unwrap(), answered)
 }
 
+/// Whether the engine under test keeps images in the containerd image store, where an image ID
+/// is its manifest's digest (the classic store's is its config's).
+pub fn containerd_store() -> bool {
+    static STORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STORE.get_or_init(|| {
+        let output = std::process::Command::new("docker")
+            .args(["info", "--format", "{{json .DriverStatus}}"])
+            .output()
+            .expect("the docker CLI runs");
+        String::from_utf8_lossy(&output.stdout).contains("io.containerd.snapshotter")
+    })
+}
+
+/// The network namespace of the engine under test, where its host-network builds see their
+/// 127.0.0.1 (`cargo xtask test` runs each newer engine in one of its own and says which in
+/// `TRELLIS_E2E_NETNS`); `None`: the machine's own.
+pub fn engine_netns() -> Option<std::path::PathBuf> {
+    std::env::var_os("TRELLIS_E2E_NETNS").map(std::path::PathBuf::from)
+}
+
 /// Moves the calling thread (only) into the network namespace at `path`.
 fn enter_netns(path: &Path) {
     use std::os::fd::AsRawFd;

@@ -80,17 +80,33 @@ impl PrivateEngine {
     }
 
     /// Starts dockerd on the same data root (overlay2, else vfs) and returns once it listens
-    /// on every address it was given.
+    /// on every address it was given. It is the kind of engine the tests run on: with
+    /// `TRELLIS_E2E_DOCKERD_PATH` and `TRELLIS_E2E_DAEMON_CONFIG` (`cargo xtask test` sets
+    /// them for the newer engines), that dockerd with that daemon.json, its image store and
+    /// storage driver the daemon's default.
     pub fn up(&mut self) {
         let mut hosts = vec![self.host()];
         hosts.extend(self.tcp_port.map(|_| self.tcp_host()));
-        for driver in ["overlay2", "vfs"] {
+        let config = std::env::var_os("TRELLIS_E2E_DAEMON_CONFIG");
+        let drivers: &[Option<&str>] = match config {
+            Some(_) => &[None],
+            None => &[Some("overlay2"), Some("vfs")],
+        };
+        for driver in drivers {
             let dir = self.dir.path();
             // nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroups.
             let mut command = Command::new("nsenter");
+            command.arg(format!("--net={}", self.netns_path().display())).arg("dockerd");
+            if let Some(driver) = driver {
+                command.args(["--storage-driver", driver]);
+            }
+            if let Some(config) = &config {
+                command.arg("--config-file").arg(config);
+            }
+            if let Some(path) = std::env::var_os("TRELLIS_E2E_DOCKERD_PATH") {
+                command.env("PATH", path);
+            }
             command
-                .arg(format!("--net={}", self.netns_path().display()))
-                .args(["dockerd", "--storage-driver", driver])
                 .arg("--data-root")
                 .arg(dir.join("data"))
                 .arg("--exec-root")
