@@ -488,7 +488,11 @@ fn doctor(file: Option<PathBuf>, registry: Option<String>, json: bool) -> Result
             problem = Some(trellis::Finding {
                 check: "workspace",
                 status: trellis::Status::Failed,
-                detail: format!("{} cannot be read: {}", manifest.as_deref().unwrap_or(Path::new("")).display(), first_line(&error)),
+                detail: format!(
+                    "{} cannot be read: {}",
+                    manifest.as_deref().unwrap_or(Path::new("")).display(),
+                    first_line(&error)
+                ),
                 fix: Some("run `trellis check` for every problem and where it is".to_owned()),
             });
             None

@@ -326,47 +326,31 @@ struct Filter {
 
 impl Filter {
     fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, String> {
-        let exclude = match self.exclude.is_empty() {
-            true => None,
-            false => Some(
-                trellis_graph::dockerignore::DockerIgnore::parse(&self.exclude.join("\n"))
-                    .map_err(|e| e.to_string())?,
-            ),
+        // Each list is a set of patterns with Docker's rules (a followpath may be a glob too:
+        // the Dockerfile front end asks for `COPY`'s sources as written, `app/*.whl`); a path
+        // matches when it or a directory above it does.
+        let patterns = |list: &[String]| match list.is_empty() {
+            true => Ok(None),
+            false => trellis_graph::dockerignore::DockerIgnore::parse(&list.join("\n")).map(Some),
         };
-        let include = match self.include.is_empty() {
-            true => None,
-            false => Some(
-                trellis_graph::dockerignore::DockerIgnore::parse(&self.include.join("\n"))
-                    .map_err(|e| e.to_string())?,
-            ),
+        let follow = patterns(&self.follow).map_err(|e| e.to_string())?;
+        let include = patterns(&self.include).map_err(|e| e.to_string())?;
+        let exclude = patterns(&self.exclude).map_err(|e| e.to_string())?;
+        let matches = |list: &Option<trellis_graph::dockerignore::DockerIgnore>, path: &str| {
+            list.as_ref().is_none_or(|patterns| patterns.excludes(path))
         };
-        let follow: Vec<String> = self.follow.iter().map(|p| trellis_graph::dockerignore::clean(p)).collect();
         let mut kept: Vec<Entry> = entries
             .into_iter()
             .filter(|entry| {
                 let path = entry.stat.path.as_str();
-                let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
-                let followed =
-                    follow.is_empty() || follow.iter().any(|f| under(f) || f.starts_with(&format!("{path}/")));
-                // An include pattern matches what it names, what is under it, and the
-                // directories leading to it.
-                let included = include.as_ref().is_none_or(|patterns| {
-                    entry.is_dir() && patterns.may_reinclude_under(path)
-                        || ancestors(path).any(|p| patterns.excludes(p))
-                });
                 let excluded = exclude.as_ref().is_some_and(|patterns| patterns.excludes(path));
-                followed && included && !excluded
+                matches(&follow, path) && matches(&include, path) && !excluded
             })
             .collect();
-        // A directory kept only to lead somewhere still leads there: drop none of the parents.
+        // What is kept still needs the directories leading to it.
         with_parents(&mut kept);
         Ok(kept)
     }
-}
-
-/// `a/b/c`, `a/b`, `a`.
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(path), |p| p.rsplit_once('/').map(|(parent, _)| parent))
 }
 
 /// Sends the listing, then the files the engine asks for, until it says `FIN`.
@@ -486,6 +470,10 @@ mod tests {
         assert_eq!(paths(&filter.apply(context_entries(&walk)).unwrap()), [".dockerignore"]);
         let filter = Filter { follow: vec!["app/main.js".into()], include: vec![], exclude: vec![] };
         assert_eq!(paths(&filter.apply(context_entries(&walk)).unwrap()), ["app", "app/main.js"]);
+        // As `COPY arm64/node-*.whl /tmp/node.whl` asks for its source: a glob.
+        let (_wheels, wheels) = super::tests::walk(&["amd64/node-1.whl", "arm64/node-1.whl", "arm64/other.txt"]);
+        let filter = Filter { follow: vec!["arm64/node-*.whl".into()], include: vec![], exclude: vec![] };
+        assert_eq!(paths(&filter.apply(context_entries(&wheels)).unwrap()), ["arm64", "arm64/node-1.whl"]);
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl Scene {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy("/bin/busybox", dir.path().join("busybox")).expect("Debian's busybox-static");
         for (path, text) in files {
-            std::fs::write(dir.path().join(path), text).unwrap();
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let walk = ContextWalk::new(dir.path(), &Default::default()).unwrap();
         self.dirs.lock().unwrap().push(dir);
@@ -320,9 +322,19 @@ async fn a_missing_copy_source_is_refused(kind: BuilderKind) {
 
 async fn the_context_is_the_walk(kind: BuilderKind) {
     let Some(scene) = Scene::new("context").await else { return };
-    let dockerfile =
-        format!("{}COPY . /ctx\nRUN echo \"listed: $(ls -A /ctx | tr '\\n' ' ')\"\n", scene.base_dockerfile());
-    let files = [(".dockerignore", "ignored.txt\n"), ("ignored.txt", "no"), ("kept.txt", "yes")];
+    // A glob source too: BuildKit's front end asks the session for `glob/a-*.whl` as written.
+    let dockerfile = format!(
+        "{}COPY glob/a-*.whl /globbed/\nRUN echo \"globbed: $(ls /globbed)\"\n\
+         COPY . /ctx\nRUN echo \"listed: $(ls -A /ctx | tr '\\n' ' ')\"\n",
+        scene.base_dockerfile()
+    );
+    let files = [
+        (".dockerignore", "ignored.txt\n"),
+        ("ignored.txt", "no"),
+        ("kept.txt", "yes"),
+        ("glob/a-1.whl", "1"),
+        ("glob/b-1.whl", "2"),
+    ];
     let (result, lines) =
         scene.build(kind, &dockerfile, &files, Options { no_cache: true, ..Default::default() }).await;
     result.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n")));
@@ -330,7 +342,8 @@ async fn the_context_is_the_walk(kind: BuilderKind) {
     // The walk applied .dockerignore, and the rendered Dockerfile is not part of the context:
     // the classic builder's tar lists it in its .dockerignore, BuildKit's session serves it
     // apart from the context.
-    assert_eq!(context, ".dockerignore busybox kept.txt", "{kind}");
+    assert_eq!(context, ".dockerignore busybox glob kept.txt", "{kind}");
+    assert_eq!(printed_after(&lines, "globbed: ").as_deref(), Some("a-1.whl"), "{}", lines.join("\n"));
 }
 
 async fn tests_run_on_the_exact_image_and_leave_nothing(kind: BuilderKind) {
