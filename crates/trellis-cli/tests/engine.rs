@@ -867,3 +867,62 @@ fn clean_takes_a_leftover_test_tag_off_and_keeps_the_image() {
     assert_eq!(image_id(&leftover), None, "the tag is gone");
     assert!(docker(&["image", "inspect", "-f", "{{.Id}}", &base]).starts_with("sha256:"), "the image stays");
 }
+
+/// `(status, check)` of each finding `trellis doctor` printed, in order.
+fn doctor_checks(text: &str) -> Vec<(String, String)> {
+    (text.lines())
+        .filter(|line| !line.starts_with(' ') && line.len() > 6 && line.as_bytes()[4] == b' ')
+        .filter_map(|line| {
+            let (status, rest) = line.split_once(' ')?;
+            let check = rest.trim_start().get(..12)?.trim_end();
+            Some((status.to_owned(), check.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_says_what_it_found_as_the_readme_shows() {
+    let config = docker_config(true);
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |host: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        command.arg("doctor").args(args).current_dir(dir.path()).env("DOCKER_CONFIG", config.path());
+        if let Some(host) = host {
+            command.env("DOCKER_HOST", host);
+        }
+        let output = command.output().unwrap();
+        (output.status.code(), String::from_utf8(output.stdout).unwrap())
+    };
+    // This engine and the registry, as README's "Engines and image stores" shows them.
+    let (code, text) = doctor(None, &["--registry", "127.0.0.1:5000"]);
+    assert_eq!(code, Some(0), "{text}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let shown = readme.split("$ trellis doctor\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
+    assert_eq!(doctor_checks(&text), doctor_checks(shown), "{text}");
+    assert!(text.ends_with("a build would work here\n"), "{text}");
+    let store = if containerd_store() { "containerd image store" } else { "classic image store" };
+    assert!(text.contains(store), "{text}");
+    let (code, json) = doctor(None, &["--registry", "127.0.0.1:5000", "--json"]);
+    assert_eq!(code, Some(0));
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["checks"].as_array().unwrap().len(), doctor_checks(&text).len());
+
+    // No engine: exit 3, and what to do.
+    let (code, text) = doctor(Some("unix:///nonexistent/docker.sock"), &[]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.starts_with("FAIL  engine"), "{text}");
+    assert!(text.contains("fix: start the engine"), "{text}");
+    // Credentials the registry refuses: exit 3, naming the fix.
+    let refused = docker_config(false);
+    let output = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["doctor", "--registry", "127.0.0.1:5000"])
+        .current_dir(dir.path())
+        .env("DOCKER_CONFIG", refused.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{text}");
+    assert!(text.contains("FAIL  registry     127.0.0.1:5000 refuses without credentials"), "{text}");
+    assert!(text.contains("docker login 127.0.0.1:5000"), "{text}");
+}

@@ -114,15 +114,24 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One `GET /` to 127.0.0.1:`port`: the body, or `None` while nothing answers there.
+/// One `GET /` to 127.0.0.1:`port` where the engine's host network is (the machine's, or the
+/// engine's own network namespace): the body, or `None` while nothing answers there.
 fn get(port: u16) -> Option<String> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    std::thread::spawn(move || {
+        if let Some(netns) = engine_netns() {
+            enter_netns(&netns);
+        }
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// Asks the app until it answers `expected`: a container's start-up (npm, then node) has no

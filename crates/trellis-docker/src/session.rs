@@ -262,10 +262,6 @@ impl Entry {
             Stat { path: path.to_owned(), mode: GO_MODE_DIR | 0o755, mod_time: MTIME_NANOS, ..Default::default() };
         Self { stat, content: Content::None }
     }
-
-    fn is_dir(&self) -> bool {
-        self.stat.mode & GO_MODE_DIR != 0
-    }
 }
 
 /// The walk's entries in fsutil's order, every parent directory listed before what it holds.

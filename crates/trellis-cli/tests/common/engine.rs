@@ -297,7 +297,7 @@ pub fn engine_netns() -> Option<std::path::PathBuf> {
 }
 
 /// Moves the calling thread (only) into the network namespace at `path`.
-fn enter_netns(path: &Path) {
+pub fn enter_netns(path: &Path) {
     use std::os::fd::AsRawFd;
     let namespace = std::fs::File::open(path).unwrap();
     // SAFETY: setns(2) with a namespace file descriptor that is open for the whole call; it

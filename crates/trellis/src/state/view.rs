@@ -83,6 +83,12 @@ impl StoreView<'_> {
                     if native.is_some_and(|native| !on_image(native.build)) {
                         return Err("not every reference points at the image".to_owned());
                     }
+                    // Another checkout (or a run whose record is gone) tagged it: the references
+                    // are what a tag node would make them (DESIGN §5), whoever made them.
+                    if let (Some(native), None) = (native, self.store.get(&node.id)) {
+                        let image = images.get(&self.graph.dag[native.build].key.to_hex()).map(|i| short(&i.id));
+                        return Ok(format!("every reference points at image {}", image.unwrap_or_default()));
+                    }
                 }
                 _ => {}
             }
