@@ -40,9 +40,14 @@ pub const ALL: [Engine; 3] = [Engine::TrixieContainerd, Engine::Bookworm, Engine
 /// have (Engine 29 and Docker Desktop default to the containerd image store).
 pub const DEFAULT: Engine = Engine::TrixieContainerd;
 
-/// Trixie's packages: the engine, its CLI (for tests that run `docker`), containerd, buildx
+/// Trixie's packages: the engine, its CLI (for tests that run `docker`), containerd, buildx,
+/// compose (v2: bookworm's 1.29 reads `ContainerConfig`, which Docker 25+ no longer reports)
 /// and cosign (the independent verifier of signatures).
-const TRIXIE_PACKAGES: &[&str] = &["docker.io", "docker-cli", "containerd", "docker-buildx", "cosign"];
+const TRIXIE_PACKAGES: &[&str] =
+    &["docker.io", "docker-cli", "containerd", "docker-buildx", "docker-compose", "cosign"];
+
+/// A binary of each package that must be unpacked: an older unpack lacking one is redone.
+const TRIXIE_BINARIES: &[&str] = &["usr/sbin/dockerd", "usr/bin/docker", "usr/bin/docker-compose", "usr/bin/cosign"];
 
 impl Engine {
     pub fn name(self) -> &'static str {
@@ -105,8 +110,9 @@ impl Engine {
         }
     }
 
-    /// The environment a dockerd of this engine runs with: trixie's binaries first on PATH
-    /// (it starts its own containerd). For the tests' private engines too.
+    /// The PATH a dockerd of this engine runs with, and the tests run with: trixie's binaries
+    /// first (the daemon starts its own containerd; `docker` and `docker-compose` are the
+    /// versions that go with the engine). For the tests' private engines too.
     pub fn dockerd_path(self) -> Option<String> {
         match self {
             Engine::Bookworm => None,
@@ -251,7 +257,7 @@ fn trixie_root() -> PathBuf {
 pub fn trixie() -> Result<PathBuf> {
     let dir = root().join(".cache/trixie");
     let unpacked = trixie_root();
-    if unpacked.join("usr/sbin/dockerd").exists() {
+    if TRIXIE_BINARIES.iter().all(|binary| unpacked.join(binary).exists()) {
         return Ok(unpacked);
     }
     for package in ["apt", "dpkg"] {
@@ -297,6 +303,7 @@ pub fn trixie() -> Result<PathBuf> {
     for runc in ["usr/sbin/runc", "usr/bin/runc"] {
         let _ = fs::remove_file(partial.join(runc));
     }
+    let _ = fs::remove_dir_all(&unpacked);
     fs::rename(&partial, &unpacked).map_err(|e| e.to_string())?;
     Ok(unpacked)
 }

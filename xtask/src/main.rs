@@ -219,7 +219,7 @@ fn test(extra: &[&str]) -> Result {
 fn on_engine(command: &mut Command, engine: engines::Engine) {
     command.env("DOCKER_HOST", engine.host()).env("TRELLIS_E2E_ENGINE", engine.name());
     if let Some(path) = engine.dockerd_path() {
-        command.env("TRELLIS_E2E_DOCKERD_PATH", path);
+        command.env("TRELLIS_E2E_DOCKERD_PATH", &path).env("PATH", path);
     }
     if let Ok(config) = engine.config_file() {
         command.env("TRELLIS_E2E_DAEMON_CONFIG", config);
