@@ -77,7 +77,7 @@ impl ComposeProject {
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
-            .expect("Debian's docker-compose (cargo xtask engine installs it)");
+            .expect("docker-compose (cargo xtask engine installs it)");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "docker-compose {}:\n{stdout}{stderr}", args.join(" "));
@@ -90,7 +90,8 @@ impl ComposeProject {
 
     /// The ID of the container compose made for `service`.
     fn container(&self, service: &str) -> String {
-        let id = self.compose(&["ps", "-q", service]);
+        // `-a`: the code container has exited (compose v2 lists running ones without it).
+        let id = self.compose(&["ps", "-a", "-q", service]);
         assert!(!id.trim().is_empty(), "no container for {service}");
         id.trim().to_owned()
     }

@@ -481,3 +481,29 @@ async fn unreachable_and_unauthorized_are_told_apart() {
         assert!(matches!(put, Err(EngineError::Unauthorized(_))), "{put:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_is_published_on_request_and_deterministic() {
+    let Some(scene) = Scene::new("zstd").await else { return };
+    let image = scene.image("linux/amd64").await;
+    let repository = scene.repository("zstd");
+    let (lines, mut line) = log();
+    let nothing = LayerMap::new();
+    let zstd = PushOptions { mount_from: &[], compression: Compression::Zstd, known: &nothing };
+    let registry = scene.registry();
+    let pushed = registry.push_image(&scene.client, &image, &repository, zstd, &mut line).await;
+    let pushed = pushed.unwrap_or_else(|e| panic!("{e}\n{:?}", lines.lock().unwrap()));
+    // Compressed by trellis on either store (the containerd store keeps gzip: recompressed).
+    assert_eq!(pushed.compressor, Some(Compression::Zstd.compressor()));
+    let manifest: Value = serde_json::from_str(&scene.raw(&format!("{repository}@{}", pushed.digest))).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert!(layers.iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"), "{manifest}");
+    for (layer, diff_id) in layers.iter().zip(diff_ids(&image)) {
+        let blob = scene.blob(&repository, layer["digest"].as_str().unwrap());
+        assert_eq!(sha256(&zstd::decode_all(blob.as_slice()).unwrap()), diff_id, "each layer unpacks to its diff ID");
+    }
+    // Again, knowing nothing, into another repository: the same bytes, the same digests.
+    let other = scene.repository("zstd-again");
+    let again = registry.push_image(&scene.client, &image, &other, zstd, &mut line).await.unwrap();
+    assert_eq!((again.digest.as_str(), &again.layers), (pushed.digest.as_str(), &pushed.layers));
+}
