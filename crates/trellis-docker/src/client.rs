@@ -351,8 +351,20 @@ impl DockerClient {
     /// to date" for every variant, and which references point where.
     pub async fn workspace_images(&self, workspace: &str) -> Result<Vec<ImageListing>, EngineError> {
         let filters = HashMap::from([("label".to_owned(), vec![format!("{}={workspace}", crate::labels::WORKSPACE)])]);
-        let options = ListImagesOptions { all: false, filters: Some(filters), ..Default::default() };
-        let images = self.docker.list_images(Some(options)).await.map_err(classify)?;
+        // The containerd store sizes each image from its snapshots while listing: an image
+        // removed meanwhile (by anyone) fails the whole listing with a 404 "snapshot … does not
+        // exist". Listed again: the removal is over by then.
+        let mut attempt = 0;
+        let images = loop {
+            let options = ListImagesOptions { all: false, filters: Some(filters.clone()), ..Default::default() };
+            match self.docker.list_images(Some(options)).await {
+                Ok(images) => break images,
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) if attempt < 5 => {
+                    attempt += 1;
+                }
+                Err(other) => return Err(classify(other)),
+            }
+        };
         Ok(images
             .into_iter()
             .map(|i| ImageListing { id: i.id, repo_tags: i.repo_tags, labels: i.labels, created: i.created })
@@ -368,7 +380,13 @@ impl DockerClient {
     /// An image built on top that adds nothing but labels still passes: its newest steps
     /// are `LABEL`s too.
     pub async fn labelled_last(&self, id: &str, label: &str, value: &str) -> Result<bool, EngineError> {
-        let history = self.docker.image_history(id).await.map_err(classify)?;
+        let history = match self.docker.image_history(id).await {
+            Ok(history) => history,
+            // Removed since it was listed (or, on the containerd store, a snapshot of it): it is
+            // no build of anyone's any more.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(false),
+            Err(other) => return Err(classify(other)),
+        };
         let wanted = format!("{label}={value}");
         Ok(history
             .iter()
