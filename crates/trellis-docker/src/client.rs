@@ -4,9 +4,7 @@ use std::collections::HashMap;
 
 use bollard::Docker;
 pub use bollard::auth::DockerCredentials;
-use bollard::query_parameters::{
-    CreateImageOptions, ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
-};
+use bollard::query_parameters::{CreateImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
 use crate::endpoint::Endpoint;
@@ -215,53 +213,6 @@ impl DockerClient {
         &self.endpoint
     }
 
-    /// Pushes `target` (`registry/repository:tag`, tagged to `image_id` first) and returns the
-    /// digest the registry stored. Progress lines go to `line`; credentials never do.
-    pub async fn push(
-        &self,
-        image_id: &str,
-        target: &str,
-        credentials: Option<DockerCredentials>,
-        line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<String, EngineError> {
-        self.tag(image_id, target).await?;
-        let (repository, tag) = split_reference(target);
-        let options = PushImageOptions { tag: Some(tag.to_owned()), ..Default::default() };
-        let stream = self.docker.push_image(repository, Some(options), credentials);
-        follow(stream, |info| info.status.as_deref().filter(|_| info.progress_detail.is_none()), line).await?;
-        let recorded = self.repo_digests(image_id).await?;
-        digest_in(&recorded, repository)
-            .ok_or_else(|| EngineError::Failed(format!("the engine recorded no digest for {target} after the push")))
-    }
-
-    /// Every `repository@digest` the engine recorded for `image_id`: one per repository it was
-    /// pushed to (`push_image` itself reports no digest). See [`digest_in`].
-    pub async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, EngineError> {
-        let inspect = self.docker.inspect_image(image_id).await.map_err(classify)?;
-        Ok(inspect.repo_digests.unwrap_or_default())
-    }
-
-    /// The digest the registry serves for `target`, or `None` when it has no such tag.
-    pub async fn registry_digest(
-        &self,
-        target: &str,
-        credentials: Option<DockerCredentials>,
-    ) -> Result<Option<String>, EngineError> {
-        let with_credentials = credentials.is_some();
-        match self.docker.inspect_registry_image(target, credentials).await {
-            Ok(inspect) => Ok(inspect.descriptor.digest),
-            // Credentials given and refused: say so (without them a registry may still serve
-            // reads, and the push says why it cannot).
-            Err(error @ bollard::errors::Error::DockerResponseServerError { status_code: 401, .. })
-                if with_credentials =>
-            {
-                Err(classify(error))
-            }
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 401 | 403 | 404, .. }) => Ok(None),
-            Err(other) => Err(classify(other)),
-        }
-    }
-
     /// Points `reference` (`repository:tag`) at `image_id`.
     pub async fn tag(&self, image_id: &str, reference: &str) -> Result<(), EngineError> {
         let (repository, tag) = split_reference(reference);
@@ -458,13 +409,7 @@ pub(crate) async fn untag(docker: &Docker, reference: &str) {
     }
 }
 
-/// The digest under which `repository` holds an image, among its [`DockerClient::repo_digests`].
-pub fn digest_in(repo_digests: &[String], repository: &str) -> Option<String> {
-    let prefix = format!("{repository}@");
-    repo_digests.iter().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
-}
-
-/// Drains a push or pull progress stream: status lines (not byte counters, which `status`
+/// Drains a pull progress stream: status lines (not byte counters, which `status`
 /// leaves out) go to `line`; an error inside the stream ends it.
 async fn follow<T>(
     mut stream: impl futures_util::Stream<Item = Result<T, bollard::errors::Error>> + Unpin,

@@ -59,9 +59,7 @@ pub const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
 pub const STAND_IN_REPOSITORY: &str = "trellis.invalid/parent";
 
 pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
-pub use client::{
-    DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image, digest_in,
-};
+pub use client::{DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image};
 pub use compress::Compression;
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};
 pub use engine_host::{ChosenBy, EngineHost, LOCAL_SOCKET};

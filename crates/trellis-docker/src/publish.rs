@@ -90,7 +90,7 @@ impl Registry {
             let mut descriptors = Vec::new();
             for diff_id in &layout.diff_ids {
                 let Some(known) = options.known.get(diff_id) else { break };
-                descriptors.push(self.layer(options.compression, known));
+                descriptors.push(layer_descriptor(options.compression, known));
             }
             if descriptors.len() == layout.diff_ids.len() {
                 let config = self.find_size(repository, image_id, options.mount_from, line).await?;
@@ -145,7 +145,7 @@ impl Registry {
                         }
                     };
                     compressor = Some(options.compression.compressor());
-                    descriptors.push(self.layer(options.compression, &compressed));
+                    descriptors.push(layer_descriptor(options.compression, &compressed));
                 }
             }
         }
@@ -173,7 +173,7 @@ impl Registry {
             let Some(bytes) = self.manifest_bytes(source, image_id).await? else { continue };
             let Some(manifest) = StoredManifest::parse(bytes, None) else { continue };
             if source == repository {
-                return self.pushed(repository, manifest, layout, None, 0).map(Some);
+                return self.pushed(manifest, layout, None, 0).map(Some);
             }
             let mut all_found = true;
             for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
@@ -266,16 +266,6 @@ impl Registry {
         Ok((layer, size))
     }
 
-    fn layer(&self, compression: Compression, layer: &CompressedLayer) -> Descriptor {
-        Descriptor {
-            media_type: compression.layer_media_type().to_owned(),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            platform: None,
-            annotations: None,
-        }
-    }
-
     /// Puts `manifest` by its digest and says what was pushed.
     async fn put_image(
         &self,
@@ -286,7 +276,7 @@ impl Registry {
         uploaded_bytes: u64,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<PushedImage, EngineError> {
-        let pushed = self.pushed(repository, manifest.clone(), layout, compressor, uploaded_bytes)?;
+        let pushed = self.pushed(manifest.clone(), layout, compressor, uploaded_bytes)?;
         self.put_manifest_bytes(repository, &pushed.digest, manifest.bytes, &manifest.media_type).await?;
         line(&format!("pushed {} as {repository}@{}", pushed.platform, pushed.digest));
         Ok(pushed)
@@ -294,7 +284,6 @@ impl Registry {
 
     fn pushed(
         &self,
-        _repository: &str,
         manifest: StoredManifest,
         layout: &crate::registry::ImageLayout,
         compressor: Option<&'static str>,
@@ -328,6 +317,17 @@ impl Registry {
 enum Source {
     Tar(String),
     Gzipped(String),
+}
+
+/// A layer compressed as `compression` asks, as a manifest names it.
+fn layer_descriptor(compression: Compression, layer: &CompressedLayer) -> Descriptor {
+    Descriptor {
+        media_type: compression.layer_media_type().to_owned(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        platform: None,
+        annotations: None,
+    }
 }
 
 fn config_descriptor(image_id: &str, size: u64) -> Descriptor {
