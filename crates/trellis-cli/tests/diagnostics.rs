@@ -78,6 +78,7 @@ cases! {
     number_where_string_expected: image("    tag 5");
     string_where_bool_expected: image("    tag \"{{ v }}\" float=\"yes\"");
     retries_out_of_range: with("    name \"t\"\n    retries 99", "axis \"v\" \"1\"", IMAGE);
+    unknown_compression: with("    name \"t\"\n    compression \"xz\"", "axis \"v\" \"1\"", IMAGE);
     zero_build_jobs: with("    name \"t\"\n    jobs build=0", "axis \"v\" \"1\"", IMAGE);
     jobs_as_arguments: with("    name \"t\"\n    jobs 2", "axis \"v\" \"1\"", IMAGE);
     bad_backoff: with("    name \"t\"\n    backoff \"soon\"", "axis \"v\" \"1\"", IMAGE);
