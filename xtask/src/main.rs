@@ -18,6 +18,7 @@ mod actionlint;
 mod engine;
 mod engines;
 mod inputs;
+mod layers;
 mod verify;
 
 use std::env;

@@ -8,14 +8,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use trellis_graph::ContextWalk;
 
-use crate::buildkit::BuildKitBuilder;
-use crate::classic::ClassicBuilder;
-use crate::client::{DockerClient, EngineError};
+use crate::errors::EngineError;
 
 /// Which of the engine's builders runs builds and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,16 +101,6 @@ pub trait Builder: Send + Sync + fmt::Debug {
     /// Removes what `trace` names: containers, test layers or image, the temporary tag. Never
     /// fails (what is already gone is fine); never touches the image a build or test stood on.
     fn clean_up<'a>(&'a self, trace: &'a BuildTrace) -> BoxFuture<'a, ()>;
-}
-
-impl DockerClient {
-    /// The builder of `kind` on this engine (check [`DockerClient::offers_buildkit`] first).
-    pub fn builder(&self, kind: BuilderKind) -> Arc<dyn Builder> {
-        match kind {
-            BuilderKind::Classic => Arc::new(ClassicBuilder::new(self.docker().clone())),
-            BuilderKind::BuildKit => Arc::new(BuildKitBuilder::new(self.docker().clone(), self.endpoint().clone())),
-        }
-    }
 }
 
 /// The lines of a test build: `FROM base` and each run line as a `RUN` step.

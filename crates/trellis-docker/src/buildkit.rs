@@ -13,7 +13,6 @@
 //!   or image stays (BuildKit's steps are not engine containers).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion, RemoveImageOptions, TagImageOptions};
@@ -26,8 +25,9 @@ use crate::builder::{
 };
 use crate::buildkit_progress::PlainProgress;
 use crate::buildkit_status::decode_trace;
-use crate::client::{EngineError, classify, classify_build, untag};
-use crate::endpoint::{Endpoint, with_sources};
+use crate::client::{temporary_tag, untag};
+use crate::endpoint::Endpoint;
+use crate::errors::{EngineError, classify, classify_build, with_sources};
 use crate::session::{self, ServedFiles, Session};
 
 use crate::TEST_BASE_REPOSITORY;
@@ -192,13 +192,6 @@ impl Builder for BuildKitBuilder {
     fn clean_up<'a>(&'a self, trace: &'a BuildTrace) -> BoxFuture<'a, ()> {
         Box::pin(BuildKitBuilder::clean_up(self, trace))
     }
-}
-
-/// A tag no other run or test uses at the same time.
-pub(crate) fn temporary_tag() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 #[derive(serde::Deserialize)]

@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use crate::builder::{
     BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest, run_test_dockerfile, with_label_step,
 };
-use crate::client::{EngineError, classify, classify_build};
 use crate::context_tar::{RESERVED_DOCKERFILE, context_tar};
+use crate::errors::{EngineError, classify, classify_build};
 
 /// How many times a build runs when its cache lookup keeps racing removals.
 const CACHE_RACE_ATTEMPTS: u32 = 3;

@@ -1,114 +1,18 @@
 //! The bollard client and the operations trellis needs from the engine.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::credentials::DockerCredentials;
 use bollard::Docker;
-pub use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{CreateImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
 use crate::endpoint::Endpoint;
 use crate::engine_host::EngineHost;
-use crate::registry::{ImageLayout, Platform};
-
-/// What went wrong, classified for the executor's retry decisions.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The engine could not be reached (not running, socket missing, connection dropped).
-    #[error("cannot reach the Docker engine: {0}")]
-    Unreachable(String),
-    /// The engine ran the request and it failed (a build step, a missing image).
-    #[error("{0}")]
-    Failed(String),
-    /// The engine refused the request as it stands (HTTP 4xx: a Dockerfile it cannot parse, a
-    /// bad argument): sending it again gives the same answer.
-    #[error("{0}")]
-    Refused(String),
-    /// A registry refused the credentials (or their absence).
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
-}
-
-pub(crate) fn classify(error: bollard::errors::Error) -> EngineError {
-    use bollard::errors::Error as E;
-    match error {
-        E::DockerStreamError { error } | E::DockerResponseServerError { message: error, .. }
-            if is_unreachable(&error) =>
-        {
-            EngineError::Unreachable(error)
-        }
-        E::DockerStreamError { error } if is_unauthorized(&error) => EngineError::Unauthorized(error),
-        E::DockerStreamError { error } if is_deterministic(&error) => EngineError::Refused(error),
-        E::DockerStreamError { error } => EngineError::Failed(error),
-        E::DockerResponseServerError { status_code: 401, message } => EngineError::Unauthorized(message),
-        E::DockerResponseServerError { message, .. } if is_unauthorized(&message) => EngineError::Unauthorized(message),
-        E::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
-            EngineError::Refused(format!("{message} ({status_code})"))
-        }
-        E::DockerResponseServerError { status_code, message } => {
-            EngineError::Failed(format!("{message} ({status_code})"))
-        }
-        E::IOError { err } => EngineError::Unreachable(err.to_string()),
-        E::HyperResponseError { err } => EngineError::Unreachable(crate::endpoint::with_sources(&err)),
-        E::RequestTimeoutError => EngineError::Unreachable("the request timed out".to_owned()),
-        other => EngineError::Unreachable(crate::endpoint::with_sources(&other)),
-    }
-}
-
-/// A failure inside a build's or test's stream: the engine answered and ran the build, so
-/// whatever the message says ("no such host" from a step or a base's registry included), it
-/// is the build's failure, never an unreachable engine (the containerd store's failing
-/// BuildKit builds were once reported as "cannot reach the Docker engine").
-pub(crate) fn classify_build(message: String) -> EngineError {
-    if is_unauthorized(&message) {
-        EngineError::Unauthorized(message)
-    } else if is_deterministic(&message) {
-        EngineError::Refused(message)
-    } else {
-        EngineError::Failed(message)
-    }
-}
-
-/// What the engine reports when a registry refused credentials (distribution's `UNAUTHORIZED`
-/// and `DENIED` errors, and the daemon's own wording).
-fn is_unauthorized(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["unauthorized", "authentication required", "no basic auth credentials", "denied: requested access"]
-        .iter()
-        .any(|m| message.contains(m))
-}
-
-/// What the engine reports when it could not reach a registry (the daemon answers, the
-/// registry does not): retried, and exit 3 when it stays so.
-fn is_unreachable(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["connection refused", "no such host", "i/o timeout", "network is unreachable", "connection reset by peer"]
-        .iter()
-        .any(|m| message.contains(m))
-}
-
-/// Build failures that the same inputs reproduce every time: retrying cannot help. The
-/// classic builder's and BuildKit's wordings (BuildKit: a missing `COPY` source is "failed to
-/// compute cache key: \"/x\" not found: not found"; a missing target is "target stage x could
-/// not be found"; a failing `RUN` is "executor failed running …: exit code: N", retried).
-/// The classic builder refuses BuildKit-only syntax ("the --mount option requires BuildKit").
-fn is_deterministic(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    let missing_source = message.contains("failed to compute cache key") && message.contains("not found");
-    missing_source
-        || [
-            "file not found in build context",
-            "dockerfile parse error",
-            "unknown instruction",
-            "manifest unknown",
-            "failed to parse stage name",
-            "target stage",
-            "failed to reach build target",
-            "requires buildkit",
-        ]
-        .iter()
-        .any(|m| message.contains(m))
-}
+use crate::errors::{EngineError, classify};
+use crate::oci::{ImageLayout, Platform};
+use crate::store::ImageStore;
 
 /// An image of the workspace, from the one listing per run.
 #[derive(Debug, Clone)]
@@ -130,7 +34,7 @@ pub struct DockerClient {
     /// The engine's own platform, `os/arch`, from its version answer at connect.
     platform: String,
     /// How the engine stores images, from its `info` answer at connect.
-    store: crate::store::ImageStore,
+    store: ImageStore,
     /// The engine's version and API version, as it answered at connect.
     version: String,
     api_version: String,
@@ -170,7 +74,7 @@ impl DockerClient {
         let platform =
             format!("{}/{}", version.os.clone().unwrap_or_default(), version.arch.clone().unwrap_or_default());
         let info = docker.info().await.map_err(classify).map_err(at)?;
-        let store = crate::store::ImageStore::of(&info);
+        let store = ImageStore::of(&info);
         Ok(Self {
             docker,
             endpoint,
@@ -190,7 +94,7 @@ impl DockerClient {
     }
 
     /// How the engine stores images (judged at connect: no request).
-    pub fn store(&self) -> crate::store::ImageStore {
+    pub fn store(&self) -> ImageStore {
         self.store
     }
 
@@ -356,7 +260,7 @@ impl DockerClient {
     /// (the engine's own tags name one platform's image only). Take it off with
     /// [`DockerClient::untag`]; `trellis clean` takes off what a killed run left.
     pub async fn temporary_tag(&self, image: &str) -> Result<String, EngineError> {
-        let tag = crate::buildkit::temporary_tag();
+        let tag = temporary_tag();
         let options = TagImageOptions { repo: Some(crate::STAND_IN_REPOSITORY.to_owned()), tag: Some(tag.clone()) };
         self.docker.tag_image(image, Some(options)).await.map_err(classify)?;
         Ok(format!("{}:{tag}", crate::STAND_IN_REPOSITORY))
@@ -441,39 +345,19 @@ fn url_safe_registry_auth(mut request: bollard::BollardRequest) -> bollard::Boll
     request
 }
 
-/// Credentials for `registry` from the docker config (`DOCKER_CONFIG` or `~/.docker`): auths
-/// entries and credential helpers. `None` when there are none (anonymous access).
-pub fn credentials_for(registry: &str) -> Option<DockerCredentials> {
-    match docker_credential::get_credential(registry).ok()? {
-        docker_credential::DockerCredential::UsernamePassword(username, password) => Some(DockerCredentials {
-            username: Some(username),
-            password: Some(password),
-            serveraddress: Some(registry.to_owned()),
-            ..Default::default()
-        }),
-        docker_credential::DockerCredential::IdentityToken(token) => Some(DockerCredentials {
-            identitytoken: Some(token),
-            serveraddress: Some(registry.to_owned()),
-            ..Default::default()
-        }),
-    }
-}
-
-/// Credentials for pulling `reference`, from the docker config entry of its registry (Docker
-/// Hub's entry is keyed by its historical index URL).
-pub fn credentials_for_image(reference: &str) -> Option<DockerCredentials> {
-    match trellis_model::registry_of(reference)?.as_str() {
-        "docker.io" => credentials_for("https://index.docker.io/v1/"),
-        registry => credentials_for(registry),
-    }
-}
-
 /// `registry:5000/a/b:tag` → (`registry:5000/a/b`, `tag`).
 fn split_reference(reference: &str) -> (&str, &str) {
     match reference.rsplit_once(':') {
         Some((repository, tag)) if !tag.contains('/') => (repository, tag),
         _ => (reference, "latest"),
     }
+}
+
+/// A tag no other run or test uses at the same time.
+pub(crate) fn temporary_tag() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What the registry client (`registry.rs`) needs from the engine.
@@ -543,40 +427,6 @@ mod tests {
         assert!(offers_buildkit(&version("1.39", "linux")));
         assert!(!offers_buildkit(&version("1.38", "linux")));
         assert!(!offers_buildkit(&version("1.41", "windows")));
-    }
-
-    #[test]
-    fn build_failures_are_classified_by_their_wording() {
-        // As dockerd 20.10 words them (classic builder, then BuildKit 0.8.4).
-        let refused = [
-            "COPY failed: file not found in build context or excluded by .dockerignore: stat x: file does not exist",
-            "the --mount option requires BuildKit. Refer to https://docs.docker.com/go/buildkit/ to learn more",
-            r#"failed to compute cache key: "/nothere" not found: not found"#,
-            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 2: unknown instruction: FOO",
-            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: target stage nosuch could not be found",
-        ];
-        for message in refused {
-            let error = classify(bollard::errors::Error::DockerStreamError { error: message.to_owned() });
-            assert!(matches!(error, EngineError::Refused(_)), "{message}");
-        }
-        let failed = [
-            "The command '/bin/sh -c exit 3' returned a non-zero code: 3",
-            "executor failed running [/bin/sh -c echo failing && exit 3]: exit code: 3",
-        ];
-        for message in failed {
-            let error = classify(bollard::errors::Error::DockerStreamError { error: message.to_owned() });
-            assert!(matches!(error, EngineError::Failed(_)), "{message}");
-        }
-        let pull = r#"failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to do request: Head "https://registry-1.docker.io/v2/library/sha256/manifests/9ac7": dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host"#;
-        let error = classify(bollard::errors::Error::DockerStreamError { error: pull.to_owned() });
-        assert!(matches!(error, EngineError::Unreachable(_)));
-        // The same words inside a build's stream: the build failed; the engine answered.
-        let context = r#"failed to solve: failed to read dockerfile: Get "http://build-context-abc/": dial tcp: lookup build-context-abc: no such host"#;
-        for message in [pull, context] {
-            assert!(matches!(classify_build(message.to_owned()), EngineError::Failed(_)), "{message}");
-        }
-        let refused = r#"failed to compute cache key: "/nothere" not found: not found"#;
-        assert!(matches!(classify_build(refused.to_owned()), EngineError::Refused(_)));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use bollard_buildkit_proto::moby::buildkit::v1::control_client::ControlClient;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::client::EngineError;
 use crate::endpoint::Endpoint;
+use crate::errors::EngineError;
 
 /// The version of the BuildKit the engine embeds (`v0.13.2`), or `None` when it does not say
 /// (BuildKit before 0.11 has no `Info`, as dockerd 20.10's 0.8.4).

@@ -36,6 +36,7 @@
 //! already builds them with (no compile time), a base64 protobuf reader for four messages
 //! (`buildkit_status.rs`), and this file.
 
+use crate::errors::with_sources;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -202,21 +203,6 @@ impl Endpoint {
             }
         }
     }
-}
-
-/// An error with its sources: hyper's own message ("connection error", "error trying to
-/// connect") says nothing of what ssh said.
-pub(crate) fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// hyper-util's connector: every new connection of bollard's client is [`Endpoint::open`].

@@ -21,9 +21,13 @@ mod client;
 mod compress;
 mod context_tar;
 mod control;
+mod credentials;
 mod endpoint;
 mod engine_host;
-mod publish;
+mod errors;
+mod export;
+mod oci;
+pub mod publish;
 pub mod registry;
 mod session;
 mod store;
@@ -59,8 +63,27 @@ pub const TEST_BASE_REPOSITORY: &str = "trellis.invalid/under-test";
 pub const STAND_IN_REPOSITORY: &str = "trellis.invalid/parent";
 
 pub use builder::{BuildRequest, BuildTrace, Builder, BuilderKind, TestRequest};
-pub use client::{DockerClient, DockerCredentials, EngineError, ImageListing, credentials_for, credentials_for_image};
+pub use client::{DockerClient, ImageListing};
 pub use compress::Compression;
 pub use context_tar::{RESERVED_DOCKERFILE, context_tar};
+pub use credentials::{DockerCredentials, credentials_for, credentials_for_image};
 pub use engine_host::{ChosenBy, EngineHost, LOCAL_SOCKET};
+pub use errors::EngineError;
+pub use oci::Platform;
 pub use store::ImageStore;
+
+use std::sync::Arc;
+
+use buildkit::BuildKitBuilder;
+use classic::ClassicBuilder;
+
+/// The top of the layering: the one place that knows both builders.
+impl DockerClient {
+    /// The builder of `kind` on this engine (check [`DockerClient::offers_buildkit`] first).
+    pub fn builder(&self, kind: BuilderKind) -> Arc<dyn Builder> {
+        match kind {
+            BuilderKind::Classic => Arc::new(ClassicBuilder::new(self.docker().clone())),
+            BuilderKind::BuildKit => Arc::new(BuildKitBuilder::new(self.docker().clone(), self.endpoint().clone())),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The one way an image leaves the engine for a registry: by digest, compressed, the same
 //! digests every time (DESIGN §12). A variant without platforms and each platform of one with
 //! them go through [`Registry::push_image`]; the caller then puts the manifest (one platform)
-//! or an index naming them ([`crate::registry::ImageIndex`]) under every tag.
+//! or an index naming them ([`ImageIndex`]) under every tag.
 //!
 //! What is published, by image store (`store.rs`):
 //! - containerd store: the image's manifest and blobs as stored (gzip, as built or pulled):
@@ -17,10 +17,17 @@
 
 use std::collections::BTreeMap;
 
-use crate::client::{DockerClient, EngineError};
+use oci_client::manifest::{self, ImageIndexEntry, OciImageIndex};
+
+use crate::client::DockerClient;
 use crate::compress::{Compression, stored_as};
-use crate::registry::{Found, Platform, Registry, short};
-use crate::store::{Descriptor, Export, ImageStore, StoredManifest};
+use crate::errors::EngineError;
+use crate::oci::{Platform, sha256, short};
+use crate::registry::{Found, ImageIndex, Registry};
+
+const INDEX_MEDIA_TYPE: &str = manifest::OCI_IMAGE_INDEX_MEDIA_TYPE;
+use crate::export::{Descriptor, Export, StoredManifest};
+use crate::store::ImageStore;
 
 /// A layer's compressed form, by its diff ID: what a registry holds for it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +59,46 @@ pub struct PushedImage {
     pub compressor: Option<&'static str>,
     /// Blob bytes this push uploaded (0 when the registry held every blob or mounted them).
     pub uploaded_bytes: u64,
+}
+
+/// Composed here, above the registry client that puts it.
+impl ImageIndex {
+    /// The index naming `images`, in this order: the same manifests in the same order give the
+    /// same bytes, hence the same digest.
+    pub fn of(images: &[PushedImage]) -> Self {
+        let manifests = images
+            .iter()
+            .map(|image| ImageIndexEntry {
+                media_type: image.media_type.clone(),
+                digest: image.digest.clone(),
+                size: image.size as i64,
+                platform: Some(manifest::Platform {
+                    architecture: image.platform.architecture.as_str().into(),
+                    os: image.platform.os.as_str().into(),
+                    variant: image.platform.variant.clone(),
+                    os_version: None,
+                    os_features: None,
+                    features: None,
+                }),
+                annotations: None,
+                artifact_type: None,
+            })
+            .collect();
+        let index = OciImageIndex {
+            schema_version: 2,
+            media_type: Some(INDEX_MEDIA_TYPE.to_owned()),
+            manifests,
+            artifact_type: None,
+            annotations: None,
+        };
+        let bytes = serde_json::to_vec(&index).expect("an index has no map that could fail to serialize");
+        Self { digest: sha256(&bytes), bytes, media_type: INDEX_MEDIA_TYPE.to_owned() }
+    }
+
+    /// One image's own manifest, for a variant without platforms (as `docker push` tags one).
+    pub fn manifest_of(image: &PushedImage) -> Self {
+        Self { digest: image.digest.clone(), bytes: image.manifest.clone(), media_type: image.media_type.clone() }
+    }
 }
 
 /// What a push of one image needs besides the image.
@@ -164,7 +211,7 @@ impl Registry {
         &self,
         image_id: &str,
         repository: &str,
-        layout: &crate::registry::ImageLayout,
+        layout: &crate::oci::ImageLayout,
         options: PushOptions<'_>,
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<PushedImage>, EngineError> {
@@ -271,7 +318,7 @@ impl Registry {
         &self,
         repository: &str,
         manifest: StoredManifest,
-        layout: &crate::registry::ImageLayout,
+        layout: &crate::oci::ImageLayout,
         compressor: Option<&'static str>,
         uploaded_bytes: u64,
         line: &mut (dyn FnMut(&str) + Send),
@@ -285,7 +332,7 @@ impl Registry {
     fn pushed(
         &self,
         manifest: StoredManifest,
-        layout: &crate::registry::ImageLayout,
+        layout: &crate::oci::ImageLayout,
         compressor: Option<&'static str>,
         uploaded_bytes: u64,
     ) -> Result<PushedImage, EngineError> {
@@ -300,7 +347,7 @@ impl Registry {
             .map(|(diff_id, l)| (diff_id.clone(), CompressedLayer { digest: l.digest.clone(), size: l.size }))
             .collect();
         Ok(PushedImage {
-            digest: crate::registry::sha256(&manifest.bytes),
+            digest: sha256(&manifest.bytes),
             size: manifest.bytes.len() as u64,
             media_type: manifest.media_type,
             manifest: manifest.bytes,
@@ -359,6 +406,43 @@ fn compose_manifest(config: Descriptor, layers: Vec<Descriptor>) -> StoredManife
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pushed(digest: &str, architecture: &str, variant: Option<&str>) -> PushedImage {
+        PushedImage {
+            digest: digest.to_owned(),
+            size: 123,
+            media_type: manifest::OCI_IMAGE_MEDIA_TYPE.to_owned(),
+            platform: Platform {
+                os: "linux".to_owned(),
+                architecture: architecture.to_owned(),
+                variant: variant.map(str::to_owned),
+            },
+            manifest: Vec::new(),
+            config: "sha256:cfg".to_owned(),
+            layers: Vec::new(),
+            compressor: None,
+            uploaded_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn an_index_is_the_same_bytes_for_the_same_manifests() {
+        let images = [pushed("sha256:aa", "amd64", None), pushed("sha256:bb", "arm64", Some("v8"))];
+        let index = ImageIndex::of(&images);
+        assert_eq!(
+            String::from_utf8(index.bytes.clone()).unwrap(),
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":123,"platform":{"architecture":"amd64","os":"linux"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":123,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}}]}"#
+        );
+        assert_eq!(index.digest, sha256(&index.bytes));
+        assert_eq!(index, ImageIndex::of(&images.clone()));
+        assert_ne!(index.digest, ImageIndex::of(&[images[1].clone(), images[0].clone()]).digest, "order matters");
+    }
+
+    #[test]
+    fn platforms_read_as_docker_writes_them() {
+        assert_eq!(pushed("d", "amd64", None).platform.to_string(), "linux/amd64");
+        assert_eq!(pushed("d", "arm", Some("v7")).platform.to_string(), "linux/arm/v7");
+    }
 
     #[test]
     fn a_manifest_names_the_config_and_the_compressed_layers() {

@@ -40,17 +40,15 @@ use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{self, ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
+use oci_client::manifest::{self, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Reference, RegistryOperation};
-use sha2::Digest as _;
 
-use crate::client::{DockerCredentials, EngineError};
-pub use crate::publish::{CompressedLayer, LayerMap, PushOptions, PushedImage};
+use crate::credentials::DockerCredentials;
+use crate::errors::EngineError;
 
 const MANIFEST_MEDIA_TYPE: &str = manifest::OCI_IMAGE_MEDIA_TYPE;
-const INDEX_MEDIA_TYPE: &str = manifest::OCI_IMAGE_INDEX_MEDIA_TYPE;
 
 /// The artifact type of trellis's records in a registry (see `Registry::put_record`).
 pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.dev.trellis.record.v1+json";
@@ -102,24 +100,6 @@ enum Access {
     Bearer(String),
 }
 
-/// An image's platform as its config records it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        match &self.variant {
-            Some(variant) => write!(f, "/{variant}"),
-            None => Ok(()),
-        }
-    }
-}
-
 /// What a variant's references serve, serialized once: an OCI image index, or one image's
 /// manifest. Its digest is the digest of these bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,58 +109,11 @@ pub struct ImageIndex {
     pub media_type: String,
 }
 
-impl ImageIndex {
-    /// The index naming `images`, in this order: the same manifests in the same order give the
-    /// same bytes, hence the same digest.
-    pub fn of(images: &[PushedImage]) -> Self {
-        let manifests = images
-            .iter()
-            .map(|image| ImageIndexEntry {
-                media_type: image.media_type.clone(),
-                digest: image.digest.clone(),
-                size: image.size as i64,
-                platform: Some(manifest::Platform {
-                    architecture: image.platform.architecture.as_str().into(),
-                    os: image.platform.os.as_str().into(),
-                    variant: image.platform.variant.clone(),
-                    os_version: None,
-                    os_features: None,
-                    features: None,
-                }),
-                annotations: None,
-                artifact_type: None,
-            })
-            .collect();
-        let index = OciImageIndex {
-            schema_version: 2,
-            media_type: Some(INDEX_MEDIA_TYPE.to_owned()),
-            manifests,
-            artifact_type: None,
-            annotations: None,
-        };
-        let bytes = serde_json::to_vec(&index).expect("an index has no map that could fail to serialize");
-        Self { digest: sha256(&bytes), bytes, media_type: INDEX_MEDIA_TYPE.to_owned() }
-    }
-
-    /// One image's own manifest, for a variant without platforms (as `docker push` tags one).
-    pub fn manifest_of(image: &PushedImage) -> Self {
-        Self { digest: image.digest.clone(), bytes: image.manifest.clone(), media_type: image.media_type.clone() }
-    }
-}
-
 /// Requests sent and blob bytes uploaded by one [`Registry`] so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegistryStats {
     pub requests: u64,
     pub uploaded_bytes: u64,
-}
-
-/// An image as the engine records it, for its manifest.
-#[derive(Debug, Clone)]
-pub(crate) struct ImageLayout {
-    pub platform: Platform,
-    /// The layers' diff IDs (digests of their uncompressed tars), base first.
-    pub diff_ids: Vec<String>,
 }
 
 /// Where the registry found a blob, or did not.
@@ -588,58 +521,9 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(crate) fn sha256(bytes: &[u8]) -> String {
-    let hash = sha2::Sha256::digest(bytes);
-    let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// `sha256:0123456789ab…` → `0123456789ab`, for progress lines.
-pub(crate) fn short(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    hex.get(..12).unwrap_or(hex)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pushed(digest: &str, architecture: &str, variant: Option<&str>) -> PushedImage {
-        PushedImage {
-            digest: digest.to_owned(),
-            size: 123,
-            media_type: MANIFEST_MEDIA_TYPE.to_owned(),
-            platform: Platform {
-                os: "linux".to_owned(),
-                architecture: architecture.to_owned(),
-                variant: variant.map(str::to_owned),
-            },
-            manifest: Vec::new(),
-            config: "sha256:cfg".to_owned(),
-            layers: Vec::new(),
-            compressor: None,
-            uploaded_bytes: 0,
-        }
-    }
-
-    #[test]
-    fn an_index_is_the_same_bytes_for_the_same_manifests() {
-        let images = [pushed("sha256:aa", "amd64", None), pushed("sha256:bb", "arm64", Some("v8"))];
-        let index = ImageIndex::of(&images);
-        assert_eq!(
-            String::from_utf8(index.bytes.clone()).unwrap(),
-            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":123,"platform":{"architecture":"amd64","os":"linux"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":123,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}}]}"#
-        );
-        assert_eq!(index.digest, sha256(&index.bytes));
-        assert_eq!(index, ImageIndex::of(&images.clone()));
-        assert_ne!(index.digest, ImageIndex::of(&[images[1].clone(), images[0].clone()]).digest, "order matters");
-    }
-
-    #[test]
-    fn platforms_read_as_docker_writes_them() {
-        assert_eq!(pushed("d", "amd64", None).platform.to_string(), "linux/amd64");
-        assert_eq!(pushed("d", "arm", Some("v7")).platform.to_string(), "linux/arm/v7");
-    }
 
     #[test]
     fn loopback_registries_are_plain_http() {

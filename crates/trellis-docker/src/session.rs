@@ -43,8 +43,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_graph::{ContextWalk, EntryKind};
 
-use crate::client::EngineError;
 use crate::endpoint::Endpoint;
+use crate::errors::EngineError;
 
 /// The name the Dockerfile is served under in the `dockerfile` directory (the build's
 /// `dockerfile` parameter).

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use trellis_docker::registry::{ImageIndex, LayerMap, PushOptions, Registry};
+use trellis_docker::publish::{LayerMap, PushOptions};
+use trellis_docker::registry::{ImageIndex, Registry};
 use trellis_docker::{
     BuildRequest, BuildTrace, BuilderKind, Compression, DockerClient, DockerCredentials, EngineError, ImageStore,
 };

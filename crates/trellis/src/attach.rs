@@ -9,9 +9,10 @@ use trellis_docker::{BuilderKind, DockerClient, EngineError, ImageListing};
 use trellis_exec::RetryPolicy;
 use trellis_model::{BuilderChoice, PullPolicy};
 
-use crate::backend::{Backend, DockerBackend, Worker};
+use crate::backend::{Backend, DockerBackend, EngineFacts, Worker};
+use crate::error::Error;
 use crate::events::{Event, EventSink};
-use crate::facade::{Error, Workspace};
+use crate::facade::Workspace;
 
 /// What attaching is for.
 #[derive(Debug, Clone, Default)]
@@ -28,28 +29,6 @@ pub struct Attach {
     /// The stage and shard of the run: with a shard, the registry's record of every selected
     /// variant is read (not only of those the engine lacks), to balance the shards.
     pub slice: crate::facade::Slice,
-}
-
-/// What the engine and the registry held when the workspace was attached: what judges builds,
-/// tags and pushes in a plan. Read once; a run updates its own copy as it builds.
-#[derive(Debug)]
-pub struct EngineFacts {
-    /// The workspace's images by their build key (one listing per run).
-    pub by_key: HashMap<String, ImageListing>,
-    /// When the run pushes: the push registry and the digest it serves for every selected
-    /// reference (`registry/repository:tag`), `None` where it serves none.
-    pub served: Option<(String, HashMap<String, Option<String>>)>,
-    /// The builder every build goes through.
-    pub builder: BuilderKind,
-    /// What the registry recorded for the variants the engine lacks (DESIGN §9).
-    pub remote: crate::remote::RemoteFacts,
-}
-
-impl EngineFacts {
-    /// What the registry serves, by `registry/repository:tag`, and the registry.
-    pub fn served(&self) -> Option<(&HashMap<String, Option<String>>, &str)> {
-        self.served.as_ref().map(|(registry, served)| (served, registry.as_str()))
-    }
 }
 
 impl Workspace {
@@ -274,7 +253,7 @@ fn recorded_images(
 fn published_layers(
     remote: &crate::remote::RemoteFacts,
     compression: trellis_docker::Compression,
-) -> trellis_docker::registry::LayerMap {
+) -> trellis_docker::publish::LayerMap {
     let ours = |compressor: &Option<String>| match compressor {
         Some(name) => name == compression.compressor(),
         None => compression == trellis_docker::Compression::Gzip,
@@ -284,7 +263,7 @@ fn published_layers(
         .flat_map(|image| &image.layers)
         .map(|layer| {
             let compressed =
-                trellis_docker::registry::CompressedLayer { digest: layer.digest.clone(), size: layer.size };
+                trellis_docker::publish::CompressedLayer { digest: layer.digest.clone(), size: layer.size };
             (layer.diff_id.clone(), compressed)
         })
         .collect()

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use crate::attach::{images_by_key, repository_of, self_made, unreachable};
-use crate::facade::{Error, Workspace};
+use crate::error::Error;
+use crate::facade::Workspace;
 
 /// What `trellis clean` did.
 #[derive(Debug, Default)]

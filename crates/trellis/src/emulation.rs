@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use trellis_model::platform::Platform;
 
-use crate::facade::Error;
+use crate::error::Error;
 
 /// Where the kernel lists its binfmt_misc handlers. `TRELLIS_BINFMT_MISC` points elsewhere
 /// (the tests use it to stand for a machine without the handlers).

@@ -3,14 +3,14 @@
 //! ignore them ([`Quiet`]) — the state store is fed before any sink sees an event, so what
 //! the next run skips does not depend on the sink.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 use std::time::Duration;
 
 use trellis_docker::BuilderKind;
 use trellis_exec::{CancelReason, JobError, RunSummary};
 use trellis_graph::NodeKind;
-
-use crate::state::ReportNode;
 
 /// One thing that happened, borrowed for the length of the call.
 #[derive(Debug)]
@@ -93,4 +93,47 @@ impl<F: FnMut(&Event<'_>) + Send> EventSink for F {
     fn event(&mut self, event: &Event<'_>) {
         self(event);
     }
+}
+
+/// One node of the run's report (`report.json`, and what sinks and reporters read).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportNode {
+    pub id: String,
+    pub kind: NodeKind,
+    /// Build and test nodes of a variant with `platforms`: the platform they run for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// `run` or `skip`, as planned.
+    pub action: &'static str,
+    pub reason: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    pub attempts: u32,
+    /// Attempts that failed before the last one (a flaky node's, or a failed node's earlier).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
+    pub duration_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// For push nodes: the digest the registry serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+    /// The node's log, relative to the workspace root (absolute when outside it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// The same log as a path to open.
+    #[serde(skip)]
+    pub log_path: Option<PathBuf>,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    pub error: String,
 }

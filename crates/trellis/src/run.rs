@@ -12,9 +12,11 @@ use trellis_exec::{ExecOptions, Initial, Job, JobGraph, Limits, RetryPolicy, Run
 use trellis_graph::{Action, Graph, NodeKind, PlannedNode, Selection};
 
 use crate::backend::{Backend, NodeJob, NodeOutput, NodeRunner};
+use crate::error::Error;
+use crate::events::ReportNode;
 use crate::events::{Event, EventSink};
-use crate::facade::{Error, Workspace};
-use crate::state::{JobInfo, Recorder, ReportNode, StateLock, StateStore};
+use crate::facade::Workspace;
+use crate::state::{JobInfo, Recorder, StateLock, StateStore};
 
 /// Everything a run was asked to do, validated: nothing downstream sees clap.
 #[derive(Debug, Clone, Default)]

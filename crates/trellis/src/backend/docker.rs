@@ -46,7 +46,7 @@ pub(crate) struct DockerBackend {
     pub external_bases: Vec<Vec<String>>,
     pub base_images: trellis_graph::BaseImageIds,
     /// What the engine and the registry held when attached.
-    pub facts: Arc<crate::attach::EngineFacts>,
+    pub facts: Arc<super::EngineFacts>,
     /// Per (variant, platform slot): the image the registry's record names for the current
     /// key, pulled by digest when a node that runs needs it.
     pub recorded: HashMap<(usize, usize), Recorded>,
@@ -60,7 +60,7 @@ pub(crate) struct DockerBackend {
     pub compression: trellis_docker::Compression,
     /// Layers' compressed forms known to be published (by diff ID): the registry's records of
     /// this compressor, then this run's pushes.
-    pub known_layers: Mutex<trellis_docker::registry::LayerMap>,
+    pub known_layers: Mutex<trellis_docker::publish::LayerMap>,
 }
 
 /// An image built elsewhere: where to pull it from (`registry/repository@sha256:…`), the
@@ -566,7 +566,7 @@ impl DockerBackend {
             }
             trellis_docker::EngineError::Unauthorized(detail) => {
                 let user = self.credentials.as_ref().and_then(|c| c.username.as_deref());
-                JobError::new(ErrorClass::AccessDenied, crate::facade::refused(registry, user, &detail))
+                JobError::new(ErrorClass::AccessDenied, crate::error::refused(registry, user, &detail))
             }
             other => engine_error(other),
         }
@@ -591,7 +591,7 @@ impl Published {
         }
     }
 
-    fn pushed(image: &trellis_docker::registry::PushedImage) -> Self {
+    fn pushed(image: &trellis_docker::publish::PushedImage) -> Self {
         let layers = (image.layers.iter())
             .map(|(diff_id, layer)| crate::remote::RecordedLayer {
                 diff_id: diff_id.clone(),
@@ -639,7 +639,7 @@ impl DockerBackend {
             for (slot, platform) in slots.iter().enumerate() {
                 let image = self.image_of(node.variant, slot, ctx).await?;
                 let known = self.known_layers.lock().map_err(|_| JobError::failed("layer table poisoned"))?.clone();
-                let options = trellis_docker::registry::PushOptions {
+                let options = trellis_docker::publish::PushOptions {
                     mount_from: &mount_from,
                     compression: self.compression,
                     known: &known,
@@ -705,7 +705,7 @@ impl DockerBackend {
     }
 
     /// What this push learnt of layers' compressed forms, for the pushes after it.
-    fn remember_layers(&self, pushed: &trellis_docker::registry::PushedImage) {
+    fn remember_layers(&self, pushed: &trellis_docker::publish::PushedImage) {
         if let Ok(mut known) = self.known_layers.lock() {
             known.extend(pushed.layers.iter().cloned());
         }

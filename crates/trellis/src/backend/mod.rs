@@ -10,12 +10,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use trellis_docker::{BuilderKind, ImageListing};
 use trellis_exec::{ErrorClass, Job, JobContext, JobError, Runner};
 use trellis_graph::{Node, NodeKind};
 
 pub(crate) use docker::{DockerBackend, Recorded, run_labels};
 
-use crate::attach::EngineFacts;
+/// What the engine and the registry held when the workspace was attached: what judges builds,
+/// tags and pushes in a plan. Read once; a run updates its own copy as it builds.
+#[derive(Debug)]
+pub struct EngineFacts {
+    /// The workspace's images by their build key (one listing per run).
+    pub by_key: HashMap<String, ImageListing>,
+    /// When the run pushes: the push registry and the digest it serves for every selected
+    /// reference (`registry/repository:tag`), `None` where it serves none.
+    pub served: Option<(String, HashMap<String, Option<String>>)>,
+    /// The builder every build goes through.
+    pub builder: BuilderKind,
+    /// What the registry recorded for the variants the engine lacks (DESIGN §9).
+    pub remote: crate::remote::RemoteFacts,
+}
+
+impl EngineFacts {
+    /// What the registry serves, by `registry/repository:tag`, and the registry.
+    pub fn served(&self) -> Option<(&HashMap<String, Option<String>>, &str)> {
+        self.served.as_ref().map(|(registry, served)| (served, registry.as_str()))
+    }
+}
 
 /// What a finished node reports: the job output contract between the backends, the state
 /// store and the reports.

@@ -11,8 +11,7 @@ mod reports;
 mod store;
 mod view;
 
-pub use recorder::{FailedAttempt, ReportNode};
 pub(crate) use recorder::{JobInfo, Recorder, report_json};
 pub(crate) use reports::{record_reports, recorded_reports};
-pub use store::{EarlierKey, NodeRecord, Outcome, StateError, StateLock, StateStore};
+pub use store::{EarlierKey, NodeRecord, Outcome, StateLock, StateStore};
 pub(crate) use view::StoreView;

@@ -16,7 +16,7 @@ use trellis_graph::{ContextManifest, Node, NodeKind};
 
 use super::{NodeRecord, Outcome, StateStore};
 use crate::backend::NodeOutput;
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, FailedAttempt, ReportNode};
 
 /// How many lines of a failed node's log are kept for the sink.
 const TAIL_LINES: usize = 20;
@@ -32,49 +32,6 @@ pub(crate) struct JobInfo {
     pub context: Option<Arc<ContextManifest>>,
     /// What a skipped node stands for (a skipped build: the engine's image with its key).
     pub found: NodeOutput,
-}
-
-/// One node of the run's report (`report.json`, and what sinks and reporters read).
-#[derive(Debug, Clone, Serialize)]
-pub struct ReportNode {
-    pub id: String,
-    pub kind: NodeKind,
-    /// Build and test nodes of a variant with `platforms`: the platform they run for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// `run` or `skip`, as planned.
-    pub action: &'static str,
-    pub reason: String,
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub blocked_by: Option<String>,
-    pub attempts: u32,
-    /// Attempts that failed before the last one (a flaky node's, or a failed node's earlier).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failed_attempts: Vec<FailedAttempt>,
-    pub duration_ms: u128,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// For push nodes: the digest the registry serves.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub references: Vec<String>,
-    /// The node's log, relative to the workspace root (absolute when outside it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-    /// The same log as a path to open.
-    #[serde(skip)]
-    pub log_path: Option<PathBuf>,
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedAttempt {
-    pub attempt: u32,
-    pub error: String,
 }
 
 #[derive(Serialize)]

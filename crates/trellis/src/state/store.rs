@@ -24,15 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::NodeOutput;
-
-/// Why the state store could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("another trellis run (pid {pid}) holds the lock on {path}")]
-    Locked { pid: String, path: PathBuf },
-    #[error("cannot use the state store at {path}")]
-    Io { path: PathBuf, source: std::io::Error },
-}
+use crate::error::StateError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -8,7 +8,7 @@ use trellis_graph::{Component, ContextManifest, Graph, Node, NodeKind, StateView
 use trellis_model::Model;
 
 use super::{NodeRecord, Outcome, StateStore};
-use crate::attach::EngineFacts;
+use crate::backend::EngineFacts;
 use crate::remote::RemoteRecord;
 
 /// The plan's judge: the state store, and what the engine and registry hold when attached.
