@@ -11,6 +11,7 @@
 //!   cargo xtask bench exec    executor makespan against its lower bound on random DAGs
 //!   cargo xtask bench noop    200 up-to-date images: trellis vs a warm loop vs the floor
 //!   cargo xtask bench build   20 cold images, jobs=2: trellis vs xargs -P2, both builders
+//!   cargo xtask bench push    push bytes: trellis vs docker push vs uncompressed; pulls
 //!   cargo xtask bench platforms  the family cold for one platform vs two; the index push
 //!   cargo xtask bench ci  fresh-runner vs warm no-op; two shards vs one runner on one change
 
@@ -57,10 +58,18 @@ tasks:
                 100, 1k and 10k variants; print a table with peak RSS
   bench exec    run random 1k-job DAGs on a fake engine in virtual time; print
                 makespan / lower bound (goal <= 1.05)
-  bench noop    200 up-to-date images, per builder: trellis build vs a loop of
-                warm builds vs the floor (one image listing + hashing); both ratios
-  bench build   20 tiny images built cold, jobs=2, per builder: trellis build vs
-                xargs -P2 of one build per rendered Dockerfile (goal <= 1.05x)
+  bench noop [ENGINE…]
+                200 up-to-date images, per builder: trellis build vs a loop of
+                warm builds vs the floor (one image listing + hashing); both ratios;
+                on each engine (all three when none is named)
+  bench build [ENGINE…]
+                20 tiny images built cold, jobs=2, per builder: trellis build vs
+                xargs -P2 of one build per rendered Dockerfile (goal <= 1.05x), per engine
+  bench push [ENGINE…]
+                the family (linux/amd64) pushed by docker push, by trellis and
+                uncompressed, bytes through a counting proxy (goal <= 1.02x docker
+                push); on the default engine also node:latest pulled per platform,
+                compressed vs uncompressed
   bench platforms
                 the family built cold for linux/amd64 alone, then for amd64 + arm64
                 (time per node kind and platform), and the index push: bytes uploaded
@@ -82,11 +91,16 @@ fn main() -> ExitCode {
         ["actionlint"] => actionlint::install().map(|_| ()),
         ["bench", "plan", rest @ ..] => bench_plan(rest),
         ["bench", "exec"] => bench_exec(),
-        ["bench", "noop"] => bench_with_trellis("bench_noop"),
-        ["bench", "build"] => bench_with_trellis("bench_build"),
-        ["bench", "platforms"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_platforms")),
-        ["bench", "ci"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_ci")),
-        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build|platforms|ci".to_owned()),
+        ["bench", "noop", names @ ..] => named_engines(names).and_then(|e| bench_with_trellis("bench_noop", &e)),
+        ["bench", "build", names @ ..] => named_engines(names).and_then(|e| bench_with_trellis("bench_build", &e)),
+        ["bench", "push", names @ ..] => {
+            prepare_inputs().and_then(|()| named_engines(names)).and_then(|e| bench_with_trellis("bench_push", &e))
+        }
+        ["bench", "platforms"] => {
+            prepare_inputs().and_then(|()| bench_with_trellis("bench_platforms", &[engines::DEFAULT]))
+        }
+        ["bench", "ci"] => prepare_inputs().and_then(|()| bench_with_trellis("bench_ci", &[engines::DEFAULT])),
+        ["bench", ..] => Err("usage: cargo xtask bench plan|exec|noop|build|push|platforms|ci".to_owned()),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -317,15 +331,24 @@ fn bench_exec() -> Result {
     run(command)
 }
 
-/// A bench that drives the release `trellis` binary against the engine.
-fn bench_with_trellis(example: &str) -> Result {
-    engine::start(&engines::ALL)?;
+/// A bench that drives the release `trellis` binary against each of `engines` in turn, side
+/// by side in one run (the push bench also times pulls, once, on the default engine).
+fn bench_with_trellis(example: &str, engines: &[engines::Engine]) -> Result {
+    engine::start(engines)?;
     let mut build = cargo();
     build.args(["build", "--quiet", "--release", "--package", "trellis-cli", "--bin", "trellis", "--example", example]);
     run(build)?;
-    let mut bench = Command::new(root().join("target/release/examples").join(example));
-    bench.arg(root().join("target/release/trellis"));
-    run(bench)
+    for &engine in engines {
+        println!("\n### on {}\n", engine.describe());
+        let mut bench = Command::new(root().join("target/release/examples").join(example));
+        bench.arg(root().join("target/release/trellis"));
+        if example == "bench_push" && engine == engines::DEFAULT {
+            bench.arg("--pulls");
+        }
+        on_engine(&mut bench, engine);
+        run(bench)?;
+    }
+    Ok(())
 }
 
 fn header() -> String {

@@ -198,10 +198,7 @@ impl Registry {
         platform: &str,
     ) -> Result<Option<String>, EngineError> {
         let reference = Reference::with_tag(self.host.clone(), repository.to_owned(), tag.to_owned());
-        let auth = match &self.credentials {
-            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let auth = self.auth();
         let accepted = MANIFEST_ACCEPT.split(", ").map(str::trim).collect::<Vec<_>>();
         self.count(1);
         let (bytes, digest) = match self.oci.pull_manifest_raw(&reference, &auth, &accepted).await {
@@ -228,10 +225,7 @@ impl Registry {
     /// when the tag serves nothing, or something that is not a trellis record.
     pub async fn record(&self, repository: &str, tag: &str) -> Result<Option<String>, EngineError> {
         let reference = Reference::with_tag(self.host.clone(), repository.to_owned(), tag.to_owned());
-        let auth = match &self.credentials {
-            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let auth = self.auth();
         self.count(1);
         let bytes = match self.oci.pull_manifest_raw(&reference, &auth, &[MANIFEST_MEDIA_TYPE]).await {
             Ok((bytes, _)) => bytes,
@@ -342,10 +336,7 @@ impl Registry {
     /// The bytes of the manifest `repository@digest` (one GET), `None` when it has none.
     pub(crate) async fn manifest_bytes(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, EngineError> {
         let reference = Reference::with_digest(self.host.clone(), repository.to_owned(), digest.to_owned());
-        let auth = match &self.credentials {
-            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let auth = self.auth();
         let accepted = MANIFEST_ACCEPT.split(", ").map(str::trim).collect::<Vec<_>>();
         self.access(repository, false).await?;
         self.count(1);
@@ -410,6 +401,14 @@ impl Registry {
         let access = self.authorize(repository).await?;
         known.insert(repository.to_owned(), access.clone());
         Ok(access)
+    }
+
+    /// The credentials as oci-client takes them for a request of its own.
+    fn auth(&self) -> RegistryAuth {
+        match &self.credentials {
+            Some((username, password)) => RegistryAuth::Basic(username.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        }
     }
 
     /// oci-client's auth flow asks the registry (`GET /v2/`) which scheme it wants and, for a
