@@ -174,10 +174,13 @@ const ENGINE_SUITES: &[(&str, &str)] = &[
 
 fn test(extra: &[&str]) -> Result {
     // The end-to-end tests use real engines and a registry; the example's test builds on this
-    // repository's Node.js images, so their inputs are prepared too.
-    engine::start(&engines::ALL)?;
-    prepare_inputs()?;
-    actionlint::install()?;
+    // repository's Node.js images, so their inputs are prepared too. On a fresh machine that is
+    // mostly downloads and debootstrap: done while the test binaries compile.
+    let preparing = std::thread::spawn(|| -> Result {
+        engine::start(&engines::ALL)?;
+        prepare_inputs()?;
+        actionlint::install()
+    });
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
     let runner = |args: &[&str]| {
         let mut command = cargo();
@@ -188,6 +191,9 @@ fn test(extra: &[&str]) -> Result {
         command.args(args).args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
         command
     };
+    let compiled = run(runner(&["--workspace", "--no-run"]));
+    preparing.join().map_err(|_| "preparing the engines and inputs panicked".to_owned())??;
+    compiled?;
     let suites: Vec<String> =
         ENGINE_SUITES.iter().flat_map(|(package, test)| ["-p", package, "--test", test]).map(str::to_owned).collect();
     let suites: Vec<&str> = suites.iter().map(String::as_str).collect();
