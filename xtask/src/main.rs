@@ -179,7 +179,7 @@ fn test(extra: &[&str]) -> Result {
     let preparing = std::thread::spawn(|| -> Result {
         engine::start(&engines::ALL)?;
         prepare_inputs()?;
-        actionlint::install()
+        actionlint::install().map(drop)
     });
     let fuzz_seconds = env::var("TRELLIS_FUZZ_SECONDS").unwrap_or_else(|_| "30".to_owned());
     let runner = |args: &[&str]| {
