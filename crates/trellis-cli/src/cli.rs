@@ -499,8 +499,14 @@ fn doctor(file: Option<PathBuf>, registry: Option<String>, json: bool) -> Result
         }
         None => None,
     };
+    let asked = registry.is_some();
     let mut found = runtime()?.block_on(trellis::doctor(workspace.as_ref(), registry));
+    let unreadable = problem.is_some();
     if let Some(problem) = problem {
+        // The workspace names the registry: unread, there is no registry to speak of.
+        if !asked {
+            found.checks.retain(|finding| finding.check != "registry");
+        }
         found.checks.insert(0, problem);
         found.ok = false;
     }
@@ -509,10 +515,11 @@ fn doctor(file: Option<PathBuf>, registry: Option<String>, json: bool) -> Result
         false => output::doctor(&found),
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    Ok(match (found.ok, found.unreachable()) {
-        (true, _) => exit::SUCCESS,
-        (false, true) => exit::UNREACHABLE,
-        (false, false) => exit::NODE_FAILED,
+    Ok(match (found.ok, found.unreachable(), unreadable) {
+        (true, _, _) => exit::SUCCESS,
+        (false, true, _) => exit::UNREACHABLE,
+        (false, false, true) => exit::INVALID_INPUT,
+        (false, false, false) => exit::NODE_FAILED,
     })
 }
 

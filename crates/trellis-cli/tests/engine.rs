@@ -925,4 +925,32 @@ fn doctor_says_what_it_found_as_the_readme_shows() {
     assert_eq!(output.status.code(), Some(3), "{text}");
     assert!(text.contains("FAIL  registry     127.0.0.1:5000 refuses without credentials"), "{text}");
     assert!(text.contains("docker login 127.0.0.1:5000"), "{text}");
+    // A registry that does not answer is the registry's fault, not the engine's.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let (code, text) = doctor(None, &["--registry", &nobody]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains(&format!("FAIL  registry     {nobody} does not answer")), "{text}");
+    assert!(!text.contains("Docker engine"), "{text}");
+    // A workspace that cannot be read: exit 2, and no word on a registry it would name.
+    std::fs::write(dir.path().join("matrix.kdl"), "settings {\n    compression \"xz\"\n}\n").unwrap();
+    let (code, text) = doctor(None, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.starts_with("FAIL  workspace"), "{text}");
+    assert!(!text.contains("registry"), "{text}");
+    // zstd on an engine that cannot pull it back (older than Docker 23): a warning.
+    std::fs::write(
+        dir.path().join("matrix.kdl"),
+        "settings {\n    name \"doctor\"\n    compression \"zstd\"\n}\nimage \"a\" {\n    repository \"doctor/a\"\n    dockerfile \"a.j2\"\n    tag \"latest\"\n}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a.j2"), "FROM scratch\n").unwrap();
+    let (code, text) = doctor(None, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let api = Command::new("docker").args(["version", "--format", "{{.Server.APIVersion}}"]).output().unwrap();
+    let api = String::from_utf8(api.stdout).unwrap();
+    let minor: u32 = api.trim().strip_prefix("1.").and_then(|m| m.parse().ok()).expect("the engine's API version");
+    let old_engine = minor < 42;
+    assert_eq!(text.contains("cannot pull zstd layers back"), old_engine, "{text}");
 }

@@ -260,6 +260,7 @@ impl Registry {
         mount_from: &[String],
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<u64, EngineError> {
+        let _turn = self.blob_turn(blob).await;
         if self.find_size(repository, blob, mount_from, line).await?.is_some() {
             return Ok(0);
         }
@@ -299,6 +300,7 @@ impl Registry {
         .map_err(failed)?;
         line(&format!("compressed {} to {} ({size} bytes)", short(diff_id), short(&digest)));
         let layer = CompressedLayer { digest, size };
+        let _turn = self.blob_turn(&layer.digest).await;
         if self.find_size(repository, &layer.digest, options.mount_from, line).await?.is_some() {
             return Ok((layer, 0));
         }
@@ -387,8 +389,26 @@ fn config_descriptor(image_id: &str, size: u64) -> Descriptor {
     }
 }
 
-/// An OCI image manifest of `config` and `layers`: the same descriptors give the same bytes.
-fn compose_manifest(config: Descriptor, layers: Vec<Descriptor>) -> StoredManifest {
+/// The OCI media type of what a Docker schema 2 descriptor names (the same bytes, the same
+/// digest): an OCI manifest naming a Docker config is an artifact to skopeo and to registries
+/// that check, not an image. Anything else is kept.
+fn oci_media_type(media_type: &str) -> String {
+    match media_type {
+        "application/vnd.docker.container.image.v1+json" => "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// An OCI image manifest of `config` and `layers` (Docker media types given their OCI names):
+/// the same descriptors give the same bytes.
+fn compose_manifest(mut config: Descriptor, mut layers: Vec<Descriptor>) -> StoredManifest {
+    config.media_type = oci_media_type(&config.media_type);
+    for layer in &mut layers {
+        layer.media_type = oci_media_type(&layer.media_type);
+    }
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Manifest<'a> {
@@ -461,5 +481,32 @@ mod tests {
             String::from_utf8(manifest.bytes).unwrap(),
             r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":7},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:l1","size":1024},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:l2","size":2048}]}"#
         );
+    }
+
+    #[test]
+    fn a_composed_manifest_names_docker_descriptors_by_their_oci_types() {
+        // The containerd store keeps Docker schema 2 manifests: recompressed (zstd), the
+        // config and the layers kept as stored must not stay Docker types in an OCI manifest.
+        let docker = |media_type: &str, digest: &str| Descriptor {
+            media_type: media_type.to_owned(),
+            digest: digest.to_owned(),
+            size: 1,
+            platform: None,
+            annotations: None,
+        };
+        let manifest = compose_manifest(
+            docker("application/vnd.docker.container.image.v1+json", "sha256:cfg"),
+            vec![
+                docker("application/vnd.docker.image.rootfs.diff.tar.gzip", "sha256:l1"),
+                docker(Compression::Zstd.layer_media_type(), "sha256:l2"),
+            ],
+        );
+        let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+        assert_eq!(manifest.config.media_type, "application/vnd.oci.image.config.v1+json");
+        assert_eq!(
+            types,
+            ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd"]
+        );
+        assert!(!String::from_utf8(manifest.bytes).unwrap().contains("vnd.docker"));
     }
 }

@@ -35,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -82,6 +83,10 @@ pub struct Registry {
     /// The HEADs (see the module docs).
     http: reqwest::Client,
     access: tokio::sync::Mutex<HashMap<String, Access>>,
+    /// One lock per blob digest: concurrent pushes sharing a layer upload it once, one after
+    /// the other finding it held (distribution's storage fails one of two simultaneous uploads
+    /// of a digest: `DIGEST_INVALID`, or a manifest whose blob is unknown).
+    blobs: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     requests: AtomicU64,
     uploaded_bytes: AtomicU64,
 }
@@ -161,6 +166,7 @@ impl Registry {
             oci: oci_client::Client::new(config),
             http,
             access: tokio::sync::Mutex::default(),
+            blobs: std::sync::Mutex::default(),
             requests: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
         }
@@ -267,6 +273,16 @@ impl Registry {
         };
         let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
         self.put_manifest_bytes(repository, tag, bytes, MANIFEST_MEDIA_TYPE).await
+    }
+
+    /// Held while `digest` is looked for and uploaded: another push of the same blob waits,
+    /// then finds it held.
+    pub(crate) async fn blob_turn(&self, digest: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut blobs = self.blobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            blobs.entry(digest.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Requests sent and blob bytes uploaded so far.

@@ -302,6 +302,12 @@ impl Graph {
             }
             let mut push_key = ComponentKey::new("push");
             push_key.key(Component::Tag, &tag_key).text(Component::Registry, inputs.registry.as_deref().unwrap_or(""));
+            // Another compression publishes other digests: the push runs again. gzip, the
+            // default, adds nothing, so the keys of publications made before the setting existed
+            // stay current.
+            if workspace.settings.compression != trellis_model::CompressionChoice::Gzip {
+                push_key.text(Component::Compression, "zstd");
+            }
             // By name: the order the platforms are written in changes no key.
             let mut tested = Vec::new();
             for platform in &platforms {

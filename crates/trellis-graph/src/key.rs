@@ -127,6 +127,8 @@ pub enum Component {
     /// Push: the tag key.
     Tag,
     Registry,
+    /// Push: the layer compression, when it is not the default (gzip).
+    Compression,
     /// Push: a test's key (`smoke`, `smoke@linux/arm64`): the push records in the registry
     /// which tests passed on the image, and a changed test changes that record.
     Tested(String),
@@ -157,6 +159,7 @@ impl Component {
             // A push's key covers its tag node's: the image and the references it pushes.
             Component::Tag => "the image or references it pushes changed".to_owned(),
             Component::Registry => "registry changed".to_owned(),
+            Component::Compression => "compression changed".to_owned(),
             Component::Tested(test) => format!("test {test} changed: the registry's record of it is updated"),
         }
     }
@@ -185,6 +188,7 @@ impl std::fmt::Display for Component {
             Component::References => ("references", None),
             Component::Tag => ("tag", None),
             Component::Registry => ("registry", None),
+            Component::Compression => ("compression", None),
             Component::Tested(test) => ("tested", Some(test)),
         };
         match detail {
@@ -214,6 +218,7 @@ impl std::str::FromStr for Component {
             Component::References,
             Component::Tag,
             Component::Registry,
+            Component::Compression,
         ];
         if let Some(found) = simple.into_iter().find(|c| c.to_string() == text) {
             return Ok(found);
@@ -305,6 +310,7 @@ mod tests {
             Component::References,
             Component::Tag,
             Component::Registry,
+            Component::Compression,
         ];
         for component in all {
             assert_eq!(component.to_string().parse::<Component>(), Ok(component.clone()), "{component}");

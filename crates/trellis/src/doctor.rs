@@ -101,7 +101,19 @@ pub async fn doctor(workspace: Option<&Workspace>, registry: Option<String>) -> 
         ),
     };
     doctor.add("image store", Status::Ok, store_detail, None);
-    doctor.add("compression", Status::Ok, format!("layers are pushed {pushed}"), None);
+    // Docker learnt to pull zstd layers in 23.0 (API 1.42): an older engine cannot pull back
+    // what it publishes, which a fresh runner does with every image the registry serves.
+    let old_engine = api.split_once('.').and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
+        < Some((1u32, 42u32));
+    match (compression, old_engine) {
+        (trellis_docker::Compression::Zstd, true) => doctor.add(
+            "compression",
+            Status::Warning,
+            format!("layers are pushed {pushed}; this engine (API {api}) cannot pull zstd layers back"),
+            Some("pull zstd images with Docker 23 or newer, or keep `compression \"gzip\"` (the default)".to_owned()),
+        ),
+        _ => doctor.add("compression", Status::Ok, format!("layers are pushed {pushed}"), None),
+    }
     builder_check(&mut doctor, &client, settings.and_then(|s| s.builder)).await;
     platforms_check(&mut doctor, &client, workspace);
     registry_check(&mut doctor, workspace, registry).await;
@@ -222,7 +234,14 @@ async fn registry_check(doctor: &mut Doctor, workspace: Option<&Workspace>, regi
         Err(error) => doctor.add(
             "registry",
             Status::Failed,
-            format!("{registry} does not answer: {error}"),
+            format!(
+                "{registry} does not answer: {}",
+                match error {
+                    // The registry's own words, not the engine's ("cannot reach the Docker engine").
+                    EngineError::Unreachable(why) => why,
+                    other => other.to_string(),
+                }
+            ),
             Some("start it, or check the address in settings or --registry".to_owned()),
         ),
     }

@@ -73,6 +73,17 @@ pub struct RecordedImage {
     pub layers: Vec<RecordedLayer>,
 }
 
+impl RecordedImage {
+    /// Whether this image went out compressed as `compression` asks: a record of another
+    /// compression serves no build (its layers are not what this workspace publishes, and an
+    /// engine older than Docker 23 cannot pull zstd), so the image is built here and pushed
+    /// again. Records without a compressor are gzip as stored, or older than compression.
+    pub fn published_with(&self, compression: trellis_model::CompressionChoice) -> bool {
+        let zstd = self.compressor.as_deref().is_some_and(|name| name.starts_with("zstd"));
+        zstd == (compression == trellis_model::CompressionChoice::Zstd)
+    }
+}
+
 /// A layer as published: what a later push of the same layer reuses instead of compressing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedLayer {

@@ -170,6 +170,12 @@ impl StoreView<'_> {
         Some(match node.kind {
             NodeKind::Render => return None,
             NodeKind::Build => match record.image(node.platform.as_deref()) {
+                Some(image)
+                    if image.build_key == node.key.to_hex()
+                        && !image.published_with(self.workspace.settings.compression) =>
+                {
+                    format!("{at} is published with another compression")
+                }
                 Some(image) if image.build_key == node.key.to_hex() => {
                     format!("a parent changed since {at} was built")
                 }
@@ -191,7 +197,12 @@ impl StoreView<'_> {
     /// Whether `record` holds the variant's image for `platform` under `key`, built on the
     /// images its parents have now (in this engine, or as the registry recorded them).
     fn recorded_build(&self, variant: usize, platform: Option<&str>, key: &str, record: &RemoteRecord) -> bool {
-        let Some(image) = record.image(platform).filter(|image| image.build_key == key) else { return false };
+        let compression = self.workspace.settings.compression;
+        let Some(image) =
+            record.image(platform).filter(|image| image.build_key == key && image.published_with(compression))
+        else {
+            return false;
+        };
         let wanted = platform.unwrap_or(&self.graph.native_platform);
         self.dependencies.parents[variant].iter().all(|&parent| {
             let parent_id = &self.workspace.variants[parent].id;
