@@ -198,28 +198,44 @@ fn test(extra: &[&str]) -> Result {
         ENGINE_SUITES.iter().flat_map(|(package, test)| ["-p", package, "--test", test]).map(str::to_owned).collect();
     let suites: Vec<&str> = suites.iter().map(String::as_str).collect();
     // Every pass runs, whatever the one before it did; the failures are summed up at the end.
-    let mut failed = Vec::new();
-    let mut pass = |what: String, mut command: Command, engine: engines::Engine| {
-        on_engine(&mut command, engine);
-        eprintln!("xtask: {what}, on {}", engine.describe());
-        if let Err(error) = run(command) {
-            failed.push(format!("{what} on {}: {error}", engine.name()));
-        }
-        // What BuildKit cached for this pass is no use to the next: give its space back.
-        let mut prune = Command::new("docker");
-        prune.args(["-H", &engine.host(), "builder", "prune", "--all", "--force"]);
-        let _ = run(prune);
-    };
-    pass("every test".to_owned(), runner(&["--workspace"]), engines::DEFAULT);
-    for engine in engines::ALL.into_iter().filter(|e| *e != engines::DEFAULT) {
-        pass("the engine suites".to_owned(), runner(&suites), engine);
-    }
-    // The engine's end-to-end suites again under the classic builder (the passes above used
+    let mut failed: Vec<String> = Vec::new();
+    failed.extend(pass("every test", runner(&["--workspace"]), engines::DEFAULT, None));
+    // The other engines' passes wait on their engines more than on the 2 cores: two lanes at
+    // once, each writing its log, shown when the lane ends.
+    let mut lanes: Vec<Vec<(&str, Command, engines::Engine)>> = engines::ALL
+        .into_iter()
+        .filter(|e| *e != engines::DEFAULT)
+        .map(|engine| vec![("the engine suites", runner(&suites), engine)])
+        .collect();
+    // The engine's end-to-end suites again under the classic builder (the passes above use
     // the default, BuildKit): every promise must hold with either builder.
     let mut classic =
         runner(&["-p", "trellis-cli", "--test", "engine", "--test", "corpus", "--test", "faults", "--test", "docs"]);
     classic.env("TRELLIS_E2E_BUILDER", "classic");
-    pass("the classic builder's suites".to_owned(), classic, engines::Engine::Bookworm);
+    let bookworm = lanes.iter_mut().find(|lane| lane[0].2 == engines::Engine::Bookworm);
+    bookworm.expect("bookworm is an engine").push(("the classic builder's suites", classic, engines::Engine::Bookworm));
+    let logs = root().join("target/xtask");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let lane_failures: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .enumerate()
+            .map(|(n, lane)| {
+                let log = logs.join(format!("lane-{n}.log"));
+                scope.spawn(move || {
+                    let failures: Vec<String> = lane
+                        .into_iter()
+                        .flat_map(|(what, command, engine)| pass(what, command, engine, Some(&log)))
+                        .collect();
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    eprintln!("xtask: ---- lane {n} ({}) ----\n{text}", log.display());
+                    failures
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| vec!["a lane panicked".to_owned()])).collect()
+    });
+    failed.extend(lane_failures.into_iter().flatten());
     // Doc tests: nextest does not run them.
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc"]);
@@ -233,6 +249,37 @@ fn test(extra: &[&str]) -> Result {
         true => Ok(()),
         false => Err(format!("failed:\n  {}", failed.join("\n  "))),
     }
+}
+
+/// Runs one pass of the tests on `engine` (its output appended to `log` when given), then
+/// gives back what BuildKit cached for it; the failure, if any, in words.
+fn pass(what: &str, mut command: Command, engine: engines::Engine, log: Option<&Path>) -> Option<String> {
+    on_engine(&mut command, engine);
+    let title = format!("{what}, on {}", engine.describe());
+    eprintln!("xtask: {title}");
+    if let Some(log) = log {
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
+        match (open(), open()) {
+            (Ok(out), Ok(err)) => {
+                command.stdout(out).stderr(err);
+            }
+            (Err(e), _) | (_, Err(e)) => return Some(format!("{title}: cannot write {}: {e}", log.display())),
+        }
+    }
+    let started = std::time::Instant::now();
+    let outcome = run(command);
+    let took = started.elapsed().as_secs();
+    eprintln!(
+        "xtask: {title}: {} in {}m{:02}s",
+        if outcome.is_ok() { "passed" } else { "FAILED" },
+        took / 60,
+        took % 60
+    );
+    // What BuildKit cached for this pass is no use to the next: give its space back.
+    let mut prune = Command::new("docker");
+    prune.args(["-H", &engine.host(), "builder", "prune", "--all", "--force"]).stdout(std::process::Stdio::null());
+    let _ = run(prune);
+    outcome.err().map(|error| format!("{title}: {error}"))
 }
 
 /// Points a command (the tests, trellis) at `engine`: `DOCKER_HOST`, and for the tests what

@@ -324,3 +324,60 @@ fn two_platforms_a_fresh_runner_skips_the_indexes_and_rebuilds_one_variant_on_bo
     assert_eq!(served("1"), one, "app:1 must not move");
     assert_ne!(served("2"), two, "app:2 serves the rebuilt index");
 }
+
+/// The layer media types of the image manifest `repository:tag` serves.
+fn layer_types(repository: &str, tag: &str) -> Vec<String> {
+    let response = registry_request("GET", repository, tag).expect("the registry answers");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let manifest: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json", "{manifest}");
+    (manifest["layers"].as_array().unwrap().iter()).map(|l| l["mediaType"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn a_change_of_compression_publishes_again_and_a_fresh_runner_builds_what_the_registry_holds_otherwise() {
+    const ZSTD: &str = "    compression \"zstd\"\n";
+    let family = FAMILY.replace("    pull \"never\"\n", &format!("    pull \"never\"\n{ZSTD}"));
+    let origin = EngineWorkspace::new("ci-compression", &family, &[("base.j2", BASE), ("app.j2", APP)]);
+    let config = docker_config(true);
+    let app = format!("{}/app", origin.prefix);
+    let matrix = origin.fixture.root().join("matrix.kdl");
+    let zstd_matrix = std::fs::read_to_string(&matrix).unwrap();
+
+    // Published as zstd.
+    let (code, stderr, _) = ci_build(&origin, config.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let types = layer_types(&app, "1");
+    assert!(types.iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"), "{types:?}");
+    let zstd_digest = served_digest(&app, "1").unwrap();
+
+    // Back to gzip on the same machine: nothing is rebuilt, every push runs and publishes gzip.
+    std::fs::write(&matrix, zstd_matrix.replace(ZSTD, "")).unwrap();
+    let (code, stderr, report) = ci_build(&origin, config.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let pushes = ["push:app/1", "push:app/2", "push:app/3", "push:app/4", "push:base"];
+    assert_eq!(ran(&report), pushes, "{stderr}");
+    assert!(reason(&report, "push:app/1").contains("compression changed"), "{}", reason(&report, "push:app/1"));
+    let types = layer_types(&app, "1");
+    assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
+    assert_ne!(served_digest(&app, "1").unwrap(), zstd_digest);
+
+    // zstd again: the same image publishes the same digest it did.
+    std::fs::write(&matrix, &zstd_matrix).unwrap();
+    let (code, stderr, report) = ci_build(&origin, config.path(), &[]);
+    assert_eq!((code, ran(&report)), (Some(0), pushes.map(str::to_owned).to_vec()), "{stderr}");
+    assert_eq!(served_digest(&app, "1").unwrap(), zstd_digest);
+
+    // A fresh runner of the gzip checkout does not pull the zstd images the registry records
+    // (an engine older than Docker 23 could not): it builds, tests and publishes gzip.
+    origin.remove_images();
+    let runner = EngineWorkspace::copy_of("ci-compression-b", origin.fixture.root(), &[(ZSTD, "")]);
+    let (code, stderr, report) = ci_build(&runner, config.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let why = reason(&report, "build:app/1");
+    assert!(why.contains("is published with another compression"), "{why}");
+    assert_eq!(status(&report, "test:app/1/version"), "succeeded");
+    let types = layer_types(&app, "1");
+    assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
+    runner.remove_images();
+}

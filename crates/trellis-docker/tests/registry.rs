@@ -499,6 +499,8 @@ async fn zstd_is_published_on_request_and_deterministic() {
     let manifest: Value = serde_json::from_str(&scene.raw(&format!("{repository}@{}", pushed.digest))).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert!(layers.iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"), "{manifest}");
+    // An OCI manifest names an OCI config (the containerd store keeps a Docker one).
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json", "{manifest}");
     for (layer, diff_id) in layers.iter().zip(diff_ids(&image)) {
         let blob = scene.blob(&repository, layer["digest"].as_str().unwrap());
         assert_eq!(sha256(&zstd::decode_all(blob.as_slice()).unwrap()), diff_id, "each layer unpacks to its diff ID");
