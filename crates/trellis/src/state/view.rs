@@ -293,12 +293,17 @@ impl StoreView<'_> {
             match record.components.get(&component.to_string()) {
                 Some(old) if old == value => {}
                 Some(old) => reasons.push(self.describe(component, old, node)),
+                // Compression is in a push key only when it is not the default.
+                None if *component == Component::Compression => reasons.push(component.changed()),
                 None => reasons.push(format!("{component} added")),
             }
         }
         for name in record.components.keys() {
             if !now.contains_key(name) {
-                reasons.push(format!("{name} removed"));
+                match name.parse::<Component>() {
+                    Ok(Component::Compression) => reasons.push(Component::Compression.changed()),
+                    _ => reasons.push(format!("{name} removed")),
+                }
             }
         }
         if reasons.is_empty() {
