@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -58,7 +58,7 @@ fn main() {
     let unique = format!("bench-push-{engine}-{}", std::process::id());
     let work = root.join("target").join(&unique);
     let dir = copy_workspace(&root, &work.join("ws"), &unique, "\"linux/amd64\"");
-    let (_, built) = run_trellis(&trellis, &dir, &config, &["build"]);
+    let (_, built) = bench_support::trellis_with(&trellis, &dir, &config, &["build"]);
     let images = tested_images(&built);
     meter.take();
 
@@ -70,7 +70,8 @@ fn main() {
     }
     let (docker_up, _) = meter.take();
 
-    let (push_time, pushed) = run_trellis(&trellis, &dir, &config, &["build", "--push", "--registry", &proxied]);
+    let (push_time, pushed) =
+        bench_support::trellis_with(&trellis, &dir, &config, &["build", "--push", "--registry", &proxied]);
     let (trellis_up, _) = meter.take();
     let references = pushed_references(&pushed);
 
@@ -235,22 +236,6 @@ fn docker_config(root: &Path, proxied: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     dir
-}
-
-fn run_trellis(trellis: &str, dir: &Path, config: &Path, args: &[&str]) -> (Duration, Value) {
-    let started = Instant::now();
-    let output = Command::new(trellis)
-        .args(args)
-        .current_dir(dir)
-        .env("DOCKER_CONFIG", config)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let elapsed = started.elapsed();
-    assert!(output.status.success(), "trellis {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    let runs = dir.join(".trellis/runs");
-    let last = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).max().unwrap();
-    (elapsed, serde_json::from_slice(&std::fs::read(last.join("report.json")).unwrap()).unwrap())
 }
 
 /// Each variant's tested image, from a build's report: its build node's image.

@@ -41,11 +41,16 @@ pub fn copy_workspace(root: &Path, dir: &Path, unique: &str, platforms: &str) ->
 /// Runs `trellis ARGS` in `dir` with the local registry's docker config: how long it took, and
 /// the run's report.
 pub fn trellis(trellis: &str, dir: &Path, args: &[&str]) -> (Duration, Value) {
+    trellis_with(trellis, dir, &Path::new(ROOT).join(".cache/engine/docker"), args)
+}
+
+/// [`trellis`] with the docker config in `config`.
+pub fn trellis_with(trellis: &str, dir: &Path, config: &Path, args: &[&str]) -> (Duration, Value) {
     let started = Instant::now();
     let output = Command::new(trellis)
         .args(args)
         .current_dir(dir)
-        .env("DOCKER_CONFIG", Path::new(ROOT).join(".cache/engine/docker"))
+        .env("DOCKER_CONFIG", config)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
