@@ -205,7 +205,25 @@ impl DockerClient {
     /// Every image labelled with this workspace: one call per run answers "is this build up
     /// to date" for every variant, and which references point where.
     pub async fn workspace_images(&self, workspace: &str) -> Result<Vec<ImageListing>, EngineError> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{}={workspace}", crate::labels::WORKSPACE)])]);
+        self.list(HashMap::from([("label".to_owned(), vec![format!("{}={workspace}", crate::labels::WORKSPACE)])]))
+            .await
+    }
+
+    /// The images tagged in `repositories` (any tag) that carry `workspace`'s label: what a
+    /// run that finds every build tagged needs, for a fraction of [`DockerClient::workspace_images`]'s
+    /// cost on the containerd store, which reads every image's config to filter by label
+    /// (1.5 s for 500 images here) but finds names at once (0.1 s). Labels are checked here.
+    pub async fn tagged_images(
+        &self,
+        workspace: &str,
+        repositories: &[String],
+    ) -> Result<Vec<ImageListing>, EngineError> {
+        let mut images = self.list(HashMap::from([("reference".to_owned(), repositories.to_vec())])).await?;
+        images.retain(|image| image.labels.get(crate::labels::WORKSPACE).is_some_and(|w| w == workspace));
+        Ok(images)
+    }
+
+    async fn list(&self, filters: HashMap<String, Vec<String>>) -> Result<Vec<ImageListing>, EngineError> {
         // The containerd store sizes each image from its snapshots while listing: an image
         // removed meanwhile (by anyone) fails the whole listing with a 404 "snapshot … does not
         // exist". Listed again: the removal is over by then.

@@ -2,7 +2,7 @@
 //! image IDs (pulled per the `pull` policy when building), and the one listing of the
 //! workspace's images by build key that judges every build and tag.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use trellis_docker::{BuilderKind, DockerClient, EngineError, ImageListing};
@@ -50,9 +50,9 @@ impl Workspace {
         let selection = self.select(&how.filters)?;
         let native = client.platform().to_owned();
         let ids = resolve_bases(&client, self, &selection, how.pull, sink).await?;
-        let listing = self.key_while_listing(&client, ids, builder, native).await?;
-        // Read once: which image a key names, what was pushed, the last durations.
         let store = crate::state::StateStore::read(&self.state_dir()).ok();
+        let listing = self.key_while_listing(&client, ids, builder, native, store.as_ref()).await?;
+        // Read once: which image a key names, what was pushed, the last durations.
         let by_key = images_by_key(&client, listing, self, store.as_ref()).await?;
         // One client per run for what is served, the records and the pushes: one auth handshake
         // per repository.
@@ -121,6 +121,7 @@ impl Workspace {
         ids: trellis_graph::BaseImageIds,
         builder: BuilderKind,
         native: String,
+        store: Option<&crate::state::StateStore>,
     ) -> Result<Vec<ImageListing>, Error> {
         let mut inputs = self.graph_inputs().clone();
         inputs.base_images = ids;
@@ -130,13 +131,45 @@ impl Workspace {
         let hashing = tokio::task::spawn_blocking(move || {
             trellis_graph::Graph::build(&model, &dependencies, &keyed_inputs).map_err(Error::Invalid)
         });
-        let listing = client.workspace_images(&self.model().settings.name).await;
+        // The images tagged in the workspace's repositories first: after a run that tagged every
+        // build, that is every build (and on the containerd store a tenth of the label listing's
+        // time). When a build key is not among them, an untagged image may still hold it (a
+        // build whose tests failed, a non-native platform's): the whole label listing then.
+        let name = self.model().settings.name.clone();
+        let mut repositories: Vec<String> =
+            self.model().variants.iter().flat_map(|v| v.references.iter().map(|r| r.repository.clone())).collect();
+        repositories.sort();
+        repositories.dedup();
+        let tagged = match repositories.len() {
+            1..=MAX_NAMED_REPOSITORIES => Some(client.tagged_images(&name, &repositories).await),
+            _ => None,
+        };
         let graph = hashing.await.map_err(|e| Error::Report(std::io::Error::other(e)))??;
-        let listing = listing.map_err(unreachable)?;
+        // Covered: every build key is there, and where this machine built the key last, that
+        // very image (a `--refresh` whose tests failed left its image untagged).
+        let covered = |listing: &[ImageListing]| {
+            let keys: HashSet<&str> =
+                listing.iter().filter_map(|i| i.labels.get(trellis_docker::labels::KEY)).map(String::as_str).collect();
+            let ids: HashSet<&str> = listing.iter().map(|i| i.id.as_str()).collect();
+            graph.variants.iter().flat_map(|v| v.builds()).all(|b| {
+                let (id, key) = (&graph.dag[b].id, graph.dag[b].key.to_hex());
+                let built = (store.and_then(|s| s.get(id)))
+                    .filter(|record| record.key == key)
+                    .and_then(|record| record.details.image.as_deref());
+                keys.contains(key.as_str()) && built.is_none_or(|image| ids.contains(image))
+            })
+        };
+        let listing = match tagged.transpose().map_err(unreachable)? {
+            Some(listing) if covered(&listing) => listing,
+            _ => client.workspace_images(&name).await.map_err(unreachable)?,
+        };
         self.set_keyed(inputs, graph);
         Ok(listing)
     }
 }
+
+/// Up to this many repositories are asked for by name (the query names each one).
+const MAX_NAMED_REPOSITORIES: usize = 256;
 
 /// The registry's records of the selected variants the engine lacks an image of (of all
 /// selected variants with `how.all_records`). A registry that cannot be asked leaves the run
