@@ -29,8 +29,10 @@ fn main() {
         let mut nonce = 0;
         let mut fresh = || {
             nonce += 1;
+            // Each image its own: identical images built at once race in the containerd
+            // store ("moby-dangling@sha256:…: already exists", Docker 26.1.5).
             for i in 0..IMAGES {
-                std::fs::write(dir.path().join(format!("ctx/{i}/nonce.txt")), format!("{name} {nonce}\n")).unwrap();
+                std::fs::write(dir.path().join(format!("ctx/{i}/nonce.txt")), format!("{name} {nonce} {i}\n")).unwrap();
             }
         };
         let (mut trellis_best, mut loop_best) = (Duration::MAX, Duration::MAX);

@@ -17,12 +17,19 @@ pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 /// A copy of the repository's workspace: matrix.kdl with `platforms`, the templates, and the
 /// inputs hard-linked; the workspace name and repositories prefixed with `unique`.
 pub fn copy_workspace(root: &Path, dir: &Path, unique: &str, platforms: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let status = Command::new("cp").arg("-al").arg(root.join(".cache")).arg(dir.join(".cache")).status().unwrap();
-    assert!(status.success(), "hard links into .cache (run `cargo xtask inputs` first)");
+    // The family's inputs alone (.cache also holds the engines' data, on other file systems).
+    std::fs::create_dir_all(dir.join(".cache")).unwrap();
+    for inputs in ["busybox", "rootfs", "wheels"] {
+        let status = Command::new("cp")
+            .arg("-al")
+            .arg(root.join(".cache").join(inputs))
+            .arg(dir.join(".cache").join(inputs))
+            .status()
+            .unwrap();
+        assert!(status.success(), "hard links into .cache/{inputs} (run `cargo xtask inputs` first)");
+    }
     let status = Command::new("cp").arg("-r").arg(root.join("dockerfiles")).arg(dir).status().unwrap();
     assert!(status.success());
-    let _ = std::fs::remove_dir_all(dir.join(".cache/engine"));
     let rename = |text: &str| text.replace("trellis/", &format!("{unique}/"));
     for template in ["busybox", "debian", "node"] {
         let path = dir.join("dockerfiles").join(template).join("Dockerfile.j2");
