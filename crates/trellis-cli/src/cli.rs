@@ -503,10 +503,9 @@ fn doctor(file: Option<PathBuf>, registry: Option<String>, json: bool) -> Result
     let mut found = runtime()?.block_on(trellis::doctor(workspace.as_ref(), registry));
     let unreadable = problem.is_some();
     if let Some(problem) = problem {
-        // The workspace names the registry: unread, there is no registry to speak of.
-        if !asked {
-            found.checks.retain(|finding| finding.check != "registry");
-        }
+        // The workspace names the registry and the compression: unread, there are none to
+        // speak of.
+        found.checks.retain(|finding| finding.check != "compression" && (asked || finding.check != "registry"));
         found.checks.insert(0, problem);
         found.ok = false;
     }

@@ -486,10 +486,22 @@ impl DockerBackend {
         ctx: &Ctx,
     ) -> Result<Option<(NodeOutput, Vec<Published>)>, JobError> {
         let (Some(plan), Some(record)) = (plan, self.facts.remote.records.get(&node.variant)) else { return Ok(None) };
+        // The record serves this push when it names, for every platform, the image at this
+        // build key, in this compression — and the very image this engine holds, when it holds
+        // one: a rebuild under the same key (a fresh runner that could not use the record, a
+        // parent rebuilt) is another image, which must be published.
+        let compression = self.model.settings.compression;
         let mut published = Vec::new();
-        for (platform, key) in &plan.images {
+        for (slot, (platform, key)) in plan.images.iter().enumerate() {
+            let here = self.known_here(node.variant, slot)?;
             match record.image(platform.as_deref()) {
-                Some(image) if &image.build_key == key => published.push(Published::as_recorded(image)),
+                Some(image)
+                    if &image.build_key == key
+                        && image.published_with(compression)
+                        && here.as_deref().is_none_or(|id| image.is(id)) =>
+                {
+                    published.push(Published::as_recorded(image))
+                }
                 _ => return Ok(None),
             }
         }
@@ -503,6 +515,13 @@ impl DockerBackend {
         ctx.line(format!("every reference already serves {}, as recorded", record.digest));
         let slot = trellis_graph::platform_slot(variant, &self.native, &self.native);
         let image = slot.and_then(|slot| self.known_image(node.variant, slot));
+        // The image here: the pushed references name it locally too, as after a publish.
+        let here = slot.map(|slot| self.known_here(node.variant, slot)).transpose()?.flatten();
+        if let (Some(here), Some(registry)) = (here, self.registry.as_deref()) {
+            for reference in &variant.references {
+                self.client.tag(&here, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
+            }
+        }
         Ok(Some((NodeOutput { image, digest: Some(record.digest.clone()) }, published)))
     }
 
