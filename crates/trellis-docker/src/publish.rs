@@ -241,6 +241,18 @@ impl Registry {
         mount_from: &[String],
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Option<u64>, EngineError> {
+        let _turn = self.blob_turn(blob).await;
+        self.find_size_in_turn(repository, blob, mount_from, line).await
+    }
+
+    /// [`Registry::find_size`] for a caller that holds the blob's turn.
+    async fn find_size_in_turn(
+        &self,
+        repository: &str,
+        blob: &str,
+        mount_from: &[String],
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<u64>, EngineError> {
         Ok(match self.find(repository, blob, mount_from).await? {
             Found::Held(size) => Some(size),
             Found::Mounted { size, from } => {
@@ -261,7 +273,7 @@ impl Registry {
         line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<u64, EngineError> {
         let _turn = self.blob_turn(blob).await;
-        if self.find_size(repository, blob, mount_from, line).await?.is_some() {
+        if self.find_size_in_turn(repository, blob, mount_from, line).await?.is_some() {
             return Ok(0);
         }
         let (stream, size) = export.read(blob).await?;
@@ -301,7 +313,7 @@ impl Registry {
         line(&format!("compressed {} to {} ({size} bytes)", short(diff_id), short(&digest)));
         let layer = CompressedLayer { digest, size };
         let _turn = self.blob_turn(&layer.digest).await;
-        if self.find_size(repository, &layer.digest, options.mount_from, line).await?.is_some() {
+        if self.find_size_in_turn(repository, &layer.digest, options.mount_from, line).await?.is_some() {
             return Ok((layer, 0));
         }
         let reader = tokio::fs::File::open(&file).await.map_err(failed)?;

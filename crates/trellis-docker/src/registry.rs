@@ -383,10 +383,14 @@ impl Registry {
     }
 
     /// One HEAD on `/v2/<repository>/<path>`: the answer's headers, `None` for a 404. A bearer
-    /// token the registry no longer accepts is renewed once.
+    /// token the registry no longer accepts is renewed once. A server error is asked again
+    /// twice, after 0.1 s and 0.4 s: distribution answers 500 ("invalid checksum digest
+    /// format") to a HEAD that reads a repository's link to a blob while another client writes
+    /// it (a mount or an upload of the same layer, from another run or runner).
     async fn head(&self, repository: &str, path: &str) -> Result<Option<http::HeaderMap>, EngineError> {
         let url = format!("{}/{repository}/{path}", self.api);
         let mut renew = false;
+        let mut server_errors = 0;
         loop {
             let access = self.access(repository, renew).await?;
             // Blobs ignore the Accept header; manifests need it.
@@ -403,6 +407,10 @@ impl Registry {
                 404 => return Ok(None),
                 401 if matches!(access, Access::Bearer(_)) && !renew => renew = true,
                 status @ (401 | 403) => return Err(EngineError::Unauthorized(format!("{url} (HTTP {status})"))),
+                500..=599 if server_errors < 2 => {
+                    server_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(server_errors - 1))).await;
+                }
                 status => return Err(EngineError::Failed(format!("HEAD {url} answered HTTP {status}"))),
             }
         }
