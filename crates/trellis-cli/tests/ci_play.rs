@@ -376,7 +376,7 @@ fn a_change_of_compression_publishes_again_and_a_fresh_runner_builds_what_the_re
     assert_eq!(code, Some(0), "{stderr}");
     let why = reason(&report, "build:app/1");
     assert!(why.contains("is published with another compression"), "{why}");
-    assert_eq!(status(&report, "test:app/1/version"), "succeeded");
+    assert_eq!(status(&report, "test:app/1/version"), "passed");
     let types = layer_types(&app, "1");
     assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
     runner.remove_images();
