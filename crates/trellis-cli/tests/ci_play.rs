@@ -330,7 +330,13 @@ fn layer_types(repository: &str, tag: &str) -> Vec<String> {
     let response = registry_request("GET", repository, tag).expect("the registry answers");
     let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     let manifest: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json", "{manifest}");
+    // One family of media types: an OCI manifest names an OCI config (the containerd store's
+    // own gzip manifests are Docker schema 2 throughout).
+    let config = match manifest["mediaType"].as_str() {
+        Some("application/vnd.oci.image.manifest.v1+json") => "application/vnd.oci.image.config.v1+json",
+        _ => "application/vnd.docker.container.image.v1+json",
+    };
+    assert_eq!(manifest["config"]["mediaType"], config, "{manifest}");
     (manifest["layers"].as_array().unwrap().iter()).map(|l| l["mediaType"].as_str().unwrap().to_owned()).collect()
 }
 
@@ -359,7 +365,7 @@ fn a_change_of_compression_publishes_again_and_a_fresh_runner_builds_what_the_re
     assert_eq!(ran(&report), pushes, "{stderr}");
     assert!(reason(&report, "push:app/1").contains("compression changed"), "{}", reason(&report, "push:app/1"));
     let types = layer_types(&app, "1");
-    assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
+    assert!(types.iter().all(|t| t.ends_with("gzip")), "{types:?}");
     assert_ne!(served_digest(&app, "1").unwrap(), zstd_digest);
 
     // zstd again: the same image publishes the same digest it did.
@@ -378,6 +384,6 @@ fn a_change_of_compression_publishes_again_and_a_fresh_runner_builds_what_the_re
     assert!(why.contains("is published with another compression"), "{why}");
     assert_eq!(status(&report, "test:app/1/version"), "passed");
     let types = layer_types(&app, "1");
-    assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
+    assert!(types.iter().all(|t| t.ends_with("gzip")), "{types:?}");
     runner.remove_images();
 }
