@@ -64,7 +64,7 @@ fn main() {
 
     // The daemon's push of the same images, each under a repository of its own.
     for (variant, image) in &images {
-        let reference = format!("{proxied}/{unique}-docker/{}:bench", variant.replace(['/', '@', '='], "-"));
+        let reference = format!("{proxied}/{unique}-docker/{}:bench", variant.replace(['/', '@', '=', ':'], "-"));
         docker(&config, &["tag", image, &reference]);
         docker(&config, &["push", &reference]);
     }
