@@ -21,7 +21,9 @@ fn main() {
     println!(
         "|----------|------------------------------|----------------------------|--------------------------|---------|----------|"
     );
-    for builder in ["classic", "buildkit"] {
+    // `bench_noop TRELLIS [BUILDER…]`: both builders unless named.
+    let named: Vec<String> = std::env::args().skip(2).collect();
+    for builder in ["classic", "buildkit"].into_iter().filter(|b| named.is_empty() || named.iter().any(|n| n == b)) {
         let dir = tempfile::tempdir().expect("temp dir");
         let name = format!("bench-noop-{builder}-{}", std::process::id());
         write_workspace(dir.path(), &name, builder);
