@@ -5,7 +5,8 @@
 //! 2. side by side through one byte-counting proxy in front of the local registry: `docker
 //!    push` of every variant's tested image (the daemon's own compression) to repositories of
 //!    its own; `trellis build --push` of the same images; the same images copied uncompressed
-//!    (`skopeo copy --dest-decompress`: what trellis pushed before it compressed layers);
+//!    (`skopeo copy --dest-decompress` into a directory, then to the registry: what trellis
+//!    pushed before it compressed layers);
 //! 3. with `--pulls`: `node:latest` of the family `cargo xtask build` published, for each
 //!    platform, pulled (`skopeo copy` into an OCI layout) as published and from an uncompressed
 //!    copy of it — bytes downloaded and time, on the loopback.
@@ -75,14 +76,18 @@ fn main() {
     let (trellis_up, _) = meter.take();
     let references = pushed_references(&pushed);
 
-    // What trellis pushed before it compressed: the same images, layers as their tars.
-    for reference in &references {
+    // What trellis pushed before it compressed: the same images, layers as their tars
+    // (decompressed into a directory first: skopeo would mount the compressed blobs the
+    // registry holds rather than decompress them).
+    for (n, reference) in references.iter().enumerate() {
         let (repository, tag) = reference.rsplit_once(':').unwrap();
-        skopeo_copy(
+        let to = format!("docker://{proxied}/{unique}-plain/{}:{tag}", repository.replace('/', "-"));
+        uncompressed_copy(
             &root,
             &format!("docker://{REGISTRY}/{reference}"),
-            &format!("docker://{proxied}/{unique}-plain/{}:{tag}", repository.replace('/', "-")),
-            &["--all", "--dest-decompress"],
+            &to,
+            &work.join(format!("plain-{n}")),
+            None,
         );
     }
     let (plain_up, _) = meter.take();
@@ -125,19 +130,16 @@ fn pull_figures(root: &Path, proxied: &str, meter: &Meter, unique: &str, work: &
         );
         return;
     }
-    let plain = format!("{unique}-plain/trellis-node:latest");
-    skopeo_copy(
-        root,
-        &format!("docker://{REGISTRY}/{published}"),
-        &format!("docker://{REGISTRY}/{plain}"),
-        &["--all", "--dest-decompress"],
-    );
+
     println!("\npulls of node:latest (`cargo xtask build`'s), downloaded on the loopback:\n");
     println!(
         "| platform | compressed | uncompressed (before) | bytes: after / before | time: compressed | time: uncompressed |"
     );
     println!("|---|---|---|---|---|---|");
     for arch in ["amd64", "arm64"] {
+        let plain = format!("{unique}-plain/trellis-node-{arch}:latest");
+        let (from, to) = (format!("docker://{REGISTRY}/{published}"), format!("docker://{REGISTRY}/{plain}"));
+        uncompressed_copy(root, &from, &to, &work.join(format!("plain-node-{arch}")), Some(arch));
         let mut figures = Vec::new();
         for reference in [published, plain.as_str()] {
             let target = work.join(format!("pull-{arch}"));
@@ -162,6 +164,20 @@ fn pull_figures(root: &Path, proxied: &str, meter: &Meter, unique: &str, work: &
             before_time.as_secs_f64()
         );
     }
+}
+
+/// `from` copied to `to` with its layers decompressed, through the directory `staging`
+/// (for `arch`'s image of an index, when given).
+fn uncompressed_copy(root: &Path, from: &str, to: &str, staging: &Path, arch: Option<&str>) {
+    let _ = std::fs::remove_dir_all(staging);
+    let dir = format!("dir:{}", staging.display());
+    let mut extra = vec!["--dest-decompress"];
+    if let Some(arch) = arch {
+        extra.extend(["--override-arch", arch, "--override-os", "linux"]);
+    }
+    skopeo_copy(root, from, &dir, &extra);
+    skopeo_copy(root, &dir, to, &[]);
+    let _ = std::fs::remove_dir_all(staging);
 }
 
 /// The counting proxy: a free port on the host's loopback, and the same port on the engine's
