@@ -4,18 +4,19 @@
 //! 1. the family built and tested for linux/amd64 in a copy of the workspace (its own names);
 //! 2. side by side through one byte-counting proxy in front of the local registry: `docker
 //!    push` of every variant's tested image (the daemon's own compression) to repositories of
-//!    its own; `trellis build --push` of the same images; the same images copied uncompressed
-//!    (`skopeo copy --dest-decompress` into a directory, then to the registry: what trellis
-//!    pushed before it compressed layers);
+//!    its own, and `trellis build --push` of the same images; against them, what trellis
+//!    pushed before it compressed layers — each unique layer as its tar, read off the images
+//!    decompressed into directories (`skopeo copy --dest-decompress`; skopeo compresses
+//!    whatever it pushes to a registry, so that push cannot be replayed with it);
 //! 3. with `--pulls`: `node:latest` of the family `cargo xtask build` published, for each
-//!    platform, pulled (`skopeo copy` into an OCI layout) as published and from an uncompressed
-//!    copy of it — bytes downloaded and time, on the loopback.
+//!    platform: the bytes downloaded pulling it (`skopeo copy` into an OCI layout, on the
+//!    loopback) against its layers uncompressed.
 //!
 //! The proxy listens on the host's loopback and, when the engine runs in a network namespace
 //! of its own (`TRELLIS_E2E_NETNS`), on that namespace's loopback too, so the daemon's pushes
 //! cross it as well. argv[1] is the trellis binary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -76,21 +77,19 @@ fn main() {
     let (trellis_up, _) = meter.take();
     let references = pushed_references(&pushed);
 
-    // What trellis pushed before it compressed: the same images, layers as their tars
-    // (decompressed into a directory first: skopeo would mount the compressed blobs the
-    // registry holds rather than decompress them).
+    // What trellis pushed before it compressed: each unique layer as its tar (and the
+    // configs), read off the images decompressed into directories (skopeo compresses again
+    // whatever it pushes to a registry, so the old push cannot be replayed with it).
+    let mut unique_blobs = HashMap::new();
     for (n, reference) in references.iter().enumerate() {
-        let (repository, tag) = reference.rsplit_once(':').unwrap();
-        let to = format!("docker://{proxied}/{unique}-plain/{}:{tag}", repository.replace('/', "-"));
-        uncompressed_copy(
+        unique_blobs.extend(uncompressed_blobs(
             &root,
             &format!("docker://{REGISTRY}/{reference}"),
-            &to,
             &work.join(format!("plain-{n}")),
             None,
-        );
+        ));
     }
-    let (plain_up, _) = meter.take();
+    let plain_up: u64 = unique_blobs.values().sum();
 
     println!("push of the family ({} images, linux/amd64) on {engine}, bytes sent to the registry:\n", images.len());
     println!(
@@ -108,14 +107,14 @@ fn main() {
     );
 
     if pulls {
-        pull_figures(&root, &proxied, &meter, &unique, &work);
+        pull_figures(&root, &proxied, &meter, &work);
     }
     bench_support::remove_images(&unique);
     let _ = std::fs::remove_dir_all(&work);
 }
 
 /// `node:latest` of the published family, per platform: as published, and uncompressed.
-fn pull_figures(root: &Path, proxied: &str, meter: &Meter, unique: &str, work: &Path) {
+fn pull_figures(root: &Path, proxied: &str, meter: &Meter, work: &Path) {
     let published = "trellis/node:latest";
     let password = std::fs::read_to_string(root.join(".cache/engine/registry/password")).unwrap();
     let served = Command::new("skopeo")
@@ -132,52 +131,50 @@ fn pull_figures(root: &Path, proxied: &str, meter: &Meter, unique: &str, work: &
     }
 
     println!("\npulls of node:latest (`cargo xtask build`'s), downloaded on the loopback:\n");
-    println!(
-        "| platform | compressed | uncompressed (before) | bytes: after / before | time: compressed | time: uncompressed |"
-    );
-    println!("|---|---|---|---|---|---|");
+    println!("| platform | compressed | uncompressed (before) | bytes: after / before | download time, compressed |");
+    println!("|---|---|---|---|---|");
     for arch in ["amd64", "arm64"] {
-        let plain = format!("{unique}-plain/trellis-node-{arch}:latest");
-        let (from, to) = (format!("docker://{REGISTRY}/{published}"), format!("docker://{REGISTRY}/{plain}"));
-        uncompressed_copy(root, &from, &to, &work.join(format!("plain-node-{arch}")), Some(arch));
-        let mut figures = Vec::new();
-        for reference in [published, plain.as_str()] {
-            let target = work.join(format!("pull-{arch}"));
-            let _ = std::fs::remove_dir_all(&target);
-            meter.take();
-            let started = Instant::now();
-            skopeo_copy(
-                root,
-                &format!("docker://{proxied}/{reference}"),
-                &format!("oci:{}", target.display()),
-                &["--override-arch", arch, "--override-os", "linux"],
-            );
-            figures.push((meter.take().1, started.elapsed()));
-        }
-        let ((after, after_time), (before, before_time)) = (figures[0], figures[1]);
+        let from = format!("docker://{REGISTRY}/{published}");
+        let before: u64 =
+            uncompressed_blobs(root, &from, &work.join(format!("plain-node-{arch}")), Some(arch)).values().sum();
+        let target = work.join(format!("pull-{arch}"));
+        let _ = std::fs::remove_dir_all(&target);
+        meter.take();
+        let started = Instant::now();
+        skopeo_copy(
+            root,
+            &format!("docker://{proxied}/{published}"),
+            &format!("oci:{}", target.display()),
+            &["--override-arch", arch, "--override-os", "linux"],
+        );
+        let (after, after_time) = (meter.take().1, started.elapsed());
         println!(
-            "| linux/{arch} | {} | {} | {:.2}× | {:.1} s | {:.1} s |",
+            "| linux/{arch} | {} | {} | {:.2}× | {:.1} s |",
             mb(after),
             mb(before),
             after as f64 / before.max(1) as f64,
-            after_time.as_secs_f64(),
-            before_time.as_secs_f64()
+            after_time.as_secs_f64()
         );
     }
 }
 
-/// `from` copied to `to` with its layers decompressed, through the directory `staging`
-/// (for `arch`'s image of an index, when given).
-fn uncompressed_copy(root: &Path, from: &str, to: &str, staging: &Path, arch: Option<&str>) {
+/// The blobs of `from` (`arch`'s image of an index, when given) decompressed, by file name
+/// (digest) with their sizes: the image as the old uncompressed push sent it.
+fn uncompressed_blobs(root: &Path, from: &str, staging: &Path, arch: Option<&str>) -> HashMap<String, u64> {
     let _ = std::fs::remove_dir_all(staging);
-    let dir = format!("dir:{}", staging.display());
     let mut extra = vec!["--dest-decompress"];
     if let Some(arch) = arch {
         extra.extend(["--override-arch", arch, "--override-os", "linux"]);
     }
-    skopeo_copy(root, from, &dir, &extra);
-    skopeo_copy(root, &dir, to, &[]);
+    skopeo_copy(root, from, &format!("dir:{}", staging.display()), &extra);
+    let blobs = std::fs::read_dir(staging)
+        .unwrap()
+        .flatten()
+        .filter(|e| !matches!(e.file_name().to_str(), Some("manifest.json" | "version")))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
     let _ = std::fs::remove_dir_all(staging);
+    blobs
 }
 
 /// The counting proxy: a free port on the host's loopback, and the same port on the engine's
