@@ -191,7 +191,13 @@ fn test(extra: &[&str]) -> Result {
         command.args(args).args(extra).env("TRELLIS_FUZZ_SECONDS", &fuzz_seconds);
         command
     };
-    let compiled = run(runner(&["--workspace", "--no-run"]));
+    // Compiled alone (nextest refuses `--no-fail-fast` with `--no-run`); the runs below reuse it.
+    let mut compile = cargo();
+    match has_nextest() {
+        true => compile.args(["nextest", "run", "--workspace", "--no-run"]),
+        false => compile.args(["test", "--workspace", "--no-run"]),
+    };
+    let compiled = run(compile);
     preparing.join().map_err(|_| "preparing the engines and inputs panicked".to_owned())??;
     compiled?;
     let suites: Vec<String> =
