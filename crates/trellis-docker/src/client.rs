@@ -202,8 +202,8 @@ impl DockerClient {
         }
     }
 
-    /// Every image labelled with this workspace: one call per run answers "is this build up
-    /// to date" for every variant, and which references point where.
+    /// Every image labelled with this workspace: one call answers "is this build up to date"
+    /// for every variant (untagged builds included), and which references point where.
     pub async fn workspace_images(&self, workspace: &str) -> Result<Vec<ImageListing>, EngineError> {
         self.list(HashMap::from([("label".to_owned(), vec![format!("{}={workspace}", crate::labels::WORKSPACE)])]))
             .await

@@ -28,6 +28,16 @@ const GZIP_LEVEL: u32 = 6;
 /// zstd's own default level.
 const ZSTD_LEVEL: i32 = 3;
 
+impl From<trellis_model::CompressionChoice> for Compression {
+    /// The compressor of the workspace's `compression` setting.
+    fn from(choice: trellis_model::CompressionChoice) -> Self {
+        match choice {
+            trellis_model::CompressionChoice::Gzip => Compression::Gzip,
+            trellis_model::CompressionChoice::Zstd => Compression::Zstd,
+        }
+    }
+}
+
 impl Compression {
     /// The OCI media type of a layer compressed this way.
     pub fn layer_media_type(self) -> &'static str {

@@ -1,6 +1,6 @@
 //! Attaching a workspace to the Docker engine before anything runs: external bases resolved to
-//! image IDs (pulled per the `pull` policy when building), and the one listing of the
-//! workspace's images by build key that judges every build and tag.
+//! image IDs (pulled per the `pull` policy when building), and the listing of the workspace's
+//! images by build key that judges every build and tag (by name first, by label when needed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -80,10 +80,7 @@ impl Workspace {
             }
         }
         let recorded = recorded_images(self, &remote)?;
-        let compression = match self.model().settings.compression {
-            trellis_model::CompressionChoice::Gzip => trellis_docker::Compression::Gzip,
-            trellis_model::CompressionChoice::Zstd => trellis_docker::Compression::Zstd,
-        };
+        let compression = trellis_docker::Compression::from(self.model().settings.compression);
         let known_layers = published_layers(&remote, compression);
         let facts = Arc::new(EngineFacts { by_key, served, builder, remote });
         let docker = DockerBackend {

@@ -80,11 +80,7 @@ pub async fn doctor(workspace: Option<&Workspace>, registry: Option<String>) -> 
     let at = host.as_ref().map_or_else(|_| String::new(), |h| format!(" at {} ({})", h.address, h.chosen_by));
     doctor.add("engine", Status::Ok, format!("Docker {version}, API {api}, {}{at}", client.platform()), None);
     let store = client.store();
-    let compression = settings.map(|s| s.compression).unwrap_or_default();
-    let compression = match compression {
-        trellis_model::CompressionChoice::Gzip => trellis_docker::Compression::Gzip,
-        trellis_model::CompressionChoice::Zstd => trellis_docker::Compression::Zstd,
-    };
+    let compression = trellis_docker::Compression::from(settings.map(|s| s.compression).unwrap_or_default());
     let (store_detail, pushed) = match store {
         ImageStore::Containerd => (
             "containerd image store: image IDs are manifest digests, layers are kept compressed",
