@@ -518,9 +518,7 @@ impl DockerBackend {
         // The image here: the pushed references name it locally too, as after a publish.
         let here = slot.map(|slot| self.known_here(node.variant, slot)).transpose()?.flatten();
         if let (Some(here), Some(registry)) = (here, self.registry.as_deref()) {
-            for reference in &variant.references {
-                self.client.tag(&here, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
-            }
+            self.tag_pushed(&here, variant, registry).await?;
         }
         Ok(Some((NodeOutput { image, digest: Some(record.digest.clone()) }, published)))
     }
@@ -716,11 +714,17 @@ impl DockerBackend {
         // As `docker push` leaves it: the pushed references name the engine's platform's image
         // locally too (a workspace building FROM them then finds them without pulling).
         if let Some(image) = &image {
-            for reference in &variant.references {
-                self.client.tag(image, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
-            }
+            self.tag_pushed(image, variant, registry).await?;
         }
         Ok((NodeOutput { image, digest: Some(served.digest) }, published))
+    }
+
+    /// The variant's pushed references, `registry/reference`, put on `image` locally.
+    async fn tag_pushed(&self, image: &str, variant: &Variant, registry: &str) -> Result<(), JobError> {
+        for reference in &variant.references {
+            self.client.tag(image, &format!("{registry}/{reference}")).await.map_err(engine_error)?;
+        }
+        Ok(())
     }
 
     /// What this push learnt of layers' compressed forms, for the pushes after it.
